@@ -1,0 +1,18 @@
+"""The `lomo` command line: one subcommand per module, each module adds its own parser."""
+
+import argparse
+
+from lomo import bench, demo
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lomo", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for module in (demo, bench):
+        module.add_parser(subparsers)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
