@@ -103,8 +103,9 @@ def test_lomo_matches_lomo_optim(lomo_optim, clip_norm, weight_decay):
     model = tiny_llama()
     reference = copy.deepcopy(model)
     batches = token_batches(4)
-    run_fused(LOMO(model, lr=0.3, clip_grad_norm=clip_norm, weight_decay=weight_decay),
-              model, batches)
+    run_fused(
+        LOMO(model, lr=0.3, clip_grad_norm=clip_norm, weight_decay=weight_decay), model, batches
+    )
     opt = lomo_optim.Lomo(reference, lr=0.3, clip_grad_norm=clip_norm, weight_decay=weight_decay)
     run_lomo_optim(opt, reference, batches, 0.3, clip_norm)
     for ours, theirs in zip(model.parameters(), reference.parameters(), strict=True):
@@ -117,8 +118,9 @@ def test_adalomo_matches_lomo_optim(lomo_optim, clip_norm, weight_decay):
     model = tiny_llama()
     reference = copy.deepcopy(model)
     batches = token_batches(4)
-    run_fused(AdaLomo(model, lr=1e-2, clip_grad_norm=clip_norm, weight_decay=weight_decay),
-              model, batches)
+    run_fused(
+        AdaLomo(model, lr=1e-2, clip_grad_norm=clip_norm, weight_decay=weight_decay), model, batches
+    )
     opt = lomo_optim.AdaLomo(
         reference, lr=1e-2, clip_grad_norm=clip_norm, weight_decay=weight_decay
     )

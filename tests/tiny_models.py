@@ -26,9 +26,7 @@ def tiny_llama(
 
 def token_batches(n: int, batch_size: int = 4, seq_len: int = 12, seed: int = 1) -> list:
     generator = torch.Generator().manual_seed(seed)
-    return [
-        torch.randint(0, VOCAB, (batch_size, seq_len), generator=generator) for _ in range(n)
-    ]
+    return [torch.randint(0, VOCAB, (batch_size, seq_len), generator=generator) for _ in range(n)]
 
 
 def lm_loss(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
