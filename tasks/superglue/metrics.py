@@ -1,0 +1,83 @@
+"""Task metrics from predicted option indices (label ids, or entity indices for ReCoRD).
+
+- every task: accuracy (MultiRC: per answer option, as in the paper's Table 3)
+- CB: macro-F1 over the three classes (SuperGLUE's CB metric)
+- MultiRC: F1a (binary F1 over all answer options) and EM (share of questions whose options
+  are all predicted correctly), the official SuperGLUE MultiRC metrics
+- ReCoRD: max-over-gold exact match and token F1 after SQuAD answer normalisation
+"""
+
+import re
+import string
+from collections import Counter, defaultdict
+
+from sklearn.metrics import accuracy_score, f1_score
+
+
+def golds(examples: list[dict]) -> list[int]:
+    return [ex["label"] for ex in examples]
+
+
+def accuracy(examples: list[dict], preds: list[int]) -> dict[str, float]:
+    return {"accuracy": float(accuracy_score(golds(examples), preds))}
+
+
+def cb_metrics(examples: list[dict], preds: list[int]) -> dict[str, float]:
+    f1 = f1_score(golds(examples), preds, labels=[0, 1, 2], average="macro", zero_division=0)
+    return {**accuracy(examples, preds), "f1_macro": float(f1)}
+
+
+def multirc_metrics(examples: list[dict], preds: list[int]) -> dict[str, float]:
+    f1a = f1_score(golds(examples), preds, pos_label=1, average="binary", zero_division=0)
+    all_right: dict[tuple, bool] = defaultdict(lambda: True)
+    for ex, pred in zip(examples, preds, strict=True):
+        question = (ex["idx"]["paragraph"], ex["idx"]["question"])
+        all_right[question] &= pred == ex["label"]
+    em = sum(all_right.values()) / len(all_right)
+    return {**accuracy(examples, preds), "f1a": float(f1a), "em": em}
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD / official ReCoRD normalisation: lower case, no punctuation, articles, extra space."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    pred_tokens = normalize_answer(prediction).split()
+    gold_tokens = normalize_answer(gold).split()
+    same = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred_tokens), same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def record_metrics(examples: list[dict], preds: list[int]) -> dict[str, float]:
+    em, f1, hits = [], [], []
+    for ex, pred in zip(examples, preds, strict=True):
+        entity, answers = ex["entities"][pred], ex["answers"]
+        em.append(max(float(normalize_answer(entity) == normalize_answer(a)) for a in answers))
+        f1.append(max(token_f1(entity, a) for a in answers))
+        hits.append(float(entity in answers))
+    n = len(examples)
+    return {"accuracy": sum(hits) / n, "em": sum(em) / n, "f1": sum(f1) / n}
+
+
+METRICS = {
+    "boolq": accuracy,
+    "cb": cb_metrics,
+    "copa": accuracy,
+    "multirc": multirc_metrics,
+    "record": record_metrics,
+    "rte": accuracy,
+    "wic": accuracy,
+    "wsc": accuracy,
+}
+
+
+def compute_metrics(task: str, examples: list[dict], preds: list[int]) -> dict[str, float]:
+    if len(examples) != len(preds) or not examples:
+        raise ValueError(f"need one prediction per example, got {len(preds)} for {len(examples)}")
+    return METRICS[task](examples, preds)

@@ -1,0 +1,283 @@
+"""Prompt templates: one declaration per task per template set.
+
+A template turns a record into the prompt text and one candidate answer string per option
+(per label id, or per entity for ReCoRD); prompt + candidate is the full scored text.
+
+Template sets:
+- `lomo`: the official LOMO code (src/mydatasets.py, src/prompts.py). Prompt parts end in
+  "\\n", then "Answer: " and the label word; COPA appends the raw choice to "{premise} so "
+  / "{premise} because ". CB is commented out in the official code; its commented-out
+  template is used. ReCoRD follows the official code (the entity itself is the answer after
+  'What is the "@placeholder"?'); the official code also drops the alternative gold entities
+  from the candidates, which we do not (ReCoRD is scored max-over-gold, and the paper did not
+  report it). Opt-in quirks, appended to the name with "+":
+    `pronuon`            WSC says "pronuon", as the official code does.
+    `last-prompt-token`  the last prompt token stays in the training loss (official off-by-one).
+    `score-eos`          candidates are scored with the EOS token after them, as the official
+                         evaluation does.
+- `mezo`: MeZO large_models/templates.py (BoolQ: BoolQTemplateV3, ReCoRD: ReCoRDTemplateGPT3,
+  WSC uses the plain `wsc` data here, not `wsc.fixed`).
+- `lm-eval`: lm-evaluation-harness default SuperGLUE tasks (super-glue-lm-eval-v1). MultiRC's
+  candidates follow the label meaning (label 1 = the answer is correct = "yes").
+"""
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+QUIRKS = ("last-prompt-token", "pronuon", "score-eos")
+YES_NO = ["No", "Yes"]  # label 0 = False, 1 = True
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    quirks: frozenset[str] = frozenset()
+
+    @property
+    def id(self) -> str:
+        return "+".join([self.name, *sorted(self.quirks)])
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    candidates: list[str]
+    gold: int
+
+
+# --- lomo ------------------------------------------------------------------------------------
+
+
+def lomo_answer(*parts: str) -> str:
+    return "".join(f"{part}\n" for part in parts) + "Answer: "
+
+
+def lomo_boolq(ex: dict, t: Template) -> tuple[str, list[str]]:
+    return lomo_answer(f"{ex['passage']} {ex['question']}"), YES_NO
+
+
+def lomo_cb(ex: dict, t: Template) -> tuple[str, list[str]]:
+    text = f'Suppose {ex["premise"]} Can we infer that "{ex["hypothesis"]}"? Yes, No, or Maybe?'
+    return lomo_answer(text), ["Yes", "No", "Maybe"]
+
+
+def lomo_copa(ex: dict, t: Template) -> tuple[str, list[str]]:
+    joiner = "so" if ex["question"] == "effect" else "because"
+    return f"{ex['premise']} {joiner} ", [ex["choice1"], ex["choice2"]]
+
+
+def lomo_multirc(ex: dict, t: Template) -> tuple[str, list[str]]:
+    question = f'I found this answer "{ex["answer"]}". Is that correct? Yes or No?'
+    return lomo_answer(ex["paragraph"], f"Question: {ex['question']}", question), YES_NO
+
+
+def lomo_record(ex: dict, t: Template) -> tuple[str, list[str]]:
+    passage = ex["passage"].replace("@highlight\n", "- ")
+    text = lomo_answer(passage, ex["query"], 'Question: What is the "@placeholder"?')
+    return text, list(ex["entities"])
+
+
+def lomo_rte(ex: dict, t: Template) -> tuple[str, list[str]]:
+    question = f'Does this mean that "{ex["hypothesis"]}" is true? Yes or No?'
+    return lomo_answer(ex["premise"], question), ["Yes", "No"]
+
+
+def lomo_wic(ex: dict, t: Template) -> tuple[str, list[str]]:
+    word = ex["word"]
+    question = f'Does the word "{word}" have the same meaning in these two sentences? Yes, No?'
+    return lomo_answer(question, ex["sentence1"], ex["sentence2"]), YES_NO
+
+
+def lomo_wsc(ex: dict, t: Template) -> tuple[str, list[str]]:
+    pronoun = "pronuon" if "pronuon" in t.quirks else "pronoun"
+    question = (
+        f'In the previous sentence, does the {pronoun} "{ex["span2_text"]}" refer to '
+        f'"{ex["span1_text"]}"? Yes or No?'
+    )
+    return lomo_answer(ex["text"], question), YES_NO
+
+
+# --- mezo ------------------------------------------------------------------------------------
+
+
+def mezo_boolq(ex: dict, t: Template) -> tuple[str, list[str]]:
+    question = ex["question"] if ex["question"].endswith("?") else ex["question"] + "?"
+    question = question[0].upper() + question[1:]
+    return f"{ex['passage']} {question}\n", YES_NO
+
+
+def mezo_cb(ex: dict, t: Template) -> tuple[str, list[str]]:
+    text = f'Suppose {ex["premise"]} Can we infer that "{ex["hypothesis"]}"? Yes, No, or Maybe?\n'
+    return text, ["Yes", "No", "Maybe"]
+
+
+def mezo_copa_choice(choice: str) -> str:
+    first, *rest = choice.split(" ")
+    return " ".join([first if first == "I" else first.lower(), *rest])
+
+
+def mezo_copa(ex: dict, t: Template) -> tuple[str, list[str]]:
+    premise = ex["premise"].rstrip()
+    premise = premise[:-1] if premise.endswith(".") else premise
+    joiner = " so " if ex["question"] == "effect" else " because "
+    return premise + joiner, [mezo_copa_choice(ex["choice1"]), mezo_copa_choice(ex["choice2"])]
+
+
+def mezo_multirc(ex: dict, t: Template) -> tuple[str, list[str]]:
+    text = (
+        f"{ex['paragraph']}\nQuestion: {ex['question']}\n"
+        f'I found this answer "{ex["answer"]}". Is that correct? Yes or No?\n'
+    )
+    return text, YES_NO
+
+
+def mezo_record(ex: dict, t: Template) -> tuple[str, list[str]]:
+    passage = ex["passage"].replace("@highlight\n", "- ")
+    candidates = [" " + ex["query"].replace("@placeholder", e) for e in ex["entities"]]
+    return f"{passage}\n-", candidates
+
+
+def mezo_rte(ex: dict, t: Template) -> tuple[str, list[str]]:
+    text = f'{ex["premise"]}\nDoes this mean that "{ex["hypothesis"]}" is true? Yes or No?\n'
+    return text, ["Yes", "No"]
+
+
+def mezo_wic(ex: dict, t: Template) -> tuple[str, list[str]]:
+    text = (
+        f'Does the word "{ex["word"]}" have the same meaning in these two sentences? Yes, No?\n'
+        f"{ex['sentence1']}\n{ex['sentence2']}\n"
+    )
+    return text, YES_NO
+
+
+def mezo_wsc(ex: dict, t: Template) -> tuple[str, list[str]]:
+    text = (
+        f"{ex['text']}\nIn the previous sentence, does the pronoun "
+        f'"{ex["span2_text"].lower()}" refer to {ex["span1_text"]}? Yes or No?\n'
+    )
+    return text, YES_NO
+
+
+# --- lm-eval ---------------------------------------------------------------------------------
+
+
+def detokenize(text: str) -> str:
+    """lm-eval's general_detokenize: undo the spaces of tokenised text around punctuation."""
+    for before, after in ((" n't", "n't"), (" )", ")"), ("( ", "("), ('" ', '"'), (' "', '"')):
+        text = text.replace(before, after)
+    return re.sub(r" (['.,])", r"\1", text)
+
+
+def lmeval_boolq(ex: dict, t: Template) -> tuple[str, list[str]]:
+    return f"{ex['passage']}\nQuestion: {ex['question']}?\nAnswer:", [" no", " yes"]
+
+
+def lmeval_cb(ex: dict, t: Template) -> tuple[str, list[str]]:
+    text = f"{ex['premise']}\nQuestion: {ex['hypothesis']}. True, False, or Neither?\nAnswer:"
+    return text, [" True", " False", " Neither"]
+
+
+def lmeval_copa(ex: dict, t: Template) -> tuple[str, list[str]]:
+    joiner = "therefore" if ex["question"] == "effect" else "because"
+    text = ex["premise"].strip()[:-1] + f" {joiner}"  # drops the final period
+    return text, [" " + c[0].lower() + c[1:] for c in (ex["choice1"], ex["choice2"])]
+
+
+def lmeval_multirc(ex: dict, t: Template) -> tuple[str, list[str]]:
+    text = f"{ex['paragraph']}\nQuestion: {ex['question']}\nAnswer:"
+    return text, [f" {ex['answer']}\nIs the answer correct? {yn}" for yn in ("no", "yes")]
+
+
+def lmeval_record(ex: dict, t: Template) -> tuple[str, list[str]]:
+    initial, *highlights = ex["passage"].strip().split("\n@highlight\n")
+    text = initial + "\n\n" + "".join(f"  - {h}.\n" for h in highlights)
+    return text, [f"  - {ex['query']}".replace("@placeholder", e) for e in ex["entities"]]
+
+
+def lmeval_rte(ex: dict, t: Template) -> tuple[str, list[str]]:
+    text = f"{ex['premise']}\nQuestion: {ex['hypothesis']} True or False?\nAnswer:"
+    return text, [" True", " False"]
+
+
+def lmeval_wic(ex: dict, t: Template) -> tuple[str, list[str]]:
+    word = ex["sentence1"][ex["start1"] : ex["end1"]]
+    text = (
+        f"Sentence 1: {ex['sentence1']}\nSentence 2: {ex['sentence2']}\n"
+        f"Question: Is the word '{word}' used in the same way in the two sentences above?\n"
+        "Answer:"
+    )
+    return text, [" no", " yes"]
+
+
+def lmeval_wsc(ex: dict, t: Template) -> tuple[str, list[str]]:
+    # span2_index counts whitespace-separated words; mark the pronoun with asterisks.
+    pronoun, noun = ex["span2_text"], ex["span1_text"]
+    before = " ".join(ex["text"].split()[: ex["span2_index"]])
+    after = ex["text"][len(before) + len(pronoun) + 1 :]
+    passage = detokenize(before + f" *{pronoun}*" + after)
+    text = (
+        f"Passage: {passage}\n"
+        f'Question: In the passage above, does the pronoun "*{pronoun}*" refer to "*{noun}*"?\n'
+        "Answer:"
+    )
+    return text, [" no", " yes"]
+
+
+TemplateFn = Callable[[dict, Template], tuple[str, list[str]]]
+TEMPLATES: dict[str, dict[str, TemplateFn]] = {
+    "lomo": {
+        "boolq": lomo_boolq,
+        "cb": lomo_cb,
+        "copa": lomo_copa,
+        "multirc": lomo_multirc,
+        "record": lomo_record,
+        "rte": lomo_rte,
+        "wic": lomo_wic,
+        "wsc": lomo_wsc,
+    },
+    "mezo": {
+        "boolq": mezo_boolq,
+        "cb": mezo_cb,
+        "copa": mezo_copa,
+        "multirc": mezo_multirc,
+        "record": mezo_record,
+        "rte": mezo_rte,
+        "wic": mezo_wic,
+        "wsc": mezo_wsc,
+    },
+    "lm-eval": {
+        "boolq": lmeval_boolq,
+        "cb": lmeval_cb,
+        "copa": lmeval_copa,
+        "multirc": lmeval_multirc,
+        "record": lmeval_record,
+        "rte": lmeval_rte,
+        "wic": lmeval_wic,
+        "wsc": lmeval_wsc,
+    },
+}
+
+
+def get_template(spec: str) -> Template:
+    """Parse a template spec such as "mezo" or "lomo+pronuon+last-prompt-token"."""
+    name, *quirks = spec.split("+")
+    if name not in TEMPLATES:
+        raise ValueError(f"unknown template {name!r}: expected one of {', '.join(TEMPLATES)}")
+    unknown = sorted(set(quirks) - set(QUIRKS))
+    if unknown:
+        raise ValueError(f"unknown quirk(s) {unknown}: expected some of {', '.join(QUIRKS)}")
+    if quirks and name != "lomo":
+        raise ValueError(f"quirks {quirks} reproduce the official LOMO code; use them with 'lomo'")
+    return Template(name, frozenset(quirks))
+
+
+def gold_index(task: str, ex: dict) -> int:
+    # ReCoRD trains on the first gold entity; its metrics use all of them.
+    return ex["entities"].index(ex["answers"][0]) if task == "record" else ex["label"]
+
+
+def render(task: str, ex: dict, template: Template) -> Prompt:
+    """Prompt text, one candidate per option (label id / ReCoRD entity), and the gold index."""
+    text, candidates = TEMPLATES[template.name][task](ex, template)
+    return Prompt(text, candidates, gold_index(task, ex))
