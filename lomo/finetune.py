@@ -1,0 +1,624 @@
+"""`lomo finetune`: train one (model, method, task, seed) on one process, evaluate every epoch.
+
+Methods: zero-shot (evaluation only), lomo, adalomo (fused updates, no gradients kept),
+sgd, adamw (torch optimizers, standard backward, gradient accumulation), lora (peft adapters
+trained with AdamW) and lora+lomo (adapters by AdamW, base weights by LOMO, in one backward).
+
+The run folder gets config.yaml (resolved), train_log.csv, metrics.json and the reported
+epoch's predictions.jsonl, each written atomically; checkpoint.pt after every epoch lets the
+same command resume after a kill, and is removed when the run has finished.
+"""
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args
+
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from lomo.evaluate import IGNORE_INDEX, encode_train_example, evaluate
+from lomo.models import load_model, load_tokenizer
+from lomo.optim import LOMO, AdaLomo, FusedOptimizer
+from tasks.superglue import PROTOCOLS, get_task, get_template, prepare
+
+METHODS = ("zero-shot", "lomo", "adalomo", "sgd", "adamw", "lora", "lora+lomo")
+FUSED_METHODS = ("lomo", "adalomo")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CLIP_MODES = ("norm", "value", "none")
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything that defines a run. YAML keys and `--flags` have these names."""
+
+    model: str = "smollm2-135m"
+    method: str = "lomo"
+    task: str = "rte"
+    seed: int = 42
+    # data
+    source: str = "local"
+    data_dir: str | None = None
+    protocol: str = "paper"
+    train_size: float = 0.5  # val-split only: count (>= 1) or fraction of validation
+    test_size: float | None = None  # val-split only: default = the rest
+    template: str = "lomo"
+    max_length: int = 1024
+    limit_train: int | None = None  # first N selected train examples (smoke runs)
+    limit_eval: int | None = None
+    # model
+    dtype: str = "fp32"
+    activation_checkpointing: bool = False
+    attn_implementation: str = "sdpa"
+    # optimisation (paper: batch 16, 10 epochs, lr 3e-2 or 5e-2, warmup 0.05-0.2, norm 1.0)
+    epochs: int = 10
+    global_batch: int = 16
+    micro_batch: int = 16
+    sequential_updates: bool = False  # fused methods: one update per micro batch
+    lr: float = 3e-2
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    clip_mode: str = "norm"
+    clip_value: float = 1.0  # the max norm, or the max absolute value
+    # LoRA (paper: r 2 on q_proj and v_proj, alpha 16, dropout 0.05, AdamW lr 5e-4)
+    lora_r: int = 2
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    lora_lr: float = 5e-4
+    # evaluation
+    eval_batch: int = 16
+    reduction: str = "sum"
+    save_model: bool = False
+
+    def validate(self) -> None:
+        choices = {
+            "method": METHODS,
+            "dtype": tuple(DTYPES),
+            "clip_mode": CLIP_MODES,
+            "protocol": PROTOCOLS,
+            "reduction": ("sum", "mean"),
+            "attn_implementation": ("eager", "sdpa"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}"
+                )
+        get_task(self.task)
+        get_template(self.template)
+        positive = (
+            "lr",
+            "lora_lr",
+            "global_batch",
+            "micro_batch",
+            "eval_batch",
+            "max_length",
+            "clip_value",
+            "lora_r",
+        )
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.epochs < 0 or not 0 <= self.warmup_ratio < 1 or self.weight_decay < 0:
+            raise ValueError("need epochs >= 0, 0 <= warmup_ratio < 1 and weight_decay >= 0")
+        if self.global_batch % self.micro_batch:
+            raise ValueError(
+                f"global_batch {self.global_batch} is not a multiple of micro_batch "
+                f"{self.micro_batch}"
+            )
+        fused = self.method in FUSED_METHODS or self.method == "lora+lomo"
+        if fused and self.micro_batch < self.global_batch and not self.sequential_updates:
+            raise ValueError(
+                f"{self.method} updates the weights inside backward and keeps no gradients, so "
+                f"it cannot accumulate micro batches of {self.micro_batch} into a global batch "
+                f"of {self.global_batch}: set micro_batch = global_batch, or sequential_updates "
+                "= true for one update per micro batch"
+            )
+        if self.dtype == "fp16" and not torch.cuda.is_available():
+            raise ValueError(
+                "dtype fp16 needs a GPU: half-precision matmuls on CPU are unsupported or very "
+                "slow; use bf16 or fp32 on CPU"
+            )
+
+    @property
+    def updates_per_batch(self) -> int:
+        fused = self.method in FUSED_METHODS or self.method == "lora+lomo"
+        return self.global_batch // self.micro_batch if fused and self.sequential_updates else 1
+
+
+def load_config(path: str | None, overrides: dict[str, Any]) -> FinetuneConfig:
+    """YAML file (optional) then command-line overrides; unknown keys are an error."""
+    values: dict[str, Any] = {}
+    if path:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown}; known: {', '.join(sorted(known))}")
+    config = FinetuneConfig(**values)
+    config.validate()
+    return config
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def collate(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ex["input_ids"]) for ex in examples)
+    input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, ex in enumerate(examples):
+        n = len(ex["input_ids"])
+        input_ids[row, :n] = torch.tensor(ex["input_ids"])
+        labels[row, :n] = torch.tensor(ex["labels"])
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def split_size(value: float | None) -> int | float | None:
+    """val-split sizes: a count when >= 1 (YAML/CLI may give 200.0), else a fraction."""
+    return int(value) if value is not None and value >= 1 else value
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The data order of one epoch: a function of (seed, epoch) alone, so resuming needs no
+    sampler state."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+
+
+# --- model and optimizers --------------------------------------------------------------------
+
+
+def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for name, p in model.named_parameters() if "lora_" in name]
+
+
+def build_model(config: FinetuneConfig, device: torch.device) -> nn.Module:
+    model = load_model(config.model, DTYPES[config.dtype], config.attn_implementation)
+    model.to(device)
+    if config.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.method in ("lora", "lora+lomo"):
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.lora_targets,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+        if config.method == "lora+lomo":  # the base weights train too, by LOMO
+            for p in model.parameters():
+                p.requires_grad_(True)
+    return model
+
+
+def clip_kwargs(config: FinetuneConfig) -> dict[str, float | None]:
+    return {
+        "clip_grad_norm": config.clip_value if config.clip_mode == "norm" else None,
+        "clip_grad_value": config.clip_value if config.clip_mode == "value" else None,
+    }
+
+
+def build_optimizers(config: FinetuneConfig, model: nn.Module) -> list[torch.optim.Optimizer]:
+    """The optimizers of a method; for lora+lomo, [LOMO on the base, AdamW on the adapters]."""
+    method = config.method
+    if method in FUSED_METHODS:
+        cls = LOMO if method == "lomo" else AdaLomo
+        return [cls(model, lr=config.lr, weight_decay=config.weight_decay, **clip_kwargs(config))]
+    if method == "sgd":
+        return [torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)]
+    if method == "adamw":
+        return [
+            torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        ]
+    if method == "lora":
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        return [torch.optim.AdamW(trainable, lr=config.lora_lr, weight_decay=config.weight_decay)]
+    # lora+lomo: LOMO must hook the base weights only, so the adapters are frozen while it
+    # registers its hooks; their gradients then accumulate normally for AdamW.
+    adapters = lora_parameters(model)
+    for p in adapters:
+        p.requires_grad_(False)
+    base = LOMO(model, lr=config.lr, weight_decay=config.weight_decay, **clip_kwargs(config))
+    for p in adapters:
+        p.requires_grad_(True)
+    return [base, torch.optim.AdamW(adapters, lr=config.lora_lr)]
+
+
+def warmup_then_linear(total_steps: int, warmup_ratio: float):
+    warmup = math.ceil(total_steps * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+# --- one training step -----------------------------------------------------------------------
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def check_finite(loss: torch.Tensor, step: int) -> torch.Tensor:
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"loss is {loss.item()} at step {step}")
+    return loss
+
+
+def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device):
+    return model(**{k: v.to(device) for k, v in batch.items()}).loss
+
+
+def train_step(
+    config: FinetuneConfig,
+    model: nn.Module,
+    optimizers: list[torch.optim.Optimizer],
+    micro_batches: list[dict[str, torch.Tensor]],
+    device: torch.device,
+    step: int,
+) -> dict[str, float]:
+    """One update (one optimizer step) on `micro_batches`; returns loss and grad norm."""
+    first = optimizers[0]
+    if isinstance(first, FusedOptimizer):
+        (batch,) = micro_batches
+
+        def closure() -> torch.Tensor:
+            # Checked before any backward: a non-finite loss never reaches the weights.
+            return check_finite(batch_loss(model, batch, device), step)
+
+        if config.method == "lora+lomo":
+            adapters = optimizers[1]
+            loss = closure()
+            if first.norm_pass_required:
+                first.grad_norm(loss)
+                adapters.zero_grad(set_to_none=True)  # the norm pass's adapter gradients
+            first.fused_backward(loss)
+            if not first.overflow:
+                adapters.step()
+            adapters.zero_grad(set_to_none=True)
+        else:
+            loss = first.step(closure)
+        norm = first.last_grad_norm
+        return {
+            "loss": loss.item(),
+            "grad_norm": norm.item() if norm is not None else float("nan"),
+            "loss_scale": first.loss_scale,
+        }
+    # Standard backward with accumulation: weight each micro batch by its share of the
+    # trained tokens, so the accumulated gradient is that of the global batch's mean loss.
+    tokens = [int((b["labels"] != IGNORE_INDEX).sum()) for b in micro_batches]
+    total_loss = 0.0
+    for batch, n in zip(micro_batches, tokens, strict=True):
+        loss = check_finite(batch_loss(model, batch, device), step) * (n / sum(tokens))
+        loss.backward()
+        total_loss += loss.item()
+    params = [p for group in first.param_groups for p in group["params"]]
+    if config.clip_mode == "norm":
+        norm = torch.nn.utils.clip_grad_norm_(params, config.clip_value)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        if config.clip_mode == "value":
+            torch.nn.utils.clip_grad_value_(params, config.clip_value)
+    first.step()
+    first.zero_grad(set_to_none=True)
+    return {"loss": total_loss, "grad_norm": norm.item(), "loss_scale": 1.0}
+
+
+# --- bookkeeping -----------------------------------------------------------------------------
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+PRIMARY_METRIC = {"record": "f1"}
+
+
+def primary(task: str, metrics: dict[str, float]) -> float:
+    return metrics[PRIMARY_METRIC.get(task, "accuracy")]
+
+
+def select_epoch(config: FinetuneConfig, per_epoch: list[dict]) -> tuple[str, dict]:
+    """Paper protocol: the best epoch on the evaluation set (the paper's reported number).
+    heldout: the epoch best on dev; its test score is reported."""
+    if config.protocol == "heldout":
+        key = "dev"
+        rule = "epoch with the best dev score; its test (eval) score is reported"
+    else:
+        key = "eval"
+        rule = "epoch with the best eval score (the paper's protocol: selection on eval itself)"
+    best = max(per_epoch, key=lambda e: primary(config.task, e[key]))  # first best on ties
+    return rule, best
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
+    config.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config_yaml = yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+    checkpoint_path = out / "checkpoint.pt"
+    checkpoint = None
+    if checkpoint_path.exists():
+        checkpoint = torch.load(checkpoint_path, weights_only=False)
+        if checkpoint["config"] != dataclasses.asdict(config):
+            raise ValueError(
+                f"{checkpoint_path} was written by a different config; delete it (or use "
+                "another output folder) to start over"
+            )
+    write_atomic(out / "config.yaml", config_yaml)
+
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    task = get_task(config.task)
+    template = get_template(config.template)
+    data = prepare(
+        config.task,
+        config.protocol,
+        config.source,
+        config.data_dir,
+        out / "data",
+        seed=0 if config.protocol == "paper" else config.seed,
+        train_size=split_size(config.train_size),
+        test_size=split_size(config.test_size),
+    )
+    train_examples = data.train[: config.limit_train]
+    eval_sets = {"eval": data.eval[: config.limit_eval]}
+    if data.dev is not None:
+        eval_sets["dev"] = data.dev[: config.limit_eval]
+
+    tokenizer = load_tokenizer(config.model)
+    model = build_model(config, device)
+    encoded = [
+        encode_train_example(task, ex, template, tokenizer, config.max_length)
+        for ex in train_examples
+    ]
+
+    def run_eval(epoch: int) -> tuple[dict, dict]:
+        scores, predictions = {}, {}
+        for name, examples in eval_sets.items():
+            metrics, rows = evaluate(
+                model,
+                tokenizer,
+                task,
+                examples,
+                template,
+                config.eval_batch,
+                config.reduction,
+                config.max_length,
+                progress=True,
+            )
+            scores[name], predictions[name] = metrics, rows
+            print(f"epoch {epoch} {name}: {json.dumps(metrics)}", flush=True)
+        return {"epoch": epoch, **scores}, predictions
+
+    per_epoch: list[dict] = []
+    predictions_by_epoch: dict[int, dict] = {}
+    log_rows: list[dict] = []
+    start_epoch = 1
+    if config.method == "zero-shot":
+        scores, predictions = run_eval(0)
+        per_epoch.append(scores)
+        predictions_by_epoch[0] = predictions
+        optimizers: list[torch.optim.Optimizer] = []
+        epochs = 0
+    else:
+        epochs = config.epochs
+        optimizers = build_optimizers(config, model)
+        micro_per_update = config.global_batch // config.micro_batch // config.updates_per_batch
+        batch_per_update = config.micro_batch * micro_per_update
+        updates_per_epoch = math.ceil(len(encoded) / batch_per_update)
+        factor = warmup_then_linear(epochs * updates_per_epoch, config.warmup_ratio)
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers]
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["model"])
+            for opt, state in zip(optimizers, checkpoint["optimizers"], strict=True):
+                opt.load_state_dict(state)
+            for scheduler, state in zip(schedulers, checkpoint["schedulers"], strict=True):
+                scheduler.load_state_dict(state)
+            set_rng_state(checkpoint["rng"])
+            per_epoch, log_rows = checkpoint["per_epoch"], checkpoint["log"]
+            predictions_by_epoch = checkpoint["predictions"]
+            start_epoch = checkpoint["epoch"] + 1
+            print(f"resuming from {checkpoint_path} after epoch {checkpoint['epoch']}")
+
+    model.train()
+    step = len(log_rows)
+    started = time.perf_counter() - (log_rows[-1]["seconds"] if log_rows else 0.0)
+    for epoch in range(start_epoch, epochs + 1):
+        order = epoch_order(len(encoded), config.seed, epoch)
+        batches = [order[i : i + batch_per_update] for i in range(0, len(order), batch_per_update)]
+        progress = tqdm(batches, desc=f"epoch {epoch}/{epochs}", unit="step")
+        for batch_ids in progress:
+            micro = [
+                collate(
+                    [encoded[i] for i in batch_ids[j : j + config.micro_batch]],
+                    tokenizer.pad_token_id,
+                )
+                for j in range(0, len(batch_ids), config.micro_batch)
+            ]
+            lr = optimizers[0].param_groups[0]["lr"]  # the lr this step uses
+            step_start = time.perf_counter()
+            try:
+                stats = train_step(config, model, optimizers, micro, device, step + 1)
+            except NonFiniteLossError as error:
+                kept = f"; the last good checkpoint is {checkpoint_path}" if epoch > 1 else ""
+                raise NonFiniteLossError(f"{error} (epoch {epoch}){kept}") from error
+            for scheduler in schedulers:
+                scheduler.step()
+            step += 1
+            n_tokens = sum(int(m["attention_mask"].sum()) for m in micro)
+            progress.set_postfix(
+                loss=f"{stats['loss']:.4f}",
+                tok_s=f"{n_tokens / (time.perf_counter() - step_start):.0f}",
+            )
+            log_rows.append(
+                {
+                    "step": step,
+                    "epoch": epoch,
+                    "lr": lr,
+                    **stats,
+                    "seconds": round(time.perf_counter() - started, 3),
+                    "peak_memory_bytes": peak_memory_bytes(device),
+                }
+            )
+        scores, predictions = run_eval(epoch)
+        per_epoch.append(scores)
+        predictions_by_epoch[epoch] = predictions
+        buffer = io.BytesIO()
+        torch.save(
+            {
+                "config": dataclasses.asdict(config),
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizers": [opt.state_dict() for opt in optimizers],
+                "schedulers": [s.state_dict() for s in schedulers],
+                "rng": rng_state(),
+                "per_epoch": per_epoch,
+                "log": log_rows,
+                "predictions": predictions_by_epoch,
+            },
+            buffer,
+        )
+        write_atomic(checkpoint_path, buffer.getvalue())
+
+    rule, reported = (
+        ("zero-shot: evaluation only", per_epoch[0])
+        if config.method == "zero-shot"
+        else select_epoch(config, per_epoch)
+    )
+    metrics = {
+        "model": config.model,
+        "method": config.method,
+        "task": config.task,
+        "seed": config.seed,
+        "protocol": config.protocol,
+        "template": template.id,
+        "n_train": len(train_examples),
+        **{f"n_{k}": len(v) for k, v in eval_sets.items()},
+        "selection": rule,
+        "reported": reported,
+        "final": per_epoch[-1],
+        "per_epoch": per_epoch,
+    }
+    # Wall time and memory vary between identical runs: kept out of metrics.json.
+    resources = {
+        "train_seconds": log_rows[-1]["seconds"] if log_rows else 0.0,
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+    write_atomic(out / "resources.json", json.dumps(resources, indent=1) + "\n")
+    write_atomic(out / "train_log.csv", to_csv(log_rows))
+    rows = predictions_by_epoch[reported["epoch"]]["eval"]
+    write_atomic(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    if config.save_model:
+        model.save_pretrained(out / "model")
+        tokenizer.save_pretrained(out / "model")
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    checkpoint_path.unlink(missing_ok=True)
+    return metrics
+
+
+def to_csv(rows: list[dict]) -> str:
+    columns = [
+        "step",
+        "epoch",
+        "lr",
+        "loss",
+        "grad_norm",
+        "loss_scale",
+        "seconds",
+        "peak_memory_bytes",
+    ]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "finetune",
+        help="fine-tune and evaluate one (model, method, task, seed)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help="YAML file with any of the keys below")
+    parser.add_argument("--out", required=True, help="run folder")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    for f in dataclasses.fields(FinetuneConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction)
+        elif f.type == list[str]:
+            parser.add_argument(flag, dest=f.name, nargs="+")
+        else:  # int, float, str, or one of them | None
+            kind = next(k for k in (int, float, str) if k is f.type or k in get_args(f.type))
+            parser.add_argument(flag, dest=f.name, type=kind)
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> None:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)}
+    try:
+        config = load_config(args.config, overrides)
+    except (ValueError, OSError) as error:
+        sys.exit(f"lomo finetune: {error}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    metrics = finetune(config, args.out)
+    print(json.dumps({"reported": metrics["reported"], "selection": metrics["selection"]}))
