@@ -1,0 +1,222 @@
+import json
+
+import pytest
+import torch
+from superglue_paths import DATA_DIR
+from test_superglue_prompts import real_example
+
+from lomo.cli import main as cli
+from lomo.evaluate import IGNORE_INDEX, encode_pair, encode_prompt, encode_train_example, evaluate
+from lomo.models import load_model, load_tokenizer
+from tasks.superglue import DataError, get_task, get_template
+
+EOS = "<|im_end|>"  # the SmolLM2 tokenizer's EOS, also used by tiny-llama
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("tiny-llama")
+
+
+def answer_part(tokenizer, encoded):
+    labels = encoded["labels"]
+    n_masked = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+    assert all(label == IGNORE_INDEX for label in labels[:n_masked])
+    assert labels[n_masked:] == encoded["input_ids"][n_masked:]
+    return tokenizer.decode(encoded["input_ids"][:n_masked]), tokenizer.decode(labels[n_masked:])
+
+
+# The gold answer of each real example (see test_superglue_prompts), with the space that ends
+# the lomo prompt ("Answer: ") moved in front of it.
+LOMO_ANSWERS = {
+    "boolq": " Yes",
+    "cb": " No",
+    "copa": " I inhaled smoke.",
+    "multirc": " Yes",
+    "record": " Shane Reeves",
+    "rte": " No",
+    "wic": " Yes",
+    "wsc": " No",
+}
+
+
+@pytest.mark.parametrize("task", list(LOMO_ANSWERS))
+def test_only_answer_and_eos_are_trained(tokenizer, task):
+    example = real_example(task)
+    template = get_template("lomo")
+    encoded = encode_train_example(get_task(task), example, template, tokenizer)
+    prompt, answer = answer_part(tokenizer, encoded)
+    assert answer == LOMO_ANSWERS[task] + EOS
+    assert prompt == get_task(task).render(example, template).text.rstrip(" ")
+
+
+@pytest.mark.parametrize(
+    ("task", "template", "expected"),
+    [
+        ("boolq", "lm-eval", " yes"),
+        ("rte", "mezo", "No"),
+        ("copa", "mezo", " I inhaled smoke."),  # the prompt's final space moves here
+        ("record", "lm-eval", "  - After undergoing surgery, Mr Shane Reeves spent a month"),
+    ],
+)
+def test_masking_with_other_templates(tokenizer, task, template, expected):
+    encoded = encode_train_example(
+        get_task(task), real_example(task), get_template(template), tokenizer
+    )
+    _, answer = answer_part(tokenizer, encoded)
+    assert answer.startswith(expected) and answer.endswith(EOS)
+
+
+def test_last_prompt_token_quirk_trains_the_last_prompt_token(tokenizer):
+    task, example = get_task("boolq"), real_example("boolq")
+    plain = encode_train_example(task, example, get_template("lomo"), tokenizer)
+    quirk = encode_train_example(task, example, get_template("lomo+last-prompt-token"), tokenizer)
+    assert quirk["input_ids"] == plain["input_ids"]
+    assert answer_part(tokenizer, quirk)[1] == ": Yes" + EOS
+
+
+def test_long_input_loses_the_end_of_the_passage_only(tokenizer):
+    task, example = get_task("boolq"), real_example("boolq")
+    encoded = encode_train_example(task, example, get_template("lomo"), tokenizer, max_length=30)
+    assert len(encoded["input_ids"]) <= 30
+    prompt, answer = answer_part(tokenizer, encoded)
+    assert answer == " Yes" + EOS
+    question = " is northwest florida state college a 4 year college\nAnswer:"
+    assert prompt.endswith(question)
+    passage = prompt[: -len(question)]
+    assert 10 < len(passage) and example["passage"].startswith(passage)
+
+
+def test_scoring_prompt_fits_longest_candidate(tokenizer):
+    task, example = get_task("record"), real_example("record")
+    prompt, pairs = encode_prompt(task, example, get_template("mezo"), tokenizer, max_length=60)
+    assert max(len(p) + len(a) for p, a in pairs) + 1 <= 60
+    assert prompt.text.startswith("By Leon Watson")
+    assert all(c.startswith(" After undergoing surgery, Mr ") for c in prompt.candidates)
+
+
+def test_too_long_without_a_context_field(tokenizer):
+    with pytest.raises(ValueError, match="wic example 239: .* no context field to cut"):
+        encode_train_example(
+            get_task("wic"), real_example("wic"), get_template("lomo"), tokenizer, max_length=10
+        )
+
+
+def test_encode_pair_when_a_token_spans_the_boundary(tokenizer):
+    # "Hello world" is two BPE tokens, so "wor" + "ld" cannot be split at the boundary.
+    prompt_ids, answer_ids = encode_pair(tokenizer, "Hello wor", "ld")
+    assert tokenizer.decode(prompt_ids) == "Hello wor"
+    assert tokenizer.decode(answer_ids) == "ld"
+
+
+def reference_scores(model, tokenizer, text, candidates):
+    """One sequence at a time, no padding: summed log-probs of each candidate's tokens."""
+    results = []
+    for candidate in candidates:
+        context = text.rstrip(" ")
+        full = tokenizer(text + candidate).input_ids
+        n_answer = len(full) - len(tokenizer(context).input_ids)
+        with torch.no_grad():
+            logits = model(torch.tensor([full])).logits[0]
+        logprobs = torch.log_softmax(logits[:-1].double(), dim=-1)
+        token_logprobs = logprobs[torch.arange(len(full) - 1), torch.tensor(full[1:])]
+        results.append((token_logprobs[-n_answer:].sum().item(), n_answer))
+    return results
+
+
+@pytest.fixture(scope="module")
+def scoring_cases(model, tokenizer):
+    """Real COPA, CB (three options) and ReCoRD (five entities) examples with reference scores."""
+    cases = []
+    for name, split, positions in (
+        ("copa", "val", range(5)),
+        ("cb", "val", range(3)),
+        ("record", "train", [12]),
+    ):
+        task = get_task(name)
+        examples = [task.load(split, "local", DATA_DIR)[i] for i in positions]
+        prompts = [task.render(example, get_template("lomo")) for example in examples]
+        expected = [reference_scores(model, tokenizer, p.text, p.candidates) for p in prompts]
+        cases.append((task, examples, prompts, expected))
+    return cases
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_batched_scores_equal_a_plain_loop(model, tokenizer, scoring_cases, reduction):
+    for task, examples, prompts, expected in scoring_cases:
+        _, rows = evaluate(model, tokenizer, task, examples, get_template("lomo"), 4, reduction)
+        for example, prompt, reference, row in zip(examples, prompts, expected, rows, strict=True):
+            scores = [total / n if reduction == "mean" else total for total, n in reference]
+            assert row["scores"] == pytest.approx(scores, abs=1e-5)
+            assert row["n_tokens"] == [n for _, n in reference]
+            assert row["pred"] == max(range(len(scores)), key=scores.__getitem__)
+            assert (row["idx"], row["gold"]) == (example["idx"], prompt.gold)
+
+
+def test_score_eos_quirk_adds_the_eos_token(model, tokenizer):
+    task, examples = get_task("rte"), get_task("rte").load("val", "local", DATA_DIR)[:2]
+    _, plain = evaluate(model, tokenizer, task, examples, get_template("lomo"), 2, "sum")
+    _, quirk = evaluate(model, tokenizer, task, examples, get_template("lomo+score-eos"), 2, "sum")
+    for p, q in zip(plain, quirk, strict=True):
+        assert q["n_tokens"] == [n + 1 for n in p["n_tokens"]]
+        assert all(qs < ps for ps, qs in zip(p["scores"], q["scores"], strict=True))
+
+
+def test_evaluate_restores_training_mode(model, tokenizer):
+    model.train()
+    examples = get_task("copa").load("val", "local", DATA_DIR)[:1]
+    evaluate(model, tokenizer, get_task("copa"), examples, get_template("lomo"))
+    assert model.training
+    model.eval()
+
+
+def test_evaluate_cli_writes_results_and_predictions(tmp_path):
+    out = tmp_path / "copa.json"
+    args = ["evaluate", "--model", "tiny-llama", "--task", "copa", "--data-dir", str(DATA_DIR)]
+    cli(args + ["--template", "lomo+score-eos", "--limit", "3", "--out", str(out)])
+    summary = json.loads(out.read_text())
+    assert summary["model"] == "tiny-llama"
+    assert summary["template"] == "lomo+score-eos"
+    assert (summary["task"], summary["split"], summary["n"]) == ("copa", "val", 3)
+    assert summary["metrics"]["accuracy"] in (0, 1 / 3, 2 / 3, 1)
+    rows = [json.loads(line) for line in (tmp_path / "copa.jsonl").read_text().splitlines()]
+    assert [row["idx"] for row in rows] == [0, 1, 2]
+    assert all(len(row["scores"]) == 2 for row in rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copa.json", "copa.jsonl"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "error", "message"),
+    [
+        (["--task", "mnli"], ValueError, "unknown task 'mnli'"),
+        (["--task", "copa", "--template", "gpt3"], ValueError, "unknown template 'gpt3'"),
+        (["--task", "boolq"], FileNotFoundError, "BoolQ/val.jsonl does not exist"),
+    ],
+)
+def test_evaluate_cli_bad_input_writes_nothing(tmp_path, flags, error, message):
+    args = ["evaluate", "--model", "tiny-llama", "--data-dir", str(DATA_DIR)]
+    with pytest.raises(error, match=message):
+        cli(args + flags + ["--out", str(tmp_path / "r.json")])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_cli_malformed_data_writes_nothing(tmp_path):
+    (tmp_path / "data" / "WSC").mkdir(parents=True)
+    (tmp_path / "data" / "WSC" / "val.jsonl").write_text("{oops\n")
+    args = ["evaluate", "--model", "tiny-llama", "--task", "wsc"]
+    with pytest.raises(DataError, match="WSC/val.jsonl:1: malformed JSON"):
+        cli(args + ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r.json")])
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_zero_shot_copa_beats_chance(tmp_path):
+    out = tmp_path / "copa.json"
+    args = ["evaluate", "--model", "smollm2-135m", "--task", "copa", "--data-dir", str(DATA_DIR)]
+    cli(args + ["--out", str(out)])
+    assert json.loads(out.read_text())["metrics"]["accuracy"] >= 0.6  # 0.67 when recorded
