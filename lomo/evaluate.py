@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lomo.models import load_model, load_tokenizer
 from tasks.superglue import PROTOCOLS, TASKS, Prompt, Task, Template, get_task, get_template
 from tasks.superglue.data import to_jsonl, write_atomic
 from tasks.superglue.protocols import prepare
@@ -214,8 +215,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    from lomo.models import load_model, load_tokenizer  # loads transformers models lazily
-
     # Everything that can fail on bad input runs before the (slow) model load.
     if args.out.suffix != ".json":
         raise SystemExit(f"--out must name a .json file, got {args.out}")

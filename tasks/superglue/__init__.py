@@ -18,7 +18,9 @@ class Task:
     # The long free text cut (from its end) when a prompt exceeds max_length; None = never cut.
     context_field: str | None
 
-    def load(self, split: str, source: str = "local", data_dir: str | Path | None = None):
+    def load(
+        self, split: str, source: str = "local", data_dir: str | Path | None = None
+    ) -> list[dict]:
         return load_split(self.name, split, source, data_dir)
 
     def render(self, example: dict, template: Template) -> Prompt:
