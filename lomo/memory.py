@@ -1,0 +1,374 @@
+"""`lomo memory`: the paper's Table 1 by measurement, for LOMO, AdaLomo, SGD and AdamW.
+
+Each configuration (optimizer x activation checkpointing x depth) runs in a fresh subprocess.
+There, after warm-up steps (one for optimizers whose state appears in the first step), one
+training step runs under `MemoryCensus` (live tensor bytes by category, see lomo/census.py)
+and `ProcessPeak` (the allocator's peak: CUDA max_memory_allocated, or on CPU the process's
+resident high-water mark above the bare process). Reported per configuration:
+
+- parameters, gradients, optimizer states, activations: each category's maximum over the step
+  (activations = tensors saved for backward, the paper's "growth across the forward");
+- census peak: the largest total of live tensor bytes at any moment (the measured "Total");
+- process peak: the allocator's peak, and its difference to the census peak.
+
+LLaMA shapes (`--model llama-7b`, ...) are measured at a few depths (`--layers 1 2`: that
+many decoder layers plus embedding, final norm and LM head) and extrapolated linearly in depth
+to the real model; the output says so. SGD and AdamW keep fp32 master weights when the model
+is fp16/bf16 (`MasterWeightOptimizer`), as mixed-precision training does.
+"""
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from lomo.census import MemoryCensus, ProcessPeak, proc_status_bytes
+from lomo.workloads import (
+    LLAMA_SHAPES,
+    STATEFUL,
+    build_model,
+    make_step,
+    optimizer_state_tensors,
+    run_worker_process,
+)
+
+OPTIMIZERS = ("adamw", "sgd", "lomo", "adalomo", "lomo-optim", "adalomo-optim")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CELLS = ("parameters", "gradients", "optimizer_states", "activations")
+COMPARED = (*((cell, cell) for cell in CELLS), ("census_peak", "total"))  # ours, Table 1 column
+REFERENCE = Path(__file__).resolve().parents[1] / "paper" / "reference" / "table1_memory.csv"
+PAPER_SETTING = dict(model="llama-7b", seq=512, batch=8)  # Table 1: fp16, GB = GiB
+GIB = 2**30
+
+
+def run_worker(spec: dict) -> dict:
+    """Measure one configuration in this (fresh) process."""
+    torch.manual_seed(0)
+    device = torch.device(spec["device"])
+    baseline = proc_status_bytes("VmRSS") if device.type == "cpu" else 0
+    model = build_model(spec["model"], DTYPES[spec["dtype"]], spec["attn"], spec["layers"])
+    model.to(device)
+    if spec["ac"]:
+        # Reentrant, as in the paper's time; the census sees the recomputed activations.
+        model.activation_checkpointing_enable({"use_reentrant": True})
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, model.config.vocab_size, (spec["batch"], spec["seq"]),
+                           generator=generator).to(device)
+    census = MemoryCensus(model)  # before the optimizer: its gradient hooks must run first
+    step, optimizer = make_step(spec["optimizer"], spec["clip"], model, tokens, master_weights=True)
+    for _ in range(1 if spec["optimizer"] in STATEFUL else 0):
+        step()
+    census.track_state(optimizer_state_tensors(optimizer))
+    with ProcessPeak(device, baseline) as process, census:
+        step()
+    params = [p for p in model.parameters() if p.requires_grad]
+    return {
+        **spec,
+        "num_params": sum(p.numel() for p in params),
+        "param_bytes": sum(p.numel() * p.element_size() for p in params),
+        "largest_grad_bytes": max(p.numel() * p.element_size() for p in params),
+        "category_peak": census.category_peak,
+        "at_peak": census.at_peak,
+        "census_peak": census.peak,
+        "process_peak": process.peak,
+    }
+
+
+def row_values(raw: dict) -> dict[str, float]:
+    """The numbers of one measured configuration, in bytes."""
+    values = {cell: float(raw["category_peak"][cell]) for cell in CELLS}
+    values["sum_of_parts"] = sum(values[cell] for cell in CELLS)
+    values["census_peak"] = float(raw["census_peak"])
+    values["process_peak"] = float(raw["process_peak"])
+    values["param_bytes"] = float(raw["param_bytes"])
+    values["largest_grad_bytes"] = float(raw["largest_grad_bytes"])
+    return values
+
+
+def extrapolate(by_layers: dict[int, dict[str, float]], depth: int) -> dict[str, float]:
+    """Linear in depth through the two shallowest measurements: v(n1) + (depth - n1) * slope."""
+    if len(by_layers) < 2:
+        raise ValueError("extrapolating in depth needs measurements at two depths")
+    (n1, v1), (n2, v2) = sorted(by_layers.items())[:2]
+    return {key: v1[key] + (depth - n1) * (v2[key] - v1[key]) / (n2 - n1) for key in v1}
+
+
+def summarise(raw_rows: list[dict]) -> list[dict]:
+    """One row per (optimizer, AC): measured, or extrapolated in depth for LLaMA shapes."""
+    groups: dict[tuple, dict[int, dict]] = {}
+    for raw in raw_rows:
+        key = (raw["model"], raw["dtype"], raw["optimizer"], raw["ac"])
+        groups.setdefault(key, {})[raw["layers"] or 0] = raw
+    rows = []
+    for (model, dtype, optimizer, ac), by_layers in groups.items():
+        first = next(iter(by_layers.values()))
+        row = dict(model=model, dtype=dtype, optimizer=optimizer, ac=ac, attn=first["attn"],
+                   seq=first["seq"], batch=first["batch"], device=first["device"],
+                   clip=first["clip"])
+        if model in LLAMA_SHAPES:
+            depth = LLAMA_SHAPES[model][3]
+            values = {n: row_values(raw) for n, raw in by_layers.items()}
+            row["layers"] = depth
+            row["measured_layers"] = " ".join(str(n) for n in sorted(by_layers))
+            row.update(extrapolate(values, depth))
+        else:
+            row["layers"] = "all"
+            row["measured_layers"] = "all"
+            row.update(row_values(first))
+        rows.append(row)
+    return rows
+
+
+def load_reference(path: Path) -> dict[tuple[str, bool], dict[str, float]]:
+    with open(path) as f:
+        return {
+            (r["optimizer"], r["ac"] == "yes"): {
+                "parameters": float(r["params_gb"]),
+                "gradients": float(r["gradients_gb"]),
+                "optimizer_states": float(r["optimizer_states_gb"]),
+                "activations": float(r["activations_gb"]),
+                "total": float(r["total_gb"]),
+            }
+            for r in csv.DictReader(f)
+        }
+
+
+def paper_comparable(row: dict) -> bool:
+    """Table 1 is LLaMA-7B, fp16 (bf16 has the same bytes), sequence 512, batch 8."""
+    return (all(row[k] == v for k, v in PAPER_SETTING.items())
+            and row["dtype"] in ("fp16", "bf16"))
+
+
+def table_rows(rows: list[dict], reference: dict) -> list[dict]:
+    """Rows for the CSV: GiB values, with the paper's value and ours/paper where comparable."""
+    out = []
+    for row in rows:
+        paper = reference.get((row["optimizer"], row["ac"])) if paper_comparable(row) else None
+        line = {k: row[k] for k in ("model", "layers", "measured_layers", "dtype", "attn", "seq",
+                                    "batch", "device", "optimizer")}
+        line["ac"] = "yes" if row["ac"] else "no"
+        for cell, paper_cell in COMPARED:
+            ours = row[cell] / GIB
+            line[f"{cell}_gb"] = round(ours, 3)
+            line[f"paper_{paper_cell}_gb"] = paper[paper_cell] if paper else ""
+            ratio = ours / paper[paper_cell] if paper and paper[paper_cell] else ""
+            line[f"ratio_{paper_cell}"] = round(ratio, 3) if ratio != "" else ""
+        line["sum_of_parts_gb"] = round(row["sum_of_parts"] / GIB, 3)
+        line["process_peak_gb"] = round(row["process_peak"] / GIB, 3)
+        line["process_minus_census_gb"] = round((row["process_peak"] - row["census_peak"]) / GIB, 3)
+        line["largest_grad_gb"] = round(row["largest_grad_bytes"] / GIB, 3)
+        out.append(line)
+    return out
+
+
+def format_text(lines: list[dict]) -> str:
+    header = (f"{'optimizer':13} {'AC':3} {'params':>14} {'grads':>14} {'states':>14} "
+              f"{'activations':>14} {'total (peak)':>14} {'sum':>7} {'process':>8} {'diff':>7}")
+    out = [header, "-" * len(header)]
+
+    def cell(line: dict, ours: str, paper: str) -> str:
+        if line[f"paper_{paper}_gb"] == "":
+            return f"{line[ours]:14.2f}"
+        return f"{line[ours]:6.2f}/{line[f'paper_{paper}_gb']:<7.2f}"
+
+    for line in lines:
+        cells = [cell(line, f"{ours}_gb", paper) for ours, paper in COMPARED]
+        out.append(
+            f"{line['optimizer']:13} {line['ac']:3} {' '.join(cells)} "
+            f"{line['sum_of_parts_gb']:7.2f} {line['process_peak_gb']:8.2f} "
+            f"{line['process_minus_census_gb']:7.2f}"
+        )
+    return "\n".join(out)
+
+
+def format_latex(lines: list[dict], caption: str) -> str:
+    """Table 1's layout; a cell reads `ours / paper (ratio)` where the paper has a value."""
+    names = {"adamw": "AdamW", "sgd": "SGD", "lomo": "LOMO", "adalomo": "AdaLomo",
+             "lomo-optim": "lomo-optim", "adalomo-optim": "AdaLomo (lomo-optim)"}
+    out = [r"\begin{table}[t]", r"\centering", r"\small",
+           r"\begin{tabular}{llrrrrr}", r"\toprule",
+           r"Optimizer & AC & Params & Gradients & Optim. states & Activations & Total \\",
+           r"\midrule"]
+    for line in lines:
+        cells = []
+        for ours, paper in COMPARED:
+            value = f"{line[f'{ours}_gb']:.2f}"
+            if line[f"paper_{paper}_gb"] != "":
+                ratio = line[f"ratio_{paper}"]
+                ratio_text = f"{ratio:.2f}" if ratio != "" else "--"
+                value += f" / {line[f'paper_{paper}_gb']:.2f} ({ratio_text})"
+            cells.append(value)
+        ac = r"\checkmark" if line["ac"] == "yes" else r"\texttimes"
+        out.append(f"{names.get(line['optimizer'], line['optimizer'])} & {ac} & "
+                   + " & ".join(cells) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}", ""]
+    return "\n".join(out)
+
+
+def write_atomic(path: str, text: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def to_csv(lines: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(lines[0]))
+    writer.writeheader()
+    writer.writerows(lines)
+    return buffer.getvalue()
+
+
+def plot(lines: list[dict], path: str, title: str) -> None:
+    """Stacked bars like the paper's Figure 2: ours, and the paper's next to it if comparable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = dict(parameters="#4c72b0", gradients="#dd8452", optimizer_states="#55a868",
+                  activations="#c44e52")
+    labels = dict(parameters="Parameters", gradients="Gradients",
+                  optimizer_states="Optimizer states", activations="Activations")
+    with_paper = any(line["paper_parameters_gb"] != "" for line in lines)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(lines) * (2 if with_paper else 1)), 4.5))
+    width = 0.38 if with_paper else 0.6
+    for i, line in enumerate(lines):
+        bars = [(i - width / 2 if with_paper else i, False)]
+        if with_paper:
+            bars.append((i + width / 2, True))
+        for x, is_paper in bars:
+            bottom = 0.0
+            for cell in CELLS:
+                value = line[f"paper_{cell}_gb"] if is_paper else line[f"{cell}_gb"]
+                ax.bar(x, value, width, bottom=bottom, color=colors[cell],
+                       hatch="//" if is_paper else None, edgecolor="white",
+                       label=labels[cell] if i == 0 and not is_paper else None)
+                bottom += value
+            if not is_paper:
+                ax.plot([x - width / 2, x + width / 2], [line["census_peak_gb"]] * 2, "k-",
+                        lw=1.5, label="Measured peak" if i == 0 else None)
+    if with_paper:
+        ax.bar(0, 0, 0, color="white", edgecolor="grey", hatch="//", label="Paper (hatched)")
+    ax.set_xticks(range(len(lines)))
+    ax.set_xticklabels([f"{line['optimizer']}\nAC {line['ac']}" for line in lines])
+    ax.set_ylabel("Memory (GiB)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = path + ".tmp" + Path(path).suffix
+    fig.savefig(tmp, dpi=150)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def lomo_summary(rows: list[dict]) -> str:
+    """The checks of the issue: LOMO's peak against its bound, and the ratios to the peers."""
+    by_key = {(r["dtype"], r["ac"], r["optimizer"]): r for r in rows}
+    out = []
+    for (dtype, ac, optimizer), row in by_key.items():
+        if optimizer != "lomo":
+            continue
+        bound = row["param_bytes"] + row["activations"] + row["largest_grad_bytes"]
+        text = (f"{dtype} AC {'on ' if ac else 'off'}: LOMO peak {row['census_peak'] / 2**20:.1f}"
+                f" MiB = {row['census_peak'] / bound:.3f} x (params + activations + largest "
+                f"gradient = {bound / 2**20:.1f} MiB)")
+        for peer in ("adamw", "sgd", "adalomo", "lomo-optim"):
+            if (dtype, ac, peer) in by_key:
+                peer_peak = by_key[(dtype, ac, peer)]["census_peak"]
+                text += f"; LOMO/{peer} {row['census_peak'] / peer_peak:.3f}"
+        out.append(text)
+    return "\n".join(out)
+
+
+def describe(rows: list[dict]) -> str:
+    first = rows[0]
+    text = (f"model {first['model']}, {first['dtype']}, batch {first['batch']} x sequence "
+            f"{first['seq']}, attention {first['attn']}, device {first['device']}, gradient "
+            f"clipping {'on (norm 1.0)' if first['clip'] else 'off'}, torch {torch.__version__}.")
+    if first["model"] in LLAMA_SHAPES:
+        text += (f" Measured with {first['measured_layers']} decoder layer(s) plus embedding and"
+                 f" head; every value extrapolated linearly in depth to {first['layers']} layers.")
+    if first["dtype"] == "bf16" and paper_comparable(first):
+        text += " Paper: fp16; we measured bf16 (same bytes per element)."
+    text += " GB = GiB (2^30 bytes), as in the paper."
+    return text
+
+
+def run_memory(args: argparse.Namespace) -> None:
+    if args.from_raw:
+        with open(args.from_raw) as f:
+            raw_rows = json.load(f)
+    else:
+        if args.model in LLAMA_SHAPES and len(args.layers) < 2:
+            raise SystemExit("--layers needs two depths (e.g. 1 2) to extrapolate a LLaMA shape")
+        if args.model not in LLAMA_SHAPES and args.layers:
+            raise SystemExit(f"--layers is only for LLaMA shapes ({', '.join(LLAMA_SHAPES)})")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device is available")
+        raw_rows = []
+        for ac in args.ac:
+            for optimizer in args.optimizers:
+                for layers in args.layers or [None]:
+                    spec = dict(model=args.model, layers=layers, dtype=args.dtype, attn=args.attn,
+                                ac=ac == "on", optimizer=optimizer, seq=args.seq,
+                                batch=args.batch, clip=args.clip, device=args.device)
+                    print(f"measuring {spec}", file=sys.stderr, flush=True)
+                    raw_rows.append(run_worker_process("lomo.memory", spec))
+        if args.raw:
+            write_atomic(args.raw, json.dumps(raw_rows, indent=1))
+    rows = summarise(raw_rows)
+    lines = table_rows(rows, load_reference(Path(args.reference)))
+    note = describe(rows)
+    print(note)
+    print("cells: ours/paper in GB; total = measured census peak; sum = sum of the four "
+          "category maxima; process = allocator peak; diff = process - census peak")
+    print(format_text(lines))
+    print(lomo_summary(rows))
+    if args.csv:
+        write_atomic(args.csv, to_csv(lines))
+    if args.tex:
+        write_atomic(args.tex, format_latex(lines, note.replace("_", r"\_")))
+    if args.figure:
+        plot(lines, args.figure, f"{rows[0]['model']}, {rows[0]['dtype']}, "
+             f"batch {rows[0]['batch']} x {rows[0]['seq']}")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("memory", help="Table 1: memory by category, measured")
+    parser.add_argument("--model", default="llama-7b",
+                        help=f"{', '.join(LLAMA_SHAPES)}, random-100m or a lomo.models name")
+    parser.add_argument("--layers", nargs="*", type=int, default=[],
+                        help="depths to measure a LLaMA shape at, for extrapolation (e.g. 1 2)")
+    parser.add_argument("--dtype", default="bf16", choices=list(DTYPES))
+    parser.add_argument("--attn", default="eager", choices=["eager", "sdpa"],
+                        help="attention implementation (eager materialises the score matrix)")
+    parser.add_argument("--optimizers", nargs="+", default=["adamw", "sgd", "lomo", "adalomo"],
+                        choices=OPTIMIZERS)
+    parser.add_argument("--ac", nargs="+", default=["off", "on"], choices=["off", "on"],
+                        help="activation checkpointing")
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--clip", action=argparse.BooleanOptionalAction, default=False,
+                        help="clip by global norm 1.0 (LOMO: an extra backward pass)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        choices=["cpu", "cuda"])
+    parser.add_argument("--reference", default=str(REFERENCE), help="the paper's Table 1 (CSV)")
+    parser.add_argument("--raw", help="write the per-configuration measurements here (JSON)")
+    parser.add_argument("--from-raw", help="render the tables from a --raw file, measure nothing")
+    parser.add_argument("--csv", help="write the table here (CSV)")
+    parser.add_argument("--tex", help="write the table here (LaTeX, Table 1 layout)")
+    parser.add_argument("--figure", help="write the stacked-bar figure here (PNG or PDF)")
+    parser.set_defaults(func=run_memory)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        print(json.dumps(run_worker(json.loads(sys.argv[2]))))

@@ -1,0 +1,216 @@
+"""Models and training steps shared by `lomo bench`, `lomo memory` and `lomo throughput`.
+
+- `build_model`: a named model in a given dtype: `random-100m`, a LLaMA-1-shaped model with
+  random weights and any number of layers (`llama-7b` ... `llama-65b`), or a `lomo.models` name.
+- `make_step`: one full training step (forward, backward, update) for LOMO, AdaLomo, their
+  `lomo-optim` originals, SGD and AdamW, plus the optimizer object so memory can be attributed.
+- `MasterWeightOptimizer`: the mixed-precision recipe behind the paper's SGD and AdamW rows
+  (low-precision model, fp32 master weights held by the optimizer).
+"""
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_leaves
+
+LEARNING_RATES = {"lomo": 1e-3, "adalomo": 1e-3, "sgd": 1e-3, "adamw": 1e-5}
+STATEFUL = ("adalomo", "adalomo-optim", "adamw")  # create optimizer state in their first step
+
+# LLaMA-1 shapes (Touvron et al., 2023): hidden size, attention heads, MLP size, layers.
+LLAMA_SHAPES = {
+    "llama-7b": (4096, 32, 11008, 32),
+    "llama-13b": (5120, 40, 13824, 40),
+    "llama-30b": (6656, 52, 17920, 60),
+    "llama-65b": (8192, 64, 22016, 80),
+}
+LLAMA_VOCAB = 32000
+
+
+def random_llama_100m() -> nn.Module:
+    """About 100M parameters in SmolLM2's shape family, random weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=640,
+        intermediate_size=1728,
+        num_hidden_layers=12,
+        num_attention_heads=10,
+        num_key_value_heads=5,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config)
+
+
+def llama_shaped(
+    shape: str, num_layers: int, dtype: torch.dtype, attn_implementation: str = "eager"
+) -> nn.Module:
+    """A LLaMA-1-shaped causal LM with `num_layers` decoder layers and random weights.
+
+    Built directly in `dtype`, so that no fp32 copy inflates the process's peak memory.
+    """
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    if shape not in LLAMA_SHAPES:
+        raise ValueError(f"unknown shape {shape!r}: expected one of {', '.join(LLAMA_SHAPES)}")
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    hidden, heads, intermediate, _ = LLAMA_SHAPES[shape]
+    config = LlamaConfig(
+        vocab_size=LLAMA_VOCAB,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        attn_implementation=attn_implementation,
+    )
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def build_model(
+    name: str,
+    dtype: torch.dtype,
+    attn_implementation: str = "eager",
+    num_layers: int | None = None,
+) -> nn.Module:
+    """`random-100m`, a LLaMA shape from LLAMA_SHAPES, or a model name for `lomo.models`.
+
+    `num_layers` is only meaningful for LLaMA shapes (default: the full depth).
+    """
+    if name in LLAMA_SHAPES:
+        layers = num_layers if num_layers is not None else LLAMA_SHAPES[name][3]
+        model = llama_shaped(name, layers, dtype, attn_implementation)
+    elif num_layers is not None:
+        raise ValueError(f"num_layers can only be set for LLaMA shapes, not for {name!r}")
+    elif name == "random-100m":
+        model = random_llama_100m().to(dtype)
+        model.config._attn_implementation = attn_implementation
+    else:
+        from lomo.models import load_model
+
+        model = load_model(name, dtype=dtype, attn_implementation=attn_implementation)
+    model.config.use_cache = False  # training: a KV cache would keep every layer's keys alive
+    return model.train()
+
+
+class MasterWeightOptimizer:
+    """Mixed-precision training with a torch optimizer: fp32 master weights, low-precision model.
+
+    The optimizer updates an fp32 copy of each parameter from the fp32-converted gradient, and
+    the result is copied back into the fp16/bf16 weight. This is the recipe behind the paper's
+    Table 1: SGD keeps 4 bytes (master) and AdamW 12 bytes (master + two moments) per parameter.
+    Each parameter has its own torch optimizer, so only one fp32 gradient exists at a time.
+    """
+
+    def __init__(self, params: list[nn.Parameter], optimizer_cls: type, **kwargs: Any) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        if any(p.dtype == torch.float32 for p in self.params):
+            raise ValueError("master weights are for fp16/bf16 parameters; use the optimizer as is")
+        self.masters = [p.detach().float() for p in self.params]
+        self.optimizers = [optimizer_cls([master], **kwargs) for master in self.masters]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        pairs = zip(self.params, self.masters, self.optimizers, strict=True)
+        for param, master, optimizer in pairs:
+            if param.grad is None:
+                continue
+            master.grad = param.grad.float()
+            optimizer.step()
+            master.grad = None
+            param.copy_(master)
+
+    def state_tensors(self) -> list[Tensor]:
+        moments = [t for opt in self.optimizers for t in tree_leaves(opt.state)]
+        return self.masters + [t for t in moments if isinstance(t, Tensor)]
+
+
+def optimizer_state_tensors(optimizer: Any) -> list[Tensor]:
+    """Every tensor an optimizer keeps between steps (master weights, moments, step counts)."""
+    if isinstance(optimizer, MasterWeightOptimizer):
+        return optimizer.state_tensors()
+    holders: list[Any] = [optimizer.state]
+    # lomo-optim's AdaLomo keeps its second moments in dicts outside `state`.
+    holders += [getattr(optimizer, name, {}) for name in ("exp_avg_sq", "exp_avg_sq_row",
+                                                          "exp_avg_sq_col")]
+    return [t for t in tree_leaves(holders) if isinstance(t, Tensor)]
+
+
+def make_step(
+    name: str, clip: bool, model: nn.Module, tokens: Tensor, master_weights: bool = False
+) -> tuple[Callable[[], Any], Any]:
+    """Build the optimizer; return a function that runs one full training step, and the optimizer.
+
+    `master_weights=True` gives SGD and AdamW fp32 master weights (`MasterWeightOptimizer`)
+    when the model is fp16/bf16; LOMO and AdaLomo always update in fp32 on their own.
+    """
+
+    def loss_fn() -> Tensor:
+        return model(input_ids=tokens, labels=tokens).loss
+
+    family = name.removesuffix("-optim")
+    if family not in LEARNING_RATES:
+        raise ValueError(f"unknown optimizer {name!r}")
+    lr = LEARNING_RATES[family]
+    if name in ("lomo", "adalomo"):
+        from lomo import LOMO, AdaLomo
+
+        cls = LOMO if name == "lomo" else AdaLomo
+        opt = cls(model, lr=lr, clip_grad_norm=1.0 if clip else None)
+        return lambda: opt.step(loss_fn), opt
+    if name in ("lomo-optim", "adalomo-optim"):
+        import lomo_optim
+
+        if not torch.cuda.is_available():  # lomo-optim's AdaLomo calls .cuda() on its state
+            torch.Tensor.cuda = lambda self, *args, **kwargs: self
+        cls = lomo_optim.Lomo if family == "lomo" else lomo_optim.AdaLomo
+        opt = cls(model, lr=lr, clip_grad_norm=1.0 if clip else None)
+
+        def lomo_optim_step() -> None:
+            if clip:
+                opt.grad_norm(loss_fn())
+            opt.fused_backward(loss_fn(), lr)
+
+        return lomo_optim_step, opt
+    opt_cls = torch.optim.SGD if name == "sgd" else torch.optim.AdamW
+    low_precision = next(model.parameters()).dtype != torch.float32
+    if master_weights and low_precision:
+        opt = MasterWeightOptimizer(list(model.parameters()), opt_cls, lr=lr, foreach=False)
+    else:
+        opt = opt_cls(model.parameters(), lr=lr)
+
+    def torch_step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    return torch_step, opt
+
+
+def run_worker_process(module: str, spec: dict) -> dict:
+    """Run `python -m module --worker SPEC` in a fresh process; return its last JSON line.
+
+    A fresh process per configuration: no allocator cache, optimizer hook or peak shared.
+    """
+    command = [sys.executable, "-m", module, "--worker", json.dumps(spec)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{module} worker failed for {spec}:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
