@@ -2,13 +2,13 @@
 
 import argparse
 
-from lomo import bench, demo, evaluate, finetune, memory
+from lomo import bench, demo, evaluate, finetune, memory, models, report, throughput
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lomo", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for module in (demo, bench, finetune, evaluate, memory):
+    for module in (demo, bench, finetune, evaluate, models, report, memory, throughput):
         module.add_parser(subparsers)
     args = parser.parse_args(argv)
     args.func(args)

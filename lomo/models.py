@@ -8,7 +8,9 @@ Names understood by `load_model` / `load_tokenizer`:
 - a local folder holding a Hugging Face model, or a hub id such as `huggyllama/llama-7b`.
 """
 
+import argparse
 import importlib.metadata
+import json
 import os
 import shutil
 import tempfile
@@ -101,6 +103,11 @@ def tiny_llama(vocab_size: int, dtype: torch.dtype, attn_implementation: str) ->
     return model.to(dtype)
 
 
+def model_slug(name_or_path: str) -> str:
+    """A path-safe name: hub ids such as huggyllama/llama-7b become huggyllama--llama-7b."""
+    return name_or_path.strip("/").replace("/", "--")
+
+
 def resolve(name_or_path: str) -> str:
     """Map a model name to something `from_pretrained` accepts (a folder or a hub id)."""
     if name_or_path == SMOLLM2:
@@ -131,3 +138,38 @@ def load_model(
     return AutoModelForCausalLM.from_pretrained(
         resolve(name_or_path), dtype=dtype, attn_implementation=attn_implementation
     )
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def prepare(name_or_path: str) -> dict:
+    """Fetch or convert a model once (GGUF conversion, hub download) and describe it."""
+    from transformers import AutoConfig
+
+    if name_or_path == TINY_LLAMA:
+        load_tokenizer(TINY_LLAMA)  # the tiny model borrows SmolLM2's tokenizer
+        return {"model": name_or_path, "path": None}
+    path = resolve(name_or_path)
+    if "/" in path and not Path(path).is_dir():
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model"])
+    config = AutoConfig.from_pretrained(path)
+    load_tokenizer(name_or_path)
+    return {"model": name_or_path, "path": str(path), "config": config.to_diff_dict()}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "prepare-model", help="download or convert a model once, before parallel jobs use it"
+    )
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--out", required=True, help="JSON file describing the prepared model")
+    parser.set_defaults(func=lambda args: write_json_atomic(args.out, prepare(args.model)))
+
+
+def write_json_atomic(path: str, value: dict) -> None:
+    from tasks.superglue.data import write_atomic
+
+    write_atomic(path, json.dumps(value, indent=1, default=str) + "\n")
