@@ -13,8 +13,7 @@ import os
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from lomo.finetune import settings_to_flags
-from lomo.models import model_slug
+from lomo.workflow import model_slug, settings_to_flags
 from tasks.superglue.source import SourceError, resolve_source
 
 

@@ -590,21 +590,6 @@ def to_csv(rows: list[dict]) -> str:
 # --- command line ----------------------------------------------------------------------------
 
 
-def settings_to_flags(settings: dict[str, Any]) -> str:
-    """`{"max_length": 256, "activation_checkpointing": False}` ->
-    `--max-length 256 --no-activation-checkpointing` (the workflow builds commands with it)."""
-    flags = []
-    for key, value in settings.items():
-        flag = key.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(f"--{flag}" if value else f"--no-{flag}")
-        elif isinstance(value, list):
-            flags.append(f"--{flag} {' '.join(map(str, value))}")
-        elif value is not None:
-            flags.append(f"--{flag} {value}")
-    return " ".join(flags)
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "finetune",

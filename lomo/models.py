@@ -103,11 +103,6 @@ def tiny_llama(vocab_size: int, dtype: torch.dtype, attn_implementation: str) ->
     return model.to(dtype)
 
 
-def model_slug(name_or_path: str) -> str:
-    """A path-safe name: hub ids such as huggyllama/llama-7b become huggyllama--llama-7b."""
-    return name_or_path.strip("/").replace("/", "--")
-
-
 def resolve(name_or_path: str) -> str:
     """Map a model name to something `from_pretrained` accepts (a folder or a hub id)."""
     if name_or_path == SMOLLM2:

@@ -1,0 +1,143 @@
+"""The Snakemake workflow: lint, dry runs of every profile, start-up errors, and the `ci`
+profile end to end (tiny model, real data), including a partial rerun."""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lomo.workflow import settings_to_flags
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "superglue"
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(*args: str, env: dict | None = None, timeout: int = 120):
+    return subprocess.run(
+        [*SNAKEMAKE, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def full_superglue(tmp_path_factory) -> Path:
+    """Every task folder with train and val files, for dry runs of profiles that need tasks
+    whose validation split is held back here (BoolQ); dry runs read no data."""
+    folder = tmp_path_factory.mktemp("superglue")
+    for task in DATA.iterdir():
+        if task.is_dir():
+            (folder / task.name).mkdir()
+            for name in ("train.jsonl", "val.jsonl"):
+                source = task / name if (task / name).exists() else task / "train.jsonl"
+                (folder / task.name / name).symlink_to(source)
+    return folder
+
+
+def test_lint_is_clean():
+    done = snakemake("--lint", env={"LOMO_SUPERGLUE_DIR": str(DATA)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Congratulations" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    "configfile", ["config/config.yaml", "config/ci.yaml", "config/paper.yaml"]
+)
+def test_dry_run_of_every_profile(configfile, full_superglue):
+    done = snakemake(
+        "-n", "--configfile", configfile, "--config", f"superglue_dir={full_superglue}"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "finetune" in done.stdout
+
+
+def test_paper_profile_launches_through_torchrun_with_deepspeed(full_superglue):
+    target = "results/paper/superglue/huggyllama--llama-65b/lomo/rte/seed42/metrics.json"
+    done = snakemake(
+        target,
+        "-n",
+        "-p",
+        "--configfile",
+        "config/paper.yaml",
+        "--config",
+        f"superglue_dir={full_superglue}",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "torchrun --nproc_per_node 8 -m lomo.cli finetune" in done.stdout
+    assert "--deepspeed config/deepspeed/zero3.json" in done.stdout
+    assert "--dtype fp16" in done.stdout
+
+
+def test_invalid_config_value_stops_before_any_work(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        (ROOT / "config/ci.yaml")
+        .read_text()
+        .replace("[zero-shot, lomo, lora]", "[zero-shot, magic]")
+    )
+    done = snakemake("-n", "--configfile", str(bad))
+    assert done.returncode != 0
+    assert "magic" in done.stdout + done.stderr
+
+
+def test_unreachable_data_source_stops_with_what_to_set():
+    # config/config.yaml leaves superglue_dir unset; the hub is unreachable (HF_HUB_OFFLINE).
+    done = snakemake("-n", env={"LOMO_SUPERGLUE_DIR": ""})
+    assert done.returncode != 0
+    assert "set superglue_dir" in done.stdout + done.stderr
+    missing = snakemake("-n", "--config", "superglue_dir=/nonexistent/superglue")
+    assert missing.returncode != 0
+    assert "is not a folder" in missing.stdout + missing.stderr
+
+
+def test_settings_to_flags():
+    flags = settings_to_flags(
+        {
+            "max_length": 256,
+            "activation_checkpointing": False,
+            "lora_targets": ["q_proj", "v_proj"],
+            "test_size": None,
+            "sequential_updates": True,
+        }
+    )
+    assert flags == (
+        "--max-length 256 --no-activation-checkpointing --lora-targets q_proj "
+        "v_proj --sequential-updates"
+    )
+
+
+def test_ci_profile_end_to_end_and_partial_rerun():
+    profile = "ci-test"
+    results = ROOT / "results" / profile
+    shutil.rmtree(results, ignore_errors=True)
+    args = ("--cores", "2", "--configfile", "config/ci.yaml", "--config", f"profile={profile}")
+    done = snakemake(*args, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with open(results / "tables" / "superglue.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["method"], r["task"]) for r in rows} == {
+        (m, t) for m in ("zero-shot", "lomo", "lora") for t in ("copa", "rte")
+    }
+    assert all(0 <= float(r["value"]) <= 1 and int(r["n"]) == 8 for r in rows)
+    assert (results / "figures" / "superglue.png").stat().st_size > 0
+
+    # Deleting one run's metrics recomputes that run and the table, nothing else.
+    (results / "superglue/tiny-llama/lomo/rte/seed42/metrics.json").unlink()
+    plan = snakemake("-n", *args)
+    assert plan.returncode == 0, plan.stderr
+    jobs = {
+        line.split()[0]: int(line.split()[1])
+        for line in plan.stdout.splitlines()
+        if line.split()
+        and line.split()[0] in ("finetune", "superglue_table", "prepare_model", "total")
+    }
+    assert jobs == {"finetune": 1, "superglue_table": 1, "total": 3}
+    shutil.rmtree(results)
