@@ -57,8 +57,9 @@ def run_worker(spec: dict) -> dict:
         # Reentrant, as in the paper's time; the census sees the recomputed activations.
         model.activation_checkpointing_enable({"use_reentrant": True})
     generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, model.config.vocab_size, (spec["batch"], spec["seq"]),
-                           generator=generator).to(device)
+    tokens = torch.randint(
+        0, model.config.vocab_size, (spec["batch"], spec["seq"]), generator=generator
+    ).to(device)
     census = MemoryCensus(model)  # before the optimizer: its gradient hooks must run first
     step, optimizer = make_step(spec["optimizer"], spec["clip"], model, tokens, master_weights=True)
     for _ in range(1 if spec["optimizer"] in STATEFUL else 0):
@@ -107,9 +108,17 @@ def summarise(raw_rows: list[dict]) -> list[dict]:
     rows = []
     for (model, dtype, optimizer, ac), by_layers in groups.items():
         first = next(iter(by_layers.values()))
-        row = dict(model=model, dtype=dtype, optimizer=optimizer, ac=ac, attn=first["attn"],
-                   seq=first["seq"], batch=first["batch"], device=first["device"],
-                   clip=first["clip"])
+        row = dict(
+            model=model,
+            dtype=dtype,
+            optimizer=optimizer,
+            ac=ac,
+            attn=first["attn"],
+            seq=first["seq"],
+            batch=first["batch"],
+            device=first["device"],
+            clip=first["clip"],
+        )
         if model in LLAMA_SHAPES:
             depth = LLAMA_SHAPES[model][3]
             values = {n: row_values(raw) for n, raw in by_layers.items()}
@@ -140,8 +149,7 @@ def load_reference(path: Path) -> dict[tuple[str, bool], dict[str, float]]:
 
 def paper_comparable(row: dict) -> bool:
     """Table 1 is LLaMA-7B, fp16 (bf16 has the same bytes), sequence 512, batch 8."""
-    return (all(row[k] == v for k, v in PAPER_SETTING.items())
-            and row["dtype"] in ("fp16", "bf16"))
+    return all(row[k] == v for k, v in PAPER_SETTING.items()) and row["dtype"] in ("fp16", "bf16")
 
 
 def table_rows(rows: list[dict], reference: dict) -> list[dict]:
@@ -149,8 +157,20 @@ def table_rows(rows: list[dict], reference: dict) -> list[dict]:
     out = []
     for row in rows:
         paper = reference.get((row["optimizer"], row["ac"])) if paper_comparable(row) else None
-        line = {k: row[k] for k in ("model", "layers", "measured_layers", "dtype", "attn", "seq",
-                                    "batch", "device", "optimizer")}
+        line = {
+            k: row[k]
+            for k in (
+                "model",
+                "layers",
+                "measured_layers",
+                "dtype",
+                "attn",
+                "seq",
+                "batch",
+                "device",
+                "optimizer",
+            )
+        }
         line["ac"] = "yes" if row["ac"] else "no"
         for cell, paper_cell in COMPARED:
             ours = row[cell] / GIB
@@ -167,8 +187,10 @@ def table_rows(rows: list[dict], reference: dict) -> list[dict]:
 
 
 def format_text(lines: list[dict]) -> str:
-    header = (f"{'optimizer':13} {'AC':3} {'params':>14} {'grads':>14} {'states':>14} "
-              f"{'activations':>14} {'total (peak)':>14} {'sum':>7} {'process':>8} {'diff':>7}")
+    header = (
+        f"{'optimizer':13} {'AC':3} {'params':>14} {'grads':>14} {'states':>14} "
+        f"{'activations':>14} {'total (peak)':>14} {'sum':>7} {'process':>8} {'diff':>7}"
+    )
     out = [header, "-" * len(header)]
 
     def cell(line: dict, ours: str, paper: str) -> str:
@@ -188,12 +210,23 @@ def format_text(lines: list[dict]) -> str:
 
 def format_latex(lines: list[dict], caption: str) -> str:
     """Table 1's layout; a cell reads `ours / paper (ratio)` where the paper has a value."""
-    names = {"adamw": "AdamW", "sgd": "SGD", "lomo": "LOMO", "adalomo": "AdaLomo",
-             "lomo-optim": "lomo-optim", "adalomo-optim": "AdaLomo (lomo-optim)"}
-    out = [r"\begin{table}[t]", r"\centering", r"\small",
-           r"\begin{tabular}{llrrrrr}", r"\toprule",
-           r"Optimizer & AC & Params & Gradients & Optim. states & Activations & Total \\",
-           r"\midrule"]
+    names = {
+        "adamw": "AdamW",
+        "sgd": "SGD",
+        "lomo": "LOMO",
+        "adalomo": "AdaLomo",
+        "lomo-optim": "lomo-optim",
+        "adalomo-optim": "AdaLomo (lomo-optim)",
+    }
+    out = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        r"\begin{tabular}{llrrrrr}",
+        r"\toprule",
+        r"Optimizer & AC & Params & Gradients & Optim. states & Activations & Total \\",
+        r"\midrule",
+    ]
     for line in lines:
         cells = []
         for ours, paper in COMPARED:
@@ -204,8 +237,11 @@ def format_latex(lines: list[dict], caption: str) -> str:
                 value += f" / {line[f'paper_{paper}_gb']:.2f} ({ratio_text})"
             cells.append(value)
         ac = r"\checkmark" if line["ac"] == "yes" else r"\texttimes"
-        out.append(f"{names.get(line['optimizer'], line['optimizer'])} & {ac} & "
-                   + " & ".join(cells) + r" \\")
+        out.append(
+            f"{names.get(line['optimizer'], line['optimizer'])} & {ac} & "
+            + " & ".join(cells)
+            + r" \\"
+        )
     out += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}", ""]
     return "\n".join(out)
 
@@ -232,10 +268,15 @@ def plot(lines: list[dict], path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = dict(parameters="#4c72b0", gradients="#dd8452", optimizer_states="#55a868",
-                  activations="#c44e52")
-    labels = dict(parameters="Parameters", gradients="Gradients",
-                  optimizer_states="Optimizer states", activations="Activations")
+    colors = dict(
+        parameters="#4c72b0", gradients="#dd8452", optimizer_states="#55a868", activations="#c44e52"
+    )
+    labels = dict(
+        parameters="Parameters",
+        gradients="Gradients",
+        optimizer_states="Optimizer states",
+        activations="Activations",
+    )
     with_paper = any(line["paper_parameters_gb"] != "" for line in lines)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(lines) * (2 if with_paper else 1)), 4.5))
     width = 0.38 if with_paper else 0.6
@@ -247,13 +288,25 @@ def plot(lines: list[dict], path: str, title: str) -> None:
             bottom = 0.0
             for cell in CELLS:
                 value = line[f"paper_{cell}_gb"] if is_paper else line[f"{cell}_gb"]
-                ax.bar(x, value, width, bottom=bottom, color=colors[cell],
-                       hatch="//" if is_paper else None, edgecolor="white",
-                       label=labels[cell] if i == 0 and not is_paper else None)
+                ax.bar(
+                    x,
+                    value,
+                    width,
+                    bottom=bottom,
+                    color=colors[cell],
+                    hatch="//" if is_paper else None,
+                    edgecolor="white",
+                    label=labels[cell] if i == 0 and not is_paper else None,
+                )
                 bottom += value
             if not is_paper:
-                ax.plot([x - width / 2, x + width / 2], [line["census_peak_gb"]] * 2, "k-",
-                        lw=1.5, label="Measured peak" if i == 0 else None)
+                ax.plot(
+                    [x - width / 2, x + width / 2],
+                    [line["census_peak_gb"]] * 2,
+                    "k-",
+                    lw=1.5,
+                    label="Measured peak" if i == 0 else None,
+                )
     if with_paper:
         ax.bar(0, 0, 0, color="white", edgecolor="grey", hatch="//", label="Paper (hatched)")
     ax.set_xticks(range(len(lines)))
@@ -277,9 +330,11 @@ def lomo_summary(rows: list[dict]) -> str:
         if optimizer != "lomo":
             continue
         bound = row["param_bytes"] + row["activations"] + row["largest_grad_bytes"]
-        text = (f"{dtype} AC {'on ' if ac else 'off'}: LOMO peak {row['census_peak'] / 2**20:.1f}"
-                f" MiB = {row['census_peak'] / bound:.3f} x (params + activations + largest "
-                f"gradient = {bound / 2**20:.1f} MiB)")
+        text = (
+            f"{dtype} AC {'on ' if ac else 'off'}: LOMO peak {row['census_peak'] / 2**20:.1f}"
+            f" MiB = {row['census_peak'] / bound:.3f} x (params + activations + largest "
+            f"gradient = {bound / 2**20:.1f} MiB)"
+        )
         for peer in ("adamw", "sgd", "adalomo", "lomo-optim"):
             if (dtype, ac, peer) in by_key:
                 peer_peak = by_key[(dtype, ac, peer)]["census_peak"]
@@ -290,12 +345,16 @@ def lomo_summary(rows: list[dict]) -> str:
 
 def describe(rows: list[dict]) -> str:
     first = rows[0]
-    text = (f"model {first['model']}, {first['dtype']}, batch {first['batch']} x sequence "
-            f"{first['seq']}, attention {first['attn']}, device {first['device']}, gradient "
-            f"clipping {'on (norm 1.0)' if first['clip'] else 'off'}, torch {torch.__version__}.")
+    text = (
+        f"model {first['model']}, {first['dtype']}, batch {first['batch']} x sequence "
+        f"{first['seq']}, attention {first['attn']}, device {first['device']}, gradient "
+        f"clipping {'on (norm 1.0)' if first['clip'] else 'off'}, torch {torch.__version__}."
+    )
     if first["model"] in LLAMA_SHAPES:
-        text += (f" Measured with {first['measured_layers']} decoder layer(s) plus embedding and"
-                 f" head; every value extrapolated linearly in depth to {first['layers']} layers.")
+        text += (
+            f" Measured with {first['measured_layers']} decoder layer(s) plus embedding and"
+            f" head; every value extrapolated linearly in depth to {first['layers']} layers."
+        )
     if first["dtype"] == "bf16" and paper_comparable(first):
         text += " Paper: fp16; we measured bf16 (same bytes per element)."
     text += " GB = GiB (2^30 bytes), as in the paper."
@@ -317,9 +376,18 @@ def run_memory(args: argparse.Namespace) -> None:
         for ac in args.ac:
             for optimizer in args.optimizers:
                 for layers in args.layers or [None]:
-                    spec = dict(model=args.model, layers=layers, dtype=args.dtype, attn=args.attn,
-                                ac=ac == "on", optimizer=optimizer, seq=args.seq,
-                                batch=args.batch, clip=args.clip, device=args.device)
+                    spec = dict(
+                        model=args.model,
+                        layers=layers,
+                        dtype=args.dtype,
+                        attn=args.attn,
+                        ac=ac == "on",
+                        optimizer=optimizer,
+                        seq=args.seq,
+                        batch=args.batch,
+                        clip=args.clip,
+                        device=args.device,
+                    )
                     print(f"measuring {spec}", file=sys.stderr, flush=True)
                     raw_rows.append(run_worker_process("lomo.memory", spec))
         if args.raw:
@@ -328,8 +396,10 @@ def run_memory(args: argparse.Namespace) -> None:
     lines = table_rows(rows, load_reference(Path(args.reference)))
     note = describe(rows)
     print(note)
-    print("cells: ours/paper in GB; total = measured census peak; sum = sum of the four "
-          "category maxima; process = allocator peak; diff = process - census peak")
+    print(
+        "cells: ours/paper in GB; total = measured census peak; sum = sum of the four "
+        "category maxima; process = allocator peak; diff = process - census peak"
+    )
     print(format_text(lines))
     print(lomo_summary(rows))
     if args.csv:
@@ -337,29 +407,55 @@ def run_memory(args: argparse.Namespace) -> None:
     if args.tex:
         write_atomic(args.tex, format_latex(lines, note.replace("_", r"\_")))
     if args.figure:
-        plot(lines, args.figure, f"{rows[0]['model']}, {rows[0]['dtype']}, "
-             f"batch {rows[0]['batch']} x {rows[0]['seq']}")
+        plot(
+            lines,
+            args.figure,
+            f"{rows[0]['model']}, {rows[0]['dtype']}, batch {rows[0]['batch']} x {rows[0]['seq']}",
+        )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("memory", help="Table 1: memory by category, measured")
-    parser.add_argument("--model", default="llama-7b",
-                        help=f"{', '.join(LLAMA_SHAPES)}, random-100m or a lomo.models name")
-    parser.add_argument("--layers", nargs="*", type=int, default=[],
-                        help="depths to measure a LLaMA shape at, for extrapolation (e.g. 1 2)")
+    parser.add_argument(
+        "--model",
+        default="llama-7b",
+        help=f"{', '.join(LLAMA_SHAPES)}, random-100m or a lomo.models name",
+    )
+    parser.add_argument(
+        "--layers",
+        nargs="*",
+        type=int,
+        default=[],
+        help="depths to measure a LLaMA shape at, for extrapolation (e.g. 1 2)",
+    )
     parser.add_argument("--dtype", default="bf16", choices=list(DTYPES))
-    parser.add_argument("--attn", default="eager", choices=["eager", "sdpa"],
-                        help="attention implementation (eager materialises the score matrix)")
-    parser.add_argument("--optimizers", nargs="+", default=["adamw", "sgd", "lomo", "adalomo"],
-                        choices=OPTIMIZERS)
-    parser.add_argument("--ac", nargs="+", default=["off", "on"], choices=["off", "on"],
-                        help="activation checkpointing")
+    parser.add_argument(
+        "--attn",
+        default="eager",
+        choices=["eager", "sdpa"],
+        help="attention implementation (eager materialises the score matrix)",
+    )
+    parser.add_argument(
+        "--optimizers", nargs="+", default=["adamw", "sgd", "lomo", "adalomo"], choices=OPTIMIZERS
+    )
+    parser.add_argument(
+        "--ac",
+        nargs="+",
+        default=["off", "on"],
+        choices=["off", "on"],
+        help="activation checkpointing",
+    )
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--clip", action=argparse.BooleanOptionalAction, default=False,
-                        help="clip by global norm 1.0 (LOMO: an extra backward pass)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--clip",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="clip by global norm 1.0 (LOMO: an extra backward pass)",
+    )
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
+    )
     parser.add_argument("--reference", default=str(REFERENCE), help="the paper's Table 1 (CSV)")
     parser.add_argument("--raw", help="write the per-configuration measurements here (JSON)")
     parser.add_argument("--from-raw", help="render the tables from a --raw file, measure nothing")

@@ -146,8 +146,9 @@ def optimizer_state_tensors(optimizer: Any) -> list[Tensor]:
         return optimizer.state_tensors()
     holders: list[Any] = [optimizer.state]
     # lomo-optim's AdaLomo keeps its second moments in dicts outside `state`.
-    holders += [getattr(optimizer, name, {}) for name in ("exp_avg_sq", "exp_avg_sq_row",
-                                                          "exp_avg_sq_col")]
+    holders += [
+        getattr(optimizer, name, {}) for name in ("exp_avg_sq", "exp_avg_sq_row", "exp_avg_sq_col")
+    ]
     return [t for t in tree_leaves(holders) if isinstance(t, Tensor)]
 
 
