@@ -9,6 +9,7 @@ with every wildcard in the path, so `snakemake <path>` rebuilds exactly one piec
 """
 
 import os
+import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -23,6 +24,8 @@ configfile: "config/config.yaml"
 validate(config, "config/schemas/config.schema.yaml")
 
 PROFILE = config["profile"]
+# The lomo CLI of the Python running Snakemake: works from a venv that is not activated.
+LOMO = f"{sys.executable} -m lomo.cli"
 RESULTS = f"results/{PROFILE}"
 # Model names may contain slashes (hub ids); paths use a slug without them.
 MODELS = {model_slug(name): name for name in config["models"]}
@@ -55,7 +58,7 @@ def run_settings(wildcards):
 
 def launcher(wildcards):
     gpus = config.get("model_gpus", {}).get(MODELS[wildcards.model], config["resources"]["gpus"])
-    return config["launcher"].format(gpus=gpus)
+    return config["launcher"].format(python=sys.executable, gpus=gpus)
 
 
 def deepspeed_flag(wildcards):
@@ -88,6 +91,7 @@ rule prepare_model:
     output:
         f"{RESULTS}/models/{{model}}.json",
     params:
+        lomo=LOMO,
         name=lambda w: MODELS[w.model],
     conda:
         "environment.yml"
@@ -97,7 +101,7 @@ rule prepare_model:
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
     shell:
-        "lomo prepare-model --model {params.name} --out {output} > {log} 2>&1"
+        "{params.lomo} prepare-model --model {params.name} --out {output} > {log} 2>&1"
 
 
 rule finetune:
@@ -132,6 +136,8 @@ rule finetune:
 rule superglue_table:
     input:
         RUNS,
+    params:
+        lomo=LOMO,
     output:
         csv=report(
             f"{RESULTS}/tables/superglue.csv",
@@ -150,6 +156,6 @@ rule superglue_table:
     log:
         f"{RESULTS}/logs/superglue_table.log",
     shell:
-        "lomo table --runs {input} --reference paper/reference/table3_superglue.csv"
+        "{params.lomo} table --runs {input} --reference paper/reference/table3_superglue.csv"
         " --csv {output.csv} --markdown {output.md} --latex {output.tex} --figure {output.png}"
         " > {log} 2>&1"

@@ -71,7 +71,7 @@ def test_paper_profile_launches_through_torchrun_with_deepspeed(full_superglue):
         f"superglue_dir={full_superglue}",
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "torchrun --nproc_per_node 8 -m lomo.cli finetune" in done.stdout
+    assert "torch.distributed.run --nproc_per_node 8 -m lomo.cli finetune" in done.stdout
     assert "--deepspeed config/deepspeed/zero3.json" in done.stdout
     assert "--dtype fp16" in done.stdout
 
