@@ -56,9 +56,12 @@ def run_settings(wildcards):
     )
 
 
+def job_gpus(wildcards):
+    return config.get("model_gpus", {}).get(MODELS[wildcards.model], config["resources"]["gpus"])
+
+
 def launcher(wildcards):
-    gpus = config.get("model_gpus", {}).get(MODELS[wildcards.model], config["resources"]["gpus"])
-    return config["launcher"].format(python=sys.executable, gpus=gpus)
+    return config["launcher"].format(python=sys.executable, gpus=job_gpus(wildcards))
 
 
 def deepspeed_flag(wildcards):
@@ -122,9 +125,9 @@ rule finetune:
         f"{RESULTS}/logs/finetune/{{model}}/{{method}}/{{task}}/seed{{seed}}.log",
     threads: config["resources"]["threads"]
     resources:
-        gpus=lambda w: config.get("model_gpus", {}).get(
-            MODELS[w.model], config["resources"]["gpus"]
-        ),
+        # `gpus` schedules local runs (--resources gpus=N); the SLURM plugin reads `gpu`.
+        gpus=job_gpus,
+        gpu=job_gpus,
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
     shell:
