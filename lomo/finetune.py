@@ -15,7 +15,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 import random
 import resource
 import sys
@@ -33,6 +32,7 @@ from lomo.evaluate import IGNORE_INDEX, encode_train_example, evaluate
 from lomo.models import load_model, load_tokenizer
 from lomo.optim import LOMO, AdaLomo, FusedOptimizer
 from tasks.superglue import PROTOCOLS, get_task, get_template, prepare
+from tasks.superglue.data import write_atomic
 
 METHODS = ("zero-shot", "lomo", "adalomo", "sgd", "adamw", "lora", "lora+lomo")
 FUSED_METHODS = ("lomo", "adalomo")
@@ -328,13 +328,6 @@ def train_step(
 
 
 # --- bookkeeping -----------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def peak_memory_bytes(device: torch.device) -> int:
