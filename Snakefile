@@ -21,6 +21,9 @@ from tasks.superglue.source import SourceError, resolve_source
 configfile: "config/config.yaml"
 
 
+report: "config/report/workflow.rst"
+
+
 validate(config, "config/schemas/config.schema.yaml")
 
 PROFILE = config["profile"]

@@ -128,6 +128,10 @@ def test_ci_profile_end_to_end_and_partial_rerun():
     }
     assert all(0 <= float(r["value"]) <= 1 and int(r["n"]) == 8 for r in rows)
     assert (results / "figures" / "superglue.png").stat().st_size > 0
+    report = results / "report.html"
+    done = snakemake(*args, "--report", str(report))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert b"superglue.csv" in report.read_bytes()
 
     # Deleting one run's metrics recomputes that run and the table, nothing else.
     (results / "superglue/tiny-llama/lomo/rte/seed42/metrics.json").unlink()
