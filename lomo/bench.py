@@ -9,7 +9,6 @@ where no allocator statistics exist); step time is the median of the untracked s
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -19,26 +18,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from lomo.workloads import make_step, random_llama_100m
+from tasks.superglue.data import write_atomic
+
 OPTIMIZERS = ("lomo", "lomo-optim", "adalomo", "adalomo-optim", "sgd", "adamw")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-LEARNING_RATES = {"lomo": 1e-3, "adalomo": 1e-3, "sgd": 1e-3, "adamw": 1e-5}
-
-
-def random_llama_100m() -> nn.Module:
-    """About 100M parameters in SmolLM2's shape family, random weights."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=32000,
-        hidden_size=640,
-        intermediate_size=1728,
-        num_hidden_layers=12,
-        num_attention_heads=10,
-        num_key_value_heads=5,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config)
 
 
 def load_bench_model(name: str, dtype: torch.dtype) -> nn.Module:
@@ -49,48 +33,6 @@ def load_bench_model(name: str, dtype: torch.dtype) -> nn.Module:
 
         model = load_model(name)
     return model.to(dtype).train()
-
-
-def make_step(name: str, clip: bool, model: nn.Module, tokens: torch.Tensor) -> Callable:
-    """Build the optimizer; return a function that runs one full training step."""
-
-    def loss_fn() -> torch.Tensor:
-        return model(input_ids=tokens, labels=tokens).loss
-
-    family = name.removesuffix("-optim")
-    lr = LEARNING_RATES[family]
-    if name in ("lomo", "adalomo"):
-        from lomo import LOMO, AdaLomo
-
-        cls = LOMO if name == "lomo" else AdaLomo
-        opt = cls(model, lr=lr, clip_grad_norm=1.0 if clip else None)
-        return lambda: opt.step(loss_fn)
-    if name in ("lomo-optim", "adalomo-optim"):
-        import lomo_optim
-
-        if not torch.cuda.is_available():  # lomo-optim's AdaLomo calls .cuda() on its state
-            torch.Tensor.cuda = lambda self, *args, **kwargs: self
-        cls = lomo_optim.Lomo if family == "lomo" else lomo_optim.AdaLomo
-        opt = cls(model, lr=lr, clip_grad_norm=1.0 if clip else None)
-
-        def lomo_optim_step() -> None:
-            loss = loss_fn()  # one forward; grad_norm keeps the graph, as the official trainer
-            if clip:
-                opt.grad_norm(loss)
-            opt.fused_backward(loss, lr)
-
-        return lomo_optim_step
-    opt_cls = torch.optim.SGD if name == "sgd" else torch.optim.AdamW
-    opt = opt_cls(model.parameters(), lr=lr)
-
-    def torch_step() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss_fn().backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-
-    return torch_step
 
 
 def peak_bytes(fn: Callable, model: nn.Module) -> int:
@@ -121,7 +63,7 @@ def run_worker(spec: dict) -> dict:
         - result["param_bytes"]
     )
 
-    step = make_step(spec["optimizer"], spec["clip"], model, tokens)
+    step, _ = make_step(spec["optimizer"], spec["clip"], model, tokens)
     step()  # warm-up: first-call allocations, optimizer state creation
     times = []
     for _ in range(spec["steps"]):
@@ -192,9 +134,7 @@ def run_bench(args: argparse.Namespace) -> None:
     )
     print(format_table(rows))
     if args.out:
-        with open(args.out + ".tmp", "w") as f:
-            json.dump(rows, f, indent=1)
-        os.replace(args.out + ".tmp", args.out)
+        write_atomic(args.out, json.dumps(rows, indent=1))
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
