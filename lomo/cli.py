@@ -2,13 +2,25 @@
 
 import argparse
 
-from lomo import bench, demo, evaluate, finetune, memory, models, report, throughput
+from lomo import (
+    bench,
+    demo,
+    evaluate,
+    finetune,
+    memory,
+    models,
+    readme_results,
+    report,
+    sgd_claims,
+    throughput,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lomo", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for module in (demo, bench, finetune, evaluate, models, report, memory, throughput):
+    modules = (demo, bench, finetune, evaluate, models, report, memory, throughput)
+    for module in (*modules, sgd_claims, readme_results):
         module.add_parser(subparsers)
     args = parser.parse_args(argv)
     args.func(args)

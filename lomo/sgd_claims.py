@@ -1,0 +1,356 @@
+"""`lomo sgd-claims`: measure the paper's section 3.1 arguments for plain SGD, write one JSON.
+
+The paper argues that SGD suffices for fine-tuning LLMs because (1) the loss surface is
+smooth, (2) a local optimum near the pretrained weights suffices and (4) sequential SGD
+steps act like one step on a larger batch. Nothing in the paper measures these directly;
+this module does, on real training examples, for each model given (`name`, or `name:random`
+for the same architecture with random weights):
+
+- implicit batch: for pairs (a, b) and each lr, two sequential SGD steps (a, then b) against
+  one step on the pair with the same total lr. gap = |theta_seq - theta_batch|
+  = lr |g_b(theta_0 - lr g_a) - g_b(theta_0)|, relative to the update lr |g_a + g_b|;
+- smoothness: the loss change along random directions whose norm, per tensor, is a fixed
+  fraction epsilon of that tensor's norm;
+- sharpness: the top Hessian eigenvalue by power iteration on Hessian-vector products
+  (plain SGD with lr is stable along that direction only while lr < 2 / eigenvalue);
+- distance travelled (`--distance-runs`): rerun a workflow fine-tuning run (its config.yaml)
+  with the model saved, and report per tensor |theta_T - theta_0| and |theta_0|.
+
+Everything is fp32 with eager attention (double backward through SDPA is not supported on
+every backend).
+"""
+
+import argparse
+import json
+import random
+import re
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from lomo.evaluate import encode_train_example
+from lomo.finetune import collate, finetune, load_config
+from lomo.models import TINY_LLAMA, load_model, load_tokenizer, resolve
+from tasks.superglue import get_task, get_template
+from tasks.superglue.data import write_atomic
+
+Closure = Callable[[], Tensor]
+RANDOM_SUFFIX = ":random"
+
+
+# --- models and data -------------------------------------------------------------------------
+
+
+def load_subject(spec: str, seed: int = 0) -> PreTrainedModel:
+    """`name` loads the model as usual; `name:random` builds its architecture with random
+    weights (seeded). tiny-llama is random-init either way."""
+    name = spec.removesuffix(RANDOM_SUFFIX)
+    if not spec.endswith(RANDOM_SUFFIX) or name == TINY_LLAMA:
+        return load_model(name, torch.float32, attn_implementation="eager")
+    config = AutoConfig.from_pretrained(resolve(name))
+    config._attn_implementation = "eager"
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return model
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    """Trainable parameters, tied weights once."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def load_examples(
+    task_name: str,
+    data_dir: str | None,
+    source: str,
+    tokenizer: PreTrainedTokenizerBase,
+    n: int,
+    max_length: int,
+    seed: int,
+) -> list[dict[str, list[int]]]:
+    """`n` encoded training examples of the task (prompt masked), shuffled by `seed`."""
+    task, template = get_task(task_name), get_template("lomo")
+    examples = task.load("train", source, data_dir)
+    random.Random(seed).shuffle(examples)
+    if len(examples) < n:
+        raise ValueError(f"{task_name} has {len(examples)} training examples, {n} needed")
+    return [encode_train_example(task, ex, template, tokenizer, max_length) for ex in examples[:n]]
+
+
+def loss_closure(model: nn.Module, batch: dict[str, Tensor]) -> Closure:
+    return lambda: model(**batch).loss
+
+
+# --- vector helpers on lists of tensors ------------------------------------------------------
+
+
+def norm(tensors: Iterable[Tensor]) -> float:
+    """The 2-norm of tensors taken as one vector (a generator keeps one tensor alive)."""
+    return torch.linalg.vector_norm(torch.stack([t.norm() for t in tensors])).item()
+
+
+def dot(xs: list[Tensor], ys: list[Tensor]) -> float:
+    return sum((x * y).sum() for x, y in zip(xs, ys, strict=True)).item()
+
+
+@torch.no_grad()
+def set_params(params: list[Tensor], values: list[Tensor]) -> None:
+    for p, v in zip(params, values, strict=True):
+        p.copy_(v)
+
+
+def gradient(loss_fn: Closure, params: list[Tensor]) -> list[Tensor]:
+    with torch.enable_grad():
+        return list(torch.autograd.grad(loss_fn(), params))
+
+
+# --- the measurements ------------------------------------------------------------------------
+
+
+def implicit_batch_gap(
+    params: list[Tensor], loss_a: Closure, loss_b: Closure, lrs: list[float]
+) -> list[dict]:
+    """Two sequential SGD steps (a then b, lr each) against one step on the summed loss
+    (lr), per lr. The parameters are restored afterwards. In-place updates keep the memory
+    at five copies of the parameters (weights, start, g_a, g_b, g_b after the first step)."""
+    start = [p.detach().clone() for p in params]
+    param_norm = norm(start)
+    grad_a, grad_b = gradient(loss_a, params), gradient(loss_b, params)
+    pair_grad_norm = norm(a + b for a, b in zip(grad_a, grad_b, strict=True))
+    with torch.no_grad():
+        pair_loss_start = (loss_a() + loss_b()).item()
+    rows = []
+    for lr in lrs:
+        with torch.no_grad():
+            for p, p0, g in zip(params, start, grad_a, strict=True):
+                p.copy_(p0).sub_(g, alpha=lr)
+        grad_b_after = gradient(loss_b, params)
+        with torch.no_grad():
+            gap = lr * norm(g1 - g0 for g1, g0 in zip(grad_b_after, grad_b, strict=True))
+            # The pair's loss after either update, to see whether the gap matters to the loss.
+            for p, g in zip(params, grad_b_after, strict=True):
+                p.sub_(g, alpha=lr)
+            del grad_b_after
+            loss_sequential = (loss_a() + loss_b()).item()
+            for p, p0, ga, gb in zip(params, start, grad_a, grad_b, strict=True):
+                p.copy_(p0).sub_(ga, alpha=lr).sub_(gb, alpha=lr)
+            loss_batch = (loss_a() + loss_b()).item()
+        update = lr * pair_grad_norm
+        rows.append(
+            {
+                "lr": lr,
+                "gap": gap,
+                "update_norm": update,
+                "relative_gap": gap / update,
+                "relative_step": update / param_norm,
+                "pair_loss_start": pair_loss_start,
+                "pair_loss_sequential": loss_sequential,
+                "pair_loss_batch": loss_batch,
+            }
+        )
+    set_params(params, start)
+    return rows
+
+
+def random_direction_losses(
+    params: list[Tensor], loss_fn: Closure, epsilons: list[float], n_directions: int, seed: int
+) -> list[dict]:
+    """Loss at theta + d for random Gaussian directions d scaled per tensor to
+    |d_p| = epsilon |theta_p| (filter-free version of Li et al. 2018's normalisation)."""
+    start = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        base = loss_fn().item()
+        rows = []
+        for direction in range(n_directions):
+            for epsilon in epsilons:
+                generator = torch.Generator().manual_seed(seed * 1000 + direction)
+                for p, p0 in zip(params, start, strict=True):
+                    d = torch.randn(p0.shape, generator=generator, dtype=p0.dtype)
+                    p.copy_(p0 + d * (epsilon * p0.norm() / d.norm()))
+                loss = loss_fn().item()
+                rows.append(
+                    {
+                        "direction": direction,
+                        "epsilon": epsilon,
+                        "loss_start": base,
+                        "loss": loss,
+                        "delta": loss - base,
+                    }
+                )
+    set_params(params, start)
+    return rows
+
+
+def hessian_top_eigenvalue(
+    params: list[Tensor], loss_fn: Closure, iterations: int, seed: int
+) -> dict:
+    """The Hessian eigenvalue of largest magnitude, by power iteration on exact
+    Hessian-vector products (double backward); the estimate is the Rayleigh quotient v.Hv."""
+    generator = torch.Generator().manual_seed(seed)
+    v = [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in params]
+    scale = norm(v)
+    v = [x / scale for x in v]
+    with torch.enable_grad():
+        loss = loss_fn()
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        history = []
+        for _ in range(iterations):
+            hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
+            history.append(dot(v, hv))
+            scale = norm(hv)
+            v = [x.detach() / scale for x in hv]
+    return {"loss": loss.item(), "eigenvalue": history[-1], "history": history}
+
+
+def layer_of(name: str) -> str:
+    """'model.layers.3.self_attn.q_proj.weight' -> 'layers.3'; other tensors keep their module
+    name ('model.embed_tokens.weight' -> 'embed_tokens')."""
+    match = re.search(r"layers\.(\d+)\.", name)
+    if match:
+        return f"layers.{match.group(1)}"
+    return name.removeprefix("model.").removesuffix(".weight").removesuffix(".bias")
+
+
+def parameter_distances(start: nn.Module, end: nn.Module) -> list[dict]:
+    """Per trainable tensor of `start`: |end - start|, |start|, and its layer."""
+    final = dict(end.named_parameters())
+    rows = []
+    for name, p0 in start.named_parameters():
+        p1 = final[name].detach().float()
+        rows.append(
+            {
+                "parameter": name,
+                "layer": layer_of(name),
+                "numel": p0.numel(),
+                "distance": (p1 - p0.detach().float()).norm().item(),
+                "norm": p0.detach().float().norm().item(),
+            }
+        )
+    return rows
+
+
+def distance_travelled(run_dir: str | Path) -> dict:
+    """Rerun the fine-tuning run in `run_dir` (from its config.yaml) with the model saved, in
+    a temporary folder, and measure how far each tensor moved from its initial value."""
+    run_dir = Path(run_dir)
+    config = load_config(str(run_dir / "config.yaml"), {"save_model": True})
+    if config.method not in ("lomo", "adalomo", "sgd", "adamw"):
+        raise ValueError(f"{run_dir}: distance needs a full-parameter method, not {config.method}")
+    with tempfile.TemporaryDirectory(prefix="lomo-distance-") as tmp:
+        metrics = finetune(config, tmp)
+        tuned = AutoModelForCausalLM.from_pretrained(Path(tmp) / "model", dtype=torch.float32)
+    rows = parameter_distances(load_model(config.model, torch.float32), tuned)
+    source_metrics = run_dir / "metrics.json"
+    original = json.loads(source_metrics.read_text()) if source_metrics.exists() else None
+    return {
+        "run": str(run_dir),
+        "model": config.model,
+        "method": config.method,
+        "task": config.task,
+        "seed": config.seed,
+        "lr": config.lr,
+        "epochs": config.epochs,
+        "n_train": metrics["n_train"],
+        "rerun_reported": metrics["reported"]["eval"],
+        "source_reported": original["reported"]["eval"] if original else None,
+        "tensors": rows,
+    }
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def measure_model(spec: str, args: argparse.Namespace) -> dict:
+    name = spec.removesuffix(RANDOM_SUFFIX)
+    model = load_subject(spec, seed=args.seed)
+    model.eval()  # no dropout: the losses are deterministic functions of the weights
+    params = trainable(model)
+    tokenizer = load_tokenizer(name)
+    examples = load_examples(
+        args.task,
+        args.data_dir,
+        args.source,
+        tokenizer,
+        max(2 * args.pairs, args.batch_size),
+        args.max_length,
+        args.seed,
+    )
+    print(f"[sgd-claims] {spec}: {sum(p.numel() for p in params):,} parameters", flush=True)
+    implicit = []
+    for pair in range(args.pairs):
+        a, b = (collate([ex], tokenizer.pad_token_id) for ex in examples[2 * pair : 2 * pair + 2])
+        loss_a, loss_b = loss_closure(model, a), loss_closure(model, b)
+        for row in implicit_batch_gap(params, loss_a, loss_b, args.lrs):
+            implicit.append({"pair": pair, **row})
+    batch_loss = loss_closure(model, collate(examples[: args.batch_size], tokenizer.pad_token_id))
+    smooth = random_direction_losses(params, batch_loss, args.epsilons, args.directions, args.seed)
+    hessian = hessian_top_eigenvalue(params, batch_loss, args.power_iterations, args.seed)
+    print(f"[sgd-claims] {spec}: top Hessian eigenvalue {hessian['eigenvalue']:.4g}", flush=True)
+    return {
+        "model": spec,
+        "pretrained": not spec.endswith(RANDOM_SUFFIX) and name != TINY_LLAMA,
+        "parameters": sum(p.numel() for p in params),
+        "param_norm": norm(p.detach() for p in params),
+        "implicit_batch": implicit,
+        "smoothness": smooth,
+        "hessian": hessian,
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    result = {
+        "settings": {k: v for k, v in vars(args).items() if k not in ("func", "out", "command")},
+        "models": [measure_model(spec, args) for spec in args.models],
+        "distance": [distance_travelled(run_dir) for run_dir in args.distance_runs],
+    }
+    write_atomic(args.out, json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sgd-claims",
+        help="measure the paper's SGD arguments (implicit batch, smoothness, distance)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["smollm2-135m", "smollm2-135m:random", TINY_LLAMA],
+        help="models to measure; NAME:random = NAME's architecture with random weights",
+    )
+    parser.add_argument("--task", default="rte")
+    parser.add_argument("--source", default="local", choices=["local", "hub"])
+    parser.add_argument("--data-dir", help="SuperGLUE folder (official layout)")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per example")
+    parser.add_argument("--pairs", type=int, default=4, help="example pairs (implicit batch)")
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 1e-2, 3e-2])
+    parser.add_argument(
+        "--batch-size", type=int, default=4, help="examples in the smoothness/Hessian batch"
+    )
+    parser.add_argument("--epsilons", type=float, nargs="+", default=[1e-3, 1e-2, 5e-2])
+    parser.add_argument("--directions", type=int, default=3, help="random directions")
+    parser.add_argument("--power-iterations", type=int, default=10)
+    parser.add_argument(
+        "--distance-runs",
+        nargs="*",
+        default=[],
+        help="fine-tuning run folders (with config.yaml) to rerun for the distance travelled",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.set_defaults(func=run)
