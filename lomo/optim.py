@@ -12,6 +12,10 @@ clipping, in fp32 or bf16, a step is a single backward pass.
 The API mirrors `lomo-optim` 0.1.1 (`grad_norm(loss)`, `fused_backward(loss, lr)`), and
 both classes are real `torch.optim.Optimizer`s: `param_groups[i]["lr"]` drives the update,
 so `torch.optim.lr_scheduler` works, and `state_dict()` holds every piece of state.
+
+Data parallelism (plain, or DeepSpeed ZeRO-3) is a `sync` strategy from `lomo.distributed`
+that the hook calls to average the gradient and to find the slice of the weights this rank
+updates.
 """
 
 import math
@@ -22,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lomo.distributed import GradSync
 from lomo.loss_scaler import DynamicLossScaler
 
 NORM_EPS = 1e-6  # as in torch.nn.utils.clip_grad_norm_ and the official code
@@ -34,9 +39,12 @@ def _rms(tensor: Tensor) -> Tensor:
 class FusedOptimizer(torch.optim.Optimizer):
     """Shared machinery: hooks, the norm pass, clipping and loss scaling.
 
-    Subclasses implement `_update(param, grad_fp32, group)`, which changes `param` in place
-    given its unscaled, clipped fp32 gradient.
+    Subclasses implement `_update(param, grad_fp32, group)`, which changes this rank's shard
+    of `param` (`self.sync.shard(param)`) in place given the unscaled, clipped fp32 gradient:
+    the rank-averaged gradient of that shard, or of the whole parameter if `full_gradient`.
     """
+
+    full_gradient = False  # True: _update needs the whole averaged gradient, not its shard
 
     def __init__(
         self,
@@ -46,6 +54,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         clip_grad_value: float | None,
         loss_scaler: DynamicLossScaler | None,
         static_loss_scale: float = 1.0,
+        sync: GradSync | None = None,
     ) -> None:
         if defaults["lr"] < 0:
             raise ValueError(f"learning rate must be >= 0, got {defaults['lr']}")
@@ -65,6 +74,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         self.clip_grad_value = clip_grad_value
         self.loss_scaler = loss_scaler
         self.static_loss_scale = static_loss_scale
+        self.sync = sync if sync is not None else GradSync()
         self.clip_coef: Tensor | None = None
         self.overflow = False  # True when the last norm pass found inf/nan: the step is skipped
         self.last_grad_norm: Tensor | None = None
@@ -95,10 +105,14 @@ class FusedOptimizer(torch.optim.Optimizer):
             return  # a backward that is not ours (e.g. LoRA's AdamW part): leave .grad alone
         grad = param.grad
         param.grad = None
+        # The norm is that of the averaged gradient, so the average comes first.
+        full = self._mode == "update" and self.full_gradient
+        shard_grad, full_grad = self.sync.average(param, grad, full)
         if self._mode == "norm":
-            norm = torch.linalg.vector_norm(grad, dtype=torch.float32)
+            norm = torch.linalg.vector_norm(shard_grad, dtype=torch.float32)
             self._sq_norm += norm.square().to(self._sq_norm.device)
             return
+        grad = full_grad if full else shard_grad
         grad = grad.to(torch.float32)  # aliases an fp32 grad, which is ours to change now
         if self.loss_scale != 1.0:
             grad.div_(self.loss_scale)
@@ -107,6 +121,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         elif self.clip_coef is not None:
             grad.mul_(self.clip_coef.to(grad.device))
         self._update(param, grad, self.param_groups[group_index])
+        self.sync.after_update(param)
 
     def _update(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -118,20 +133,22 @@ class FusedOptimizer(torch.optim.Optimizer):
         try:
             scaled = loss * self.loss_scale if self.loss_scale != 1.0 else loss
             scaled.backward(retain_graph=retain_graph)
+            self.sync.end_of_backward()
         finally:
             self._mode = None
 
-    def grad_norm(self, loss: Tensor) -> Tensor:
+    def grad_norm(self, loss: Tensor, retain_graph: bool = True) -> Tensor:
         """First backward pass: the global gradient 2-norm, no parameter changes.
 
-        Keeps the graph so that `fused_backward(loss)` can run on the same loss. Sets
+        Keeps the graph (`retain_graph`) so that `fused_backward(loss)` can run on the same
+        loss; under ZeRO-3 that is impossible and the update needs a fresh forward. Sets
         `overflow` (fp16: inf/nan found, the scale is halved and the next
         `fused_backward` skips the step) and the clipping coefficient.
         """
         first = self.param_groups[0]["params"][0]
         self._sq_norm = torch.zeros((), dtype=torch.float32, device=first.device)
-        self._backward(loss, mode="norm", retain_graph=True)
-        total_norm = self._sq_norm.sqrt() / self.loss_scale
+        self._backward(loss, mode="norm", retain_graph=retain_graph)
+        total_norm = self.sync.sum_over_shards(self._sq_norm).sqrt() / self.loss_scale
         self.last_grad_norm = total_norm
         finite = bool(torch.isfinite(total_norm))
         if not finite and self.loss_scaler is None:
@@ -176,16 +193,26 @@ class FusedOptimizer(torch.optim.Optimizer):
             self.loss_scaler.update(overflow=False)
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
-        """One training step. `closure()` runs the forward pass and returns the loss."""
+        """One training step. `closure()` runs the forward pass and returns the loss.
+
+        Where a graph cannot be backpropagated twice (ZeRO-3), the norm pass and the update
+        pass each call `closure()`, with the same random state (dropout masks), so both see
+        the same loss."""
         if closure is None:
             raise ValueError(
                 f"{type(self).__name__}.step needs a closure returning the loss: the update "
                 "happens inside the backward pass, so there is no separate step"
             )
+        fresh_forward = self.norm_pass_required and self.sync.fresh_forward_per_pass
+        rng = _rng_state() if fresh_forward else None
         with torch.enable_grad():
             loss = closure()
         if self.norm_pass_required:
-            self.grad_norm(loss)
+            self.grad_norm(loss, retain_graph=not fresh_forward)
+        if fresh_forward and not self.overflow:
+            _set_rng_state(rng)
+            with torch.enable_grad():
+                loss = closure()
         self.fused_backward(loss)
         return loss
 
@@ -214,6 +241,18 @@ class FusedOptimizer(torch.optim.Optimizer):
         for handle in self._hook_handles:
             handle.remove()
         self._hook_handles = []
+
+
+def _rng_state() -> tuple[Tensor, list[Tensor] | None]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[Tensor, list[Tensor] | None]) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _fp16_params(model: nn.Module) -> bool:
@@ -246,6 +285,7 @@ class LOMO(FusedOptimizer):
         clip_grad_value: float | None = None,
         weight_decay: float = 0.0,
         loss_scale_args: dict[str, Any] | None = None,
+        sync: GradSync | None = None,
     ) -> None:
         scaler = None
         if _fp16_params(model) or loss_scale_args is not None:
@@ -256,6 +296,7 @@ class LOMO(FusedOptimizer):
             clip_grad_norm=clip_grad_norm,
             clip_grad_value=clip_grad_value,
             loss_scaler=scaler,
+            sync=sync,
         )
 
     def _update(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
@@ -266,7 +307,7 @@ class LOMO(FusedOptimizer):
                 param_fp32.mul_(1.0 - lr * weight_decay)
             param_fp32.add_(grad, alpha=-lr)
 
-        _apply_in_fp32(param, sgd)
+        _apply_in_fp32(self.sync.shard(param), sgd)
 
 
 class AdaLomo(FusedOptimizer):
@@ -279,7 +320,13 @@ class AdaLomo(FusedOptimizer):
 
     `loss_scale` multiplies the loss before backward (the gradients are divided back);
     with fp16 parameters it is the initial scale of a dynamic loss scaler.
+
+    The moments and the update come from the whole averaged gradient (the factored moment
+    needs its row and column means), identically on every rank; each rank then applies its
+    shard of the update, and RMS(p) sums squares over all ranks' shards.
     """
+
+    full_gradient = True
 
     def __init__(
         self,
@@ -292,6 +339,7 @@ class AdaLomo(FusedOptimizer):
         clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None,
         weight_decay: float = 0.0,
+        sync: GradSync | None = None,
     ) -> None:
         if loss_scale <= 0:
             raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
@@ -309,6 +357,7 @@ class AdaLomo(FusedOptimizer):
             clip_grad_value=clip_grad_value,
             loss_scaler=scaler,
             static_loss_scale=loss_scale,
+            sync=sync,
         )
 
     def _update(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
@@ -340,11 +389,13 @@ class AdaLomo(FusedOptimizer):
         update.div_((_rms(update) / group["clip_threshold"]).clamp_(min=1.0))
 
         weight_decay = group["weight_decay"]
+        update = self.sync.local(param, update)
 
         def adaptive_step(param_fp32: Tensor) -> None:
-            step_size = group["lr"] * _rms(param_fp32).clamp(min=eps_scale)
+            rms = self.sync.norm(param_fp32) / math.sqrt(grad.numel())  # over the whole param
+            step_size = group["lr"] * rms.clamp(min=eps_scale)
             if weight_decay:
                 param_fp32.mul_(1.0 - step_size * weight_decay)
             param_fp32.sub_(update.mul_(step_size))
 
-        _apply_in_fp32(param, adaptive_step)
+        _apply_in_fp32(self.sync.shard(param), adaptive_step)
