@@ -1,7 +1,7 @@
 """`lomo readme-results`: the README's "Results" section, rendered from the analysis tables.
 
 The section sits between the markers below and is never typed by hand: `--write` renders it
-from `compare_superglue.csv` and `claims.csv` (written by the analysis notebooks) and
+from `compare_superglue.csv` and `claims_*.csv` (written by the analysis notebooks) and
 replaces it in the README; `--check` fails when the README differs from what the tables
 give. Every number in the section is copied from those files.
 """
@@ -16,7 +16,7 @@ from tasks.superglue.data import write_atomic
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
 SUPERGLUE = "compare_superglue.csv"
-CLAIMS = "claims.csv"
+CLAIMS = "claims_*.csv"
 
 
 def percent(value: str) -> str:
@@ -35,7 +35,9 @@ def superglue_lines(rows: list[dict[str, str]]) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        ours = f"{percent(r['accuracy'])} [{percent(r['ci_low'])}, {percent(r['ci_high'])}]"
+        ours = percent(r["accuracy"])
+        if r["ci_low"]:  # averages over tasks have no interval
+            ours += f" [{percent(r['ci_low'])}, {percent(r['ci_high'])}]"
         lines.append(
             f"| {r['model']} | {r['method']} | {r['task']} | {r['n']} | {ours} "
             f"| {percent(r['paper'])} | {r['paper_model'] or '-'} | {percent(r['diff'])} |"
@@ -59,8 +61,8 @@ def render(tables_dir: Path) -> str:
         "named below (written by the notebooks in `analysis/`); do not edit by hand.",
         "",
     ]
-    superglue, claims = tables_dir / SUPERGLUE, tables_dir / CLAIMS
-    if not superglue.exists() and not claims.exists():
+    superglue, claim_files = tables_dir / SUPERGLUE, sorted(tables_dir.glob(CLAIMS))
+    if not superglue.exists() and not claim_files:
         lines.append(f"No results yet: `{tables_dir}` has neither {SUPERGLUE} nor {CLAIMS}.")
     if superglue.exists():
         lines += [
@@ -70,7 +72,7 @@ def render(tables_dir: Path) -> str:
             *superglue_lines(read_csv(superglue)),
             "",
         ]
-    if claims.exists():
+    for claims in claim_files:
         lines += [
             f"The paper's claims, at the scale that was run (source: `{claims}`).",
             "",

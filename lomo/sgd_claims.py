@@ -337,7 +337,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", help="SuperGLUE folder (official layout)")
     parser.add_argument("--max-length", type=int, default=128, help="tokens per example")
     parser.add_argument("--pairs", type=int, default=4, help="example pairs (implicit batch)")
-    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 1e-2, 3e-2])
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2, 3e-2])
     parser.add_argument(
         "--batch-size", type=int, default=4, help="examples in the smoothness/Hessian batch"
     )

@@ -1,0 +1,152 @@
+"""Analysis rules: the SGD-claim measurements and the notebooks in analysis/ (run by papermill).
+
+Included by the Snakefile after it defines RESULTS, PROFILE, RUNS, LOMO, MODELS and TASKS.
+Executed notebooks land in results/{profile}/analysis/notebooks/. Tables and figures go to
+results/{profile}/analysis/{tables,figures}/, except for the laptop and paper profiles, whose
+artifacts are the committed ones in paper/tables/ and paper/figures/ (and whose README
+Results section the readme_results rule rewrites).
+"""
+
+ANALYSIS = f"{RESULTS}/analysis"
+PUBLISHED = PROFILE in ("laptop", "paper")
+ARTIFACTS = "paper" if PUBLISHED else ANALYSIS
+# The kernel is the Python running Snakemake (jupyter's native python3 kernel).
+PAPERMILL = f"{sys.executable} -m papermill --kernel python3 --log-output"
+
+# The SGD claims are measured on a model that fits a CPU: the profile's first model when it
+# is small, else SmolLM2-135M; its random-init twin; and the tiny random LLaMA.
+_first = next(iter(MODELS.values()))
+SGD_MODEL = _first if _first in ("smollm2-135m", "tiny-llama") else "smollm2-135m"
+SGD_MODELS = list(dict.fromkeys([SGD_MODEL, f"{SGD_MODEL}:random", "tiny-llama"]))
+if SGD_MODEL == "tiny-llama":  # already random-init: a twin would repeat it
+    SGD_MODELS = ["tiny-llama"]
+    SGD_SETTINGS = "--pairs 2 --power-iterations 3 --directions 2 --max-length 64"
+else:
+    SGD_SETTINGS = (
+        "--pairs 8 --power-iterations 20 --directions 5 --max-length 128"
+        " --lrs 0.00001 0.0001 0.001 0.01 0.03"
+    )
+# Distance travelled: the workflow's own full-parameter runs of one (model, task, seed), rerun.
+DISTANCE_TASK = "rte" if "rte" in TASKS else TASKS[0]
+DISTANCE_RUNS = [
+    f"{RESULTS}/superglue/{next(iter(MODELS))}/{method}/{DISTANCE_TASK}/seed{config['seeds'][0]}"
+    for method in ("lomo", "adamw")
+    if method in config["methods"]
+]
+NOTEBOOK_PARAMS = f"-p results_dir {RESULTS} -p profile {PROFILE} -p out_dir {ARTIFACTS}"
+
+
+rule sgd_claims:
+    input:
+        [f"{run}/metrics.json" for run in DISTANCE_RUNS],
+    output:
+        f"{ANALYSIS}/sgd_claims.json",
+    params:
+        lomo=LOMO,
+        models=" ".join(SGD_MODELS),
+        settings=SGD_SETTINGS,
+        data=data_flags(),
+        runs=" ".join(DISTANCE_RUNS),
+        task=DISTANCE_TASK,
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/analysis/sgd_claims.log",
+    threads: 1
+    resources:
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=config["resources"]["runtime"],
+    shell:
+        "{params.lomo} sgd-claims --models {params.models} --task {params.task} {params.data}"
+        " {params.settings} --distance-runs {params.runs} --threads {threads} --out {output}"
+        " > {log} 2>&1"
+
+
+rule compare_to_paper:
+    input:
+        notebook="analysis/compare_to_paper.ipynb",
+        runs=RUNS,
+    output:
+        notebook=f"{ANALYSIS}/notebooks/compare_to_paper.ipynb",
+        table=f"{ARTIFACTS}/tables/compare_superglue.csv",
+        claims=f"{ARTIFACTS}/tables/claims_compare.csv",
+        figure=report(
+            f"{ARTIFACTS}/figures/compare_superglue.png",
+            caption="../report/compare_superglue.rst",
+            category="Analysis",
+        ),
+    params:
+        papermill=PAPERMILL,
+        notebook_params=NOTEBOOK_PARAMS,
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/analysis/compare_to_paper.log",
+    shell:
+        "{params.papermill} {input.notebook} {output.notebook} {params.notebook_params}"
+        " > {log} 2>&1"
+
+
+rule sgd_claims_notebook:
+    input:
+        notebook="analysis/sgd_claims.ipynb",
+        measured=f"{ANALYSIS}/sgd_claims.json",
+        runs=RUNS,
+    output:
+        notebook=f"{ANALYSIS}/notebooks/sgd_claims.ipynb",
+        claims=f"{ARTIFACTS}/tables/claims_sgd.csv",
+        implicit=report(
+            f"{ARTIFACTS}/figures/sgd_implicit_batch.png",
+            caption="../report/sgd_claims.rst",
+            category="Analysis",
+        ),
+        smoothness=f"{ARTIFACTS}/figures/sgd_smoothness.png",
+    params:
+        papermill=PAPERMILL,
+        notebook_params=NOTEBOOK_PARAMS,
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/analysis/sgd_claims_notebook.log",
+    shell:
+        "{params.papermill} {input.notebook} {output.notebook} {params.notebook_params}"
+        " -p sgd_claims_json {input.measured} > {log} 2>&1"
+
+
+rule memory_throughput_notebook:
+    input:
+        notebook="analysis/memory_throughput.ipynb",
+    output:
+        notebook=f"{ANALYSIS}/notebooks/memory_throughput.ipynb",
+        memory=f"{ARTIFACTS}/figures/memory_breakdown.png",
+        throughput=f"{ARTIFACTS}/figures/throughput_tgs.png",
+    params:
+        papermill=PAPERMILL,
+        notebook_params=NOTEBOOK_PARAMS,
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/analysis/memory_throughput.log",
+    shell:
+        "{params.papermill} {input.notebook} {output.notebook} {params.notebook_params}"
+        " > {log} 2>&1"
+
+
+rule readme_results:
+    input:
+        f"{ARTIFACTS}/tables/compare_superglue.csv",
+        f"{ARTIFACTS}/tables/claims_compare.csv",
+        f"{ARTIFACTS}/tables/claims_sgd.csv",
+    output:
+        f"{ANALYSIS}/README_results.md",
+    params:
+        lomo=LOMO,
+        tables=lambda w, input: os.path.dirname(input[0]),
+        write="--write" if PUBLISHED else "",
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/analysis/readme_results.log",
+    shell:
+        "{params.lomo} readme-results --tables {params.tables} --out {output} {params.write}"
+        " > {log} 2>&1"
