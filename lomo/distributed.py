@@ -259,6 +259,7 @@ def zero3_model(
     is built whole and partitioned by `deepspeed.initialize`."""
     import deepspeed
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
 
     from lomo.models import TINY_LLAMA, load_model, resolve
 
@@ -266,13 +267,26 @@ def zero3_model(
         model = load_model(name_or_path, dtype, attn_implementation)
     else:
         folder = Path(resolve(name_or_path))
-        if not folder.is_dir():
-            raise ValueError(f"{name_or_path}: run `lomo prepare-model {name_or_path}` first")
+        if not folder.is_dir():  # a hub id: rank 0 downloads, the others read its cache
+            from huggingface_hub import snapshot_download
+
+            if rank() != 0:
+                barrier()
+            patterns = ["*.json", "*.safetensors", "*.model"]
+            folder = Path(
+                snapshot_download(
+                    str(folder), allow_patterns=patterns, local_files_only=rank() != 0
+                )
+            )
+            if rank() == 0:
+                barrier()
         config = AutoConfig.from_pretrained(folder)
-        with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+        # No random init: it would run on empty partitions, and the checkpoint overwrites it.
+        with no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
             model = AutoModelForCausalLM.from_config(
                 config, dtype=dtype, attn_implementation=attn_implementation
             )
+        model.tie_weights()  # not done under zero.Init; a tied weight is then one parameter
         load_partitions(model, folder)
     engine, *_ = deepspeed.initialize(model=model, config=ds_config)
     return model, engine

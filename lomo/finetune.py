@@ -4,6 +4,10 @@ Methods: zero-shot (evaluation only), lomo, adalomo (fused updates, no gradients
 sgd, adamw (torch optimizers, standard backward, gradient accumulation), lora (peft adapters
 trained with AdamW) and lora+lomo (adapters by AdamW, base weights by LOMO, in one backward).
 
+lomo and adalomo also run data-parallel on several processes (launched by torchrun): with
+`--deepspeed CONFIG` (ZeRO-3) each rank holds a partition of the weights, without it each rank
+holds the whole model; see README, "Multi-GPU and multi-node".
+
 The run folder gets config.yaml (resolved), train_log.csv, metrics.json and the reported
 epoch's predictions.jsonl, each written atomically; checkpoint.pt after every epoch lets the
 same command resume after a kill, and is removed when the run has finished.
@@ -28,6 +32,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
+from lomo import distributed
 from lomo.evaluate import IGNORE_INDEX, encode_train_example, evaluate
 from lomo.models import load_model, load_tokenizer
 from lomo.optim import LOMO, AdaLomo, FusedOptimizer
@@ -82,6 +87,8 @@ class FinetuneConfig:
     eval_batch: int = 16
     reduction: str = "sum"
     save_model: bool = False
+    # several processes: a DeepSpeed JSON config (ZeRO-3), or none for plain data parallelism
+    deepspeed: str | None = None
 
     def validate(self) -> None:
         choices = {
@@ -131,6 +138,15 @@ class FinetuneConfig:
             raise ValueError(
                 "dtype fp16 needs a GPU: half-precision matmuls on CPU are unsupported or very "
                 "slow; use bf16 or fp32 on CPU"
+            )
+
+        if (self.deepspeed or distributed.launched_distributed()) and (
+            self.method not in FUSED_METHODS or self.sequential_updates
+        ):
+            raise ValueError(
+                f"several processes or --deepspeed: only {' and '.join(FUSED_METHODS)} with one "
+                f"update per global batch are supported, not {self.method}"
+                + (" with sequential_updates" if self.sequential_updates else "")
             )
 
     @property
@@ -218,12 +234,16 @@ def clip_kwargs(config: FinetuneConfig) -> dict[str, float | None]:
     }
 
 
-def build_optimizers(config: FinetuneConfig, model: nn.Module) -> list[torch.optim.Optimizer]:
-    """The optimizers of a method; for lora+lomo, [LOMO on the base, AdamW on the adapters]."""
+def build_optimizers(
+    config: FinetuneConfig, model: nn.Module, sync: distributed.GradSync | None = None
+) -> list[torch.optim.Optimizer]:
+    """The optimizers of a method; for lora+lomo, [LOMO on the base, AdamW on the adapters].
+    `sync`: how lomo and adalomo average gradients over processes (lomo.distributed)."""
     method = config.method
     if method in FUSED_METHODS:
         cls = LOMO if method == "lomo" else AdaLomo
-        return [cls(model, lr=config.lr, weight_decay=config.weight_decay, **clip_kwargs(config))]
+        kwargs = dict(lr=config.lr, weight_decay=config.weight_decay, **clip_kwargs(config))
+        return [cls(model, sync=sync, **kwargs)]
     if method == "sgd":
         return [torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)]
     if method == "adamw":
@@ -279,15 +299,17 @@ def train_step(
     micro_batches: list[dict[str, torch.Tensor]],
     device: torch.device,
     step: int,
+    loss_weight: float = 1.0,
 ) -> dict[str, float]:
-    """One update (one optimizer step) on `micro_batches`; returns loss and grad norm."""
+    """One update (one optimizer step) on `micro_batches`; returns loss and grad norm.
+    `loss_weight` scales a fused method's loss (this rank's share of a data-parallel batch)."""
     first = optimizers[0]
     if isinstance(first, FusedOptimizer):
         (batch,) = micro_batches
 
         def closure() -> torch.Tensor:
             # Checked before any backward: a non-finite loss never reaches the weights.
-            return check_finite(batch_loss(model, batch, device), step)
+            return check_finite(batch_loss(model, batch, device), step) * loss_weight
 
         if config.method == "lora+lomo":
             adapters = optimizers[1]
@@ -377,6 +399,13 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
     config.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    parallel = config.deepspeed is not None or distributed.launched_distributed()
+    if parallel:
+        device = distributed.init_process_group()
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world = distributed.rank(), distributed.world_size()
+    main = rank == 0  # the rank that writes the run folder
     config_yaml = yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
     checkpoint_path = out / "checkpoint.pt"
     checkpoint = None
@@ -387,13 +416,20 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
                 f"{checkpoint_path} was written by a different config; delete it (or use "
                 "another output folder) to start over"
             )
-    write_atomic(out / "config.yaml", config_yaml)
+        if checkpoint.get("world_size", 1) != world:
+            raise ValueError(
+                f"{checkpoint_path} was written by {checkpoint.get('world_size', 1)} processes; "
+                f"resume with the same number, not {world}"
+            )
+    if main:
+        write_atomic(out / "config.yaml", config_yaml)
 
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     task = get_task(config.task)
     template = get_template(config.template)
+    if not main:
+        distributed.barrier()  # rank 0 prepares the data folder first, the others then read it
     data = prepare(
         config.task,
         config.protocol,
@@ -404,13 +440,32 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
         train_size=split_size(config.train_size),
         test_size=split_size(config.test_size),
     )
+    if main:
+        distributed.barrier()
     train_examples = data.train[: config.limit_train]
     eval_sets = {"eval": data.eval[: config.limit_eval]}
     if data.dev is not None:
         eval_sets["dev"] = data.dev[: config.limit_eval]
 
     tokenizer = load_tokenizer(config.model)
-    model = build_model(config, device)
+    sync: distributed.GradSync | None = None
+    if config.deepspeed:
+        model, engine = distributed.zero3_model(
+            config.model,
+            DTYPES[config.dtype],
+            config.attn_implementation,
+            deepspeed_config(config.deepspeed, config.global_batch, world),
+        )
+        if config.activation_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        sync = distributed.ZeRO3Sync(engine)
+    else:
+        model = build_model(config, device)
+        if parallel:
+            distributed.broadcast_parameters(model)
+            sync = distributed.ReplicatedSync()
     encoded = [
         encode_train_example(task, ex, template, tokenizer, config.max_length)
         for ex in train_examples
@@ -419,19 +474,33 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
     def run_eval(epoch: int) -> tuple[dict, dict]:
         scores, predictions = {}, {}
         for name, examples in eval_sets.items():
-            metrics, rows = evaluate(
-                model,
-                tokenizer,
-                task,
-                examples,
-                template,
-                config.eval_batch,
-                config.reduction,
-                config.max_length,
-                progress=True,
-            )
+
+            def evaluate_on(examples: list[dict]) -> tuple[dict, list[dict]]:
+                return evaluate(
+                    model,
+                    tokenizer,
+                    task,
+                    examples,
+                    template,
+                    config.eval_batch,
+                    config.reduction,
+                    config.max_length,
+                    progress=main,
+                )
+
+            if parallel:
+                metrics, rows = distributed.evaluate_sharded(
+                    model,
+                    examples,
+                    lambda shard: evaluate_on(shard)[1],
+                    task.metrics,
+                    zero3=config.deepspeed is not None,
+                )
+            else:
+                metrics, rows = evaluate_on(examples)
             scores[name], predictions[name] = metrics, rows
-            print(f"epoch {epoch} {name}: {json.dumps(metrics)}", flush=True)
+            if main:
+                print(f"epoch {epoch} {name}: {json.dumps(metrics)}", flush=True)
         return {"epoch": epoch, **scores}, predictions
 
     per_epoch: list[dict] = []
@@ -446,14 +515,18 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
         epochs = 0
     else:
         epochs = config.epochs
-        optimizers = build_optimizers(config, model)
+        optimizers = build_optimizers(config, model, sync)
         micro_per_update = config.global_batch // config.micro_batch // config.updates_per_batch
         batch_per_update = config.micro_batch * micro_per_update
         updates_per_epoch = math.ceil(len(encoded) / batch_per_update)
         factor = warmup_then_linear(epochs * updates_per_epoch, config.warmup_ratio)
         schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers]
         if checkpoint is not None:
-            model.load_state_dict(checkpoint["model"])
+            if config.deepspeed:
+                partitions = torch.load(rank_checkpoint(out, rank, checkpoint["epoch"]))
+                distributed.load_partition_state(model, partitions)
+            else:
+                model.load_state_dict(checkpoint["model"])
             for opt, state in zip(optimizers, checkpoint["optimizers"], strict=True):
                 opt.load_state_dict(state)
             for scheduler, state in zip(schedulers, checkpoint["schedulers"], strict=True):
@@ -462,7 +535,8 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
             per_epoch, log_rows = checkpoint["per_epoch"], checkpoint["log"]
             predictions_by_epoch = checkpoint["predictions"]
             start_epoch = checkpoint["epoch"] + 1
-            print(f"resuming from {checkpoint_path} after epoch {checkpoint['epoch']}")
+            if main:
+                print(f"resuming from {checkpoint_path} after epoch {checkpoint['epoch']}")
 
     model.train()
     step = len(log_rows)
@@ -470,22 +544,37 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
     for epoch in range(start_epoch, epochs + 1):
         order = epoch_order(len(encoded), config.seed, epoch)
         batches = [order[i : i + batch_per_update] for i in range(0, len(order), batch_per_update)]
-        progress = tqdm(batches, desc=f"epoch {epoch}/{epochs}", unit="step")
+        progress = tqdm(batches, desc=f"epoch {epoch}/{epochs}", unit="step", disable=not main)
         for batch_ids in progress:
-            micro = [
-                collate(
-                    [encoded[i] for i in batch_ids[j : j + config.micro_batch]],
-                    tokenizer.pad_token_id,
-                )
-                for j in range(0, len(batch_ids), config.micro_batch)
-            ]
+            weighting = {}  # keyword only when parallel: the one-process call stays as it was
+            if parallel:
+                # Rank r takes examples r, r + world, ... of the global batch, its loss weighted
+                # by its share of the batch's answer tokens, so that the gradient averaged over
+                # ranks is the single-process one. A rank left without an example (short last
+                # batch) runs one with weight 0: every rank must join the collectives.
+                mine = batch_ids[rank::world]
+                micro = [
+                    collate([encoded[i] for i in mine or batch_ids[:1]], tokenizer.pad_token_id)
+                ]
+                tokens = int((micro[0]["labels"] != IGNORE_INDEX).sum()) if mine else 0
+                weighting["loss_weight"] = world * tokens / distributed.all_sum(tokens)
+            else:
+                micro = [
+                    collate(
+                        [encoded[i] for i in batch_ids[j : j + config.micro_batch]],
+                        tokenizer.pad_token_id,
+                    )
+                    for j in range(0, len(batch_ids), config.micro_batch)
+                ]
             lr = optimizers[0].param_groups[0]["lr"]  # the lr this step uses
             step_start = time.perf_counter()
             try:
-                stats = train_step(config, model, optimizers, micro, device, step + 1)
+                stats = train_step(config, model, optimizers, micro, device, step + 1, **weighting)
             except NonFiniteLossError as error:
                 kept = f"; the last good checkpoint is {checkpoint_path}" if epoch > 1 else ""
                 raise NonFiniteLossError(f"{error} (epoch {epoch}){kept}") from error
+            if parallel:
+                stats["loss"] = distributed.all_sum(stats["loss"]) / world
             for scheduler in schedulers:
                 scheduler.step()
             step += 1
@@ -507,22 +596,32 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
         scores, predictions = run_eval(epoch)
         per_epoch.append(scores)
         predictions_by_epoch[epoch] = predictions
-        buffer = io.BytesIO()
-        torch.save(
-            {
-                "config": dataclasses.asdict(config),
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizers": [opt.state_dict() for opt in optimizers],
-                "schedulers": [s.state_dict() for s in schedulers],
-                "rng": rng_state(),
-                "per_epoch": per_epoch,
-                "log": log_rows,
-                "predictions": predictions_by_epoch,
-            },
-            buffer,
-        )
-        write_atomic(checkpoint_path, buffer.getvalue())
+        if config.deepspeed:  # each rank saves its partitions, before rank 0 commits the epoch
+            buffer = io.BytesIO()
+            torch.save(distributed.partition_state(model), buffer)
+            write_atomic(rank_checkpoint(out, rank, epoch), buffer.getvalue())
+            distributed.barrier()
+        if main:
+            buffer = io.BytesIO()
+            torch.save(
+                {
+                    "config": dataclasses.asdict(config),
+                    "epoch": epoch,
+                    "world_size": world,
+                    "model": None if config.deepspeed else model.state_dict(),
+                    "optimizers": [opt.state_dict() for opt in optimizers],
+                    "schedulers": [s.state_dict() for s in schedulers],
+                    "rng": rng_state(),
+                    "per_epoch": per_epoch,
+                    "log": log_rows,
+                    "predictions": predictions_by_epoch,
+                },
+                buffer,
+            )
+            write_atomic(checkpoint_path, buffer.getvalue())
+        if config.deepspeed:
+            distributed.barrier()  # the epoch is committed: the older partitions can go
+            rank_checkpoint(out, rank, epoch - 1).unlink(missing_ok=True)
 
     rule, reported = (
         ("zero-shot: evaluation only", per_epoch[0])
@@ -549,17 +648,48 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
         "peak_memory_bytes": peak_memory_bytes(device),
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "processes": world,
     }
-    write_atomic(out / "resources.json", json.dumps(resources, indent=1) + "\n")
-    write_atomic(out / "train_log.csv", to_csv(log_rows))
-    rows = predictions_by_epoch[reported["epoch"]]["eval"]
-    write_atomic(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    if main:
+        write_atomic(out / "resources.json", json.dumps(resources, indent=1) + "\n")
+        write_atomic(out / "train_log.csv", to_csv(log_rows))
+        rows = predictions_by_epoch[reported["epoch"]]["eval"]
+        write_atomic(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     if config.save_model:
-        model.save_pretrained(out / "model")
-        tokenizer.save_pretrained(out / "model")
-    write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
-    checkpoint_path.unlink(missing_ok=True)
+        # ZeRO-3: the full weights are gathered one parameter at a time onto rank 0's CPU.
+        state = distributed.gather_state_dict(model) if config.deepspeed else None
+        if main:
+            model.save_pretrained(out / "model", state_dict=state)
+            tokenizer.save_pretrained(out / "model")
+    if main:
+        write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+        checkpoint_path.unlink(missing_ok=True)
+    if config.deepspeed:
+        rank_checkpoint(out, rank, epochs).unlink(missing_ok=True)
+    distributed.barrier()
     return metrics
+
+
+def rank_checkpoint(out: Path, rank: int, epoch: int) -> Path:
+    """ZeRO-3: one rank's partitions after `epoch`; checkpoint.pt names the committed epoch."""
+    return out / f"checkpoint.rank{rank}.epoch{epoch}.pt"
+
+
+def deepspeed_config(path: str, global_batch: int, world: int) -> dict[str, Any]:
+    """The DeepSpeed JSON config, with the batch sizes set from ours. Precision comes from
+    --dtype (the model is built in it), so the JSON must not enable fp16/bf16."""
+    with open(path) as f:
+        ds_config = json.load(f)
+    if ds_config.get("zero_optimization", {}).get("stage") != 3:
+        raise ValueError(f"{path}: lomo finetune --deepspeed supports ZeRO stage 3 only")
+    if any(ds_config.get(key, {}).get("enabled") for key in ("fp16", "bf16")):
+        raise ValueError(f"{path}: remove fp16/bf16; the precision is set by --dtype")
+    if global_batch % world:
+        raise ValueError(f"global_batch {global_batch} is not a multiple of {world} processes")
+    ds_config["train_batch_size"] = global_batch
+    ds_config["train_micro_batch_size_per_gpu"] = global_batch // world
+    ds_config["gradient_accumulation_steps"] = 1
+    return ds_config
 
 
 def to_csv(rows: list[dict]) -> str:

@@ -1,6 +1,8 @@
 """LOMO and AdaLomo on two ranks (torchrun, gloo, DeepSpeed's CPU accelerator) against one
 process on the same global batch: ZeRO-3 and plain data parallelism."""
 
+import csv
+import json
 import math
 import os
 import subprocess
@@ -16,13 +18,16 @@ TESTS = Path(__file__).resolve().parent
 TOLERANCE = 1e-5
 
 
-def torchrun(args: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
-    """Two local ranks; `--standalone` picks a free port, so parallel runs do not collide."""
+def torchrun(
+    args: list[str], timeout: float, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Two local ranks; `--standalone` picks a free port, so parallel runs do not collide.
+    `timeout` is a hard limit: a hang fails the test instead of the CI job."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc_per_node", "2", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=timeout, **kwargs
+        command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -82,3 +87,68 @@ def test_zero3_ranks_hold_only_their_partition(results):
 def test_data_parallel_equals_single_process(results, run):
     final = results["replicated"][run]
     assert max_diff(final, single_process(run)) <= TOLERANCE
+
+
+# --- the runner: `lomo finetune --deepspeed` on two ranks, a rank killed, resume ----------------
+
+DATA = TESTS.parents[1] / "shared" / "superglue"
+RUN = dict(
+    model="tiny-llama",
+    method="lomo",
+    task="rte",
+    data_dir=str(DATA),
+    protocol="val-split",
+    train_size=8,
+    test_size=4,
+    max_length=64,
+    epochs=2,
+    global_batch=4,
+    micro_batch=4,
+    lr=1e-2,
+    warmup_ratio=0.25,
+    eval_batch=8,
+)
+
+
+def finetune_on_two_ranks(out: Path, kill_step: int = 0) -> subprocess.CompletedProcess:
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in RUN.items()]
+    zero3 = TESTS.parent / "config" / "deepspeed" / "zero3.json"
+    args = ["finetune_worker.py", "finetune", "--out", str(out), *flags, "--deepspeed", str(zero3)]
+    return torchrun(args, timeout=240, cwd=TESTS, env={"LOMO_TEST_KILL_STEP": str(kill_step)})
+
+
+def test_zero3_finetune_survives_a_killed_rank_and_equals_one_process(tmp_path):
+    from lomo import finetune as ft
+
+    out = tmp_path / "zero3"
+    # Step 3 is the first step of epoch 2: epoch 1's checkpoint exists.
+    killed = finetune_on_two_ranks(out, kill_step=3)
+    assert killed.returncode != 0
+    report = killed.stderr
+    assert "ChildFailedError" in report and "Signal 9 (SIGKILL)" in report, report[-3000:]
+    assert "rank      : 1" in report.split("Root Cause")[1]
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert not (out / "metrics.json").exists()
+
+    resumed = finetune_on_two_ranks(out)
+    assert resumed.returncode == 0, resumed.stderr[-5000:]
+    assert "resuming from" in resumed.stdout
+    assert sorted(p.name for p in out.glob("checkpoint*")) == []  # all removed at the end
+
+    single = ft.finetune(ft.FinetuneConfig(**RUN), tmp_path / "single")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["per_epoch"] == single["per_epoch"]
+    logs = [
+        list(csv.DictReader((folder / "train_log.csv").open()))
+        for folder in (out, tmp_path / "single")
+    ]
+    assert [int(r["step"]) for r in logs[0]] == [1, 2, 3, 4]
+    for ours, expected in zip(*logs, strict=True):
+        for key in ("loss", "grad_norm", "lr"):
+            assert float(ours[key]) == pytest.approx(float(expected[key]), rel=TOLERANCE), key
+    predictions = [
+        (folder / "predictions.jsonl").read_text() for folder in (out, tmp_path / "single")
+    ]
+    assert [json.loads(r)["idx"] for r in predictions[0].splitlines()] == [
+        json.loads(r)["idx"] for r in predictions[1].splitlines()
+    ]
