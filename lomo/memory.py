@@ -88,6 +88,7 @@ def row_values(raw: dict) -> dict[str, float]:
     values["process_peak"] = float(raw["process_peak"])
     values["param_bytes"] = float(raw["param_bytes"])
     values["largest_grad_bytes"] = float(raw["largest_grad_bytes"])
+    values["other_at_peak"] = float(raw["at_peak"]["other"])
     return values
 
 
@@ -182,6 +183,7 @@ def table_rows(rows: list[dict], reference: dict) -> list[dict]:
         line["process_peak_gb"] = round(row["process_peak"] / GIB, 3)
         line["process_minus_census_gb"] = round((row["process_peak"] - row["census_peak"]) / GIB, 3)
         line["largest_grad_gb"] = round(row["largest_grad_bytes"] / GIB, 3)
+        line["other_at_peak_gb"] = round(row["other_at_peak"] / GIB, 3)
         out.append(line)
     return out
 
@@ -278,11 +280,11 @@ def plot(lines: list[dict], path: str, title: str) -> None:
         activations="Activations",
     )
     with_paper = any(line["paper_parameters_gb"] != "" for line in lines)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(lines) * (2 if with_paper else 1)), 4.5))
+    fig, ax = plt.subplots(figsize=(min(12.0, max(6.0, 1.2 * len(lines))), 4.5))
     width = 0.38 if with_paper else 0.6
     for i, line in enumerate(lines):
         bars = [(i - width / 2 if with_paper else i, False)]
-        if with_paper:
+        if line["paper_parameters_gb"] != "":  # e.g. AdaLomo has no row in Table 1
             bars.append((i + width / 2, True))
         for x, is_paper in bars:
             bottom = 0.0
@@ -333,7 +335,8 @@ def lomo_summary(rows: list[dict]) -> str:
         text = (
             f"{dtype} AC {'on ' if ac else 'off'}: LOMO peak {row['census_peak'] / 2**20:.1f}"
             f" MiB = {row['census_peak'] / bound:.3f} x (params + activations + largest "
-            f"gradient = {bound / 2**20:.1f} MiB)"
+            f"gradient = {bound / 2**20:.1f} MiB); other tensors at the peak "
+            f"{row['other_at_peak'] / 2**20:.1f} MiB (at LOMO's peak: logit temporaries)"
         )
         for peer in ("adamw", "sgd", "adalomo", "lomo-optim"):
             if (dtype, ac, peer) in by_key:
