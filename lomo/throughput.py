@@ -36,6 +36,9 @@ def synchronize(device: torch.device) -> None:
 
 def run_worker(spec: dict) -> dict:
     torch.manual_seed(0)
+    if spec["threads"]:
+        # On a shared CPU, 2+ OpenMP threads pay a scheduler time slice at every barrier.
+        torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     baseline = proc_status_bytes("VmRSS") if device.type == "cpu" else 0
     model = build_model(spec["model"], DTYPES[spec["dtype"]], spec["attn"], spec["layers"])
@@ -181,6 +184,7 @@ def run_throughput(args: argparse.Namespace) -> None:
             warmup=args.warmup,
             steps=args.steps,
             device=args.device,
+            threads=args.threads,
         )
         print(f"timing {spec}", file=sys.stderr, flush=True)
         results.append(run_worker_process("lomo.throughput", spec))
@@ -190,8 +194,9 @@ def run_throughput(args: argparse.Namespace) -> None:
         f"model {args.model}{depth}, {args.dtype}, batch {args.batch} x sequence {args.seq}, "
         f"attention {args.attn}, activation checkpointing {args.ac}, gradient clipping "
         f"{'on (norm 1.0)' if args.clip else 'off'}, device {args.device} "
-        f"({torch.get_num_threads()} threads), {args.warmup} warm-up + {args.steps} timed "
-        f"steps per optimizer, torch {torch.__version__}. TGS = tokens per device per second."
+        f"({args.threads or torch.get_num_threads()} threads), {args.warmup} warm-up + "
+        f"{args.steps} timed steps per optimizer, torch {torch.__version__}. "
+        "TGS = tokens per device per second."
     )
     if args.device == "cpu":
         note += " CPU: compare the ratios, not the absolute TGS, with the paper's GPUs."
@@ -233,6 +238,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
     )
+    parser.add_argument("--threads", type=int, help="CPU threads per worker (default: torch's)")
     parser.add_argument("--reference", default=str(REFERENCE), help="the paper's Table 2 (CSV)")
     parser.add_argument("--csv", help="write the table here (CSV)")
     parser.add_argument("--tex", help="write the table here (LaTeX)")

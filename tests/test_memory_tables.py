@@ -12,8 +12,9 @@ GIB = 2**30
 
 def test_reference_table1_as_in_the_paper():
     reference = memory.load_reference(memory.REFERENCE)
-    assert reference[("lomo", True)] == dict(parameters=12.55, gradients=0.24,
-                                             optimizer_states=0.0, activations=1.79, total=14.58)
+    assert reference[("lomo", True)] == dict(
+        parameters=12.55, gradients=0.24, optimizer_states=0.0, activations=1.79, total=14.58
+    )
     assert reference[("adamw", False)]["total"] == 147.02
     for (optimizer, ac), row in reference.items():
         parts = row["parameters"] + row["gradients"] + row["optimizer_states"] + row["activations"]
@@ -31,15 +32,34 @@ def test_extrapolation_is_linear_in_depth():
 
 def fake_raw(layers: int, optimizer: str = "lomo", ac: bool = True) -> dict:
     """A measured configuration whose bytes grow by one unit per layer."""
-    per_layer = {"parameters": 1, "gradients": 0, "optimizer_states": 0, "activations": 2,
-                 "other": 0}
+    per_layer = {
+        "parameters": 1,
+        "gradients": 0,
+        "optimizer_states": 0,
+        "activations": 2,
+        "other": 0,
+    }
     base = {"parameters": 3, "gradients": 1, "optimizer_states": 0, "activations": 1, "other": 0}
     peak = {k: (base[k] + layers * per_layer[k]) * GIB for k in base}
-    return dict(model="llama-7b", layers=layers, dtype="bf16", attn="eager", ac=ac,
-                optimizer=optimizer, seq=512, batch=8, clip=False, device="cpu",
-                num_params=0, param_bytes=peak["parameters"], largest_grad_bytes=GIB,
-                category_peak=peak, at_peak=peak, census_peak=sum(peak.values()),
-                process_peak=sum(peak.values()) + GIB // 2)
+    return dict(
+        model="llama-7b",
+        layers=layers,
+        dtype="bf16",
+        attn="eager",
+        ac=ac,
+        optimizer=optimizer,
+        seq=512,
+        batch=8,
+        clip=False,
+        device="cpu",
+        num_params=0,
+        param_bytes=peak["parameters"],
+        largest_grad_bytes=GIB,
+        category_peak=peak,
+        at_peak=peak,
+        census_peak=sum(peak.values()),
+        process_peak=sum(peak.values()) + GIB // 2,
+    )
 
 
 def test_summary_extrapolates_to_32_layers_and_compares_with_the_paper():
@@ -60,8 +80,19 @@ def test_cli_renders_csv_tex_and_figure_from_raw(tmp_path, capsys):
     raw = tmp_path / "raw.json"
     raw.write_text(json.dumps([fake_raw(n, opt) for opt in ("lomo", "adamw") for n in (1, 2)]))
     out = {ext: tmp_path / f"sub/table.{ext}" for ext in ("csv", "tex", "png")}
-    cli.main(["memory", "--from-raw", str(raw), "--csv", str(out["csv"]),
-              "--tex", str(out["tex"]), "--figure", str(out["png"])])
+    cli.main(
+        [
+            "memory",
+            "--from-raw",
+            str(raw),
+            "--csv",
+            str(out["csv"]),
+            "--tex",
+            str(out["tex"]),
+            "--figure",
+            str(out["png"]),
+        ]
+    )
     printed = capsys.readouterr().out
     assert "extrapolated linearly in depth to 32 layers" in printed
     assert "LOMO/adamw 1.000" in printed
@@ -81,13 +112,31 @@ def test_memory_bad_input_is_refused():
 
 def test_throughput_table_by_hand():
     def result(optimizer: str, times: list[float], peak: int) -> dict:
-        return dict(model="llama-7b", layers=1, dtype="bf16", attn="sdpa", ac=True, clip=True,
-                    optimizer=optimizer, seq=32, batch=2, warmup=1, steps=len(times),
-                    device="cpu", step_seconds=times, tgs_median=64 / sorted(times)[1],
-                    tgs_min=64 / max(times), tgs_max=64 / min(times), peak_bytes=peak)
+        return dict(
+            model="llama-7b",
+            layers=1,
+            dtype="bf16",
+            attn="sdpa",
+            ac=True,
+            clip=True,
+            optimizer=optimizer,
+            seq=32,
+            batch=2,
+            warmup=1,
+            steps=len(times),
+            device="cpu",
+            step_seconds=times,
+            tgs_median=64 / sorted(times)[1],
+            tgs_min=64 / max(times),
+            tgs_max=64 / min(times),
+            peak_bytes=peak,
+        )
 
-    results = [result("lomo", [1.0, 2.0, 4.0], GIB), result("lomo-optim", [4.0, 4.0, 4.0], 2 * GIB),
-               result("sgd", [1.0, 1.0, 1.0], 3 * GIB)]
+    results = [
+        result("lomo", [1.0, 2.0, 4.0], GIB),
+        result("lomo-optim", [4.0, 4.0, 4.0], 2 * GIB),
+        result("sgd", [1.0, 1.0, 1.0], 3 * GIB),
+    ]
     lines = throughput.table_rows(results, throughput.load_reference(throughput.REFERENCE))
     lomo = lines[0]
     assert (lomo["tgs_median"], lomo["tgs_min"], lomo["tgs_max"]) == (32.0, 16.0, 64.0)
@@ -101,9 +150,26 @@ def test_throughput_table_by_hand():
 @pytest.mark.slow
 def test_throughput_runs_end_to_end(tmp_path):
     out = tmp_path / "tp.csv"
-    cli.main(["throughput", "--model", "random-100m", "--seq", "16", "--batch", "1",
-              "--warmup", "1", "--steps", "2", "--optimizers", "lomo", "lomo-optim",
-              "--csv", str(out)])
+    cli.main(
+        [
+            "throughput",
+            "--model",
+            "random-100m",
+            "--seq",
+            "16",
+            "--batch",
+            "1",
+            "--warmup",
+            "1",
+            "--steps",
+            "2",
+            "--optimizers",
+            "lomo",
+            "lomo-optim",
+            "--csv",
+            str(out),
+        ]
+    )
     with open(out) as f:
         rows = list(csv.DictReader(f))
     assert [r["optimizer"] for r in rows] == ["lomo", "lomo-optim"]
@@ -114,8 +180,18 @@ def test_throughput_runs_end_to_end(tmp_path):
 def test_memory_worker_on_a_llama_shape_matches_hand_counts():
     # One LLaMA-7B-shaped layer: 4*4096^2 + 3*4096*11008 + 2*4096 = 202,383,360 parameters;
     # embedding and head 2 * 32000*4096; final norm 4096.
-    spec = dict(model="llama-7b", layers=1, dtype="bf16", attn="sdpa", ac=False,
-                optimizer="lomo", seq=8, batch=1, clip=False, device="cpu")
+    spec = dict(
+        model="llama-7b",
+        layers=1,
+        dtype="bf16",
+        attn="sdpa",
+        ac=False,
+        optimizer="lomo",
+        seq=8,
+        batch=1,
+        clip=False,
+        device="cpu",
+    )
     raw = memory.run_worker(spec)
     n_params = 202_383_360 + 2 * 32000 * 4096 + 4096
     assert raw["category_peak"]["parameters"] == 2 * n_params
