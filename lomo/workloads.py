@@ -183,9 +183,10 @@ def make_step(
         opt = cls(model, lr=lr, clip_grad_norm=1.0 if clip else None)
 
         def lomo_optim_step() -> None:
+            loss = loss_fn()  # one forward; grad_norm keeps the graph, as the official trainer
             if clip:
-                opt.grad_norm(loss_fn())
-            opt.fused_backward(loss_fn(), lr)
+                opt.grad_norm(loss)
+            opt.fused_backward(loss, lr)
 
         return lomo_optim_step, opt
     opt_cls = torch.optim.SGD if name == "sgd" else torch.optim.AdamW
