@@ -46,9 +46,8 @@ PAPER_SETTING = dict(model="llama-7b", seq=512, batch=8)  # Table 1: fp16, GB = 
 GIB = 2**30
 
 
-def run_worker(spec: dict) -> dict:
-    """Measure one configuration in this (fresh) process."""
-    torch.manual_seed(0)
+def build_workload(spec: dict) -> tuple[torch.device, int, torch.nn.Module, torch.Tensor]:
+    """The measured model and its token batch; `baseline` is the bare process's RSS (CPU)."""
     device = torch.device(spec["device"])
     baseline = proc_status_bytes("VmRSS") if device.type == "cpu" else 0
     model = build_model(spec["model"], DTYPES[spec["dtype"]], spec["attn"], spec["layers"])
@@ -60,6 +59,13 @@ def run_worker(spec: dict) -> dict:
     tokens = torch.randint(
         0, model.config.vocab_size, (spec["batch"], spec["seq"]), generator=generator
     ).to(device)
+    return device, baseline, model, tokens
+
+
+def run_worker(spec: dict) -> dict:
+    """Measure one configuration in this (fresh) process."""
+    torch.manual_seed(0)
+    device, baseline, model, tokens = build_workload(spec)
     census = MemoryCensus(model)  # before the optimizer: its gradient hooks must run first
     step, optimizer = make_step(spec["optimizer"], spec["clip"], model, tokens, master_weights=True)
     for _ in range(1 if spec["optimizer"] in STATEFUL else 0):

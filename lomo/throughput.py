@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from lomo.census import ProcessPeak, proc_status_bytes
-from lomo.memory import DTYPES, to_csv, write_atomic
-from lomo.workloads import LLAMA_SHAPES, build_model, make_step, run_worker_process
+from lomo.census import ProcessPeak
+from lomo.memory import DTYPES, build_workload, to_csv, write_atomic
+from lomo.workloads import LLAMA_SHAPES, make_step, run_worker_process
 
 OPTIMIZERS = ("lomo", "lomo-optim", "adalomo", "adalomo-optim", "sgd", "adamw")
 REFERENCE = Path(__file__).resolve().parents[1] / "paper" / "reference" / "table2_throughput.csv"
@@ -39,16 +39,7 @@ def run_worker(spec: dict) -> dict:
     if spec["threads"]:
         # On a shared CPU, 2+ OpenMP threads pay a scheduler time slice at every barrier.
         torch.set_num_threads(spec["threads"])
-    device = torch.device(spec["device"])
-    baseline = proc_status_bytes("VmRSS") if device.type == "cpu" else 0
-    model = build_model(spec["model"], DTYPES[spec["dtype"]], spec["attn"], spec["layers"])
-    model.to(device)
-    if spec["ac"]:
-        model.activation_checkpointing_enable({"use_reentrant": True})
-    generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(
-        0, model.config.vocab_size, (spec["batch"], spec["seq"]), generator=generator
-    ).to(device)
+    device, baseline, model, tokens = build_workload(spec)
     step, _ = make_step(spec["optimizer"], spec["clip"], model, tokens, master_weights=True)
     for _ in range(spec["warmup"]):
         step()
