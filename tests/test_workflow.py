@@ -3,6 +3,7 @@ profile end to end (tiny model, real data), including a partial rerun."""
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -137,11 +138,12 @@ def test_ci_profile_end_to_end_and_partial_rerun():
     (results / "superglue/tiny-llama/lomo/rte/seed42/metrics.json").unlink()
     plan = snakemake("-n", *args)
     assert plan.returncode == 0, plan.stderr
+    # The dry run's job-count table: one "<rule> <count>" line per rule.
+    counts = re.findall(r"^(\w+)\s+(\d+)$", plan.stdout, flags=re.MULTILINE)
     jobs = {
-        line.split()[0]: int(line.split()[1])
-        for line in plan.stdout.splitlines()
-        if line.split()
-        and line.split()[0] in ("finetune", "superglue_table", "prepare_model", "total")
+        rule: int(n)
+        for rule, n in counts
+        if rule in ("finetune", "superglue_table", "prepare_model", "total")
     }
     assert jobs == {"finetune": 1, "superglue_table": 1, "total": 3}
     shutil.rmtree(results)
