@@ -45,16 +45,13 @@ def load_runs(results_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def find_csvs(folders: list[str | Path], column: str) -> list[Path]:
-    """CSV files under `folders` (recursively) whose header has `column`: the memory and
-    throughput tables are found by what they hold, wherever the workflow put them."""
-    found = []
-    for folder in folders:
-        for path in sorted(Path(folder).rglob("*.csv")) if Path(folder).is_dir() else []:
-            with open(path, newline="") as f:
-                if column in next(csv.reader(f), []):
-                    found.append(path)
-    return found
+def read_measurements(paths: list[str] | None, default: str) -> pd.DataFrame:
+    """The `lomo memory` or `lomo throughput` CSVs at `paths` (None: every file matching the
+    glob `default`, e.g. the published paper/tables/memory_*.csv), one frame with each row's
+    source file; empty when there is none."""
+    files = sorted(Path().glob(default)) if paths is None else [Path(p) for p in paths]
+    frames = [pd.read_csv(path).assign(source=str(path)) for path in files]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def correctness(run_dir: str | Path) -> dict[str, bool]:

@@ -19,6 +19,12 @@ from tests.superglue_paths import DATA_DIR
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "data" / "analysis"  # lomo memory / throughput CSVs
 NOTEBOOKS = ("compare_to_paper", "sgd_claims", "memory_throughput")
+MEASUREMENTS = json.dumps(
+    {
+        "memory_tables": [str(FIXTURES / "memory.csv")],
+        "throughput_tables": [str(FIXTURES / "throughput.csv")],
+    }
+)
 
 
 def tiny_run(results: Path, method: str, task: str, **overrides) -> Path:
@@ -93,7 +99,7 @@ def papermill(notebook: str, results: Path, out_dir: Path, executed: Path) -> No
             *(str(ROOT / "analysis" / f"{notebook}.ipynb"), str(executed)),
             *("-p", "results_dir", str(results), "-p", "profile", "ci", "-p", "out_dir"),
             str(out_dir),
-            *(("-y", f"tables_dirs: [{FIXTURES}]") if notebook != "sgd_claims" else ()),
+            *(("-y", MEASUREMENTS) if notebook != "sgd_claims" else ()),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -175,7 +181,7 @@ def test_notebooks_skip_missing_memory_and_throughput_tables(tmp_path):
             *(sys.executable, "-m", "papermill", "--kernel", "python3"),
             *(str(ROOT / "analysis" / "memory_throughput.ipynb"), str(executed)),
             *("-p", "results_dir", str(tmp_path / "empty"), "-p", "out_dir", str(tmp_path)),
-            *("-y", "tables_dirs: []"),
+            *("-y", "{memory_tables: [], throughput_tables: []}"),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -223,13 +229,15 @@ def test_paired_comparison_counts_discordant_examples(tmp_path):
     assert analysis.comparison_verdict(none, at_least=True) == "not measured"
 
 
-def test_find_csvs_by_column(tmp_path):
-    (tmp_path / "x").mkdir()
-    (tmp_path / "x" / "memory.csv").write_text("model,census_peak_gb\nm,1\n")
-    (tmp_path / "other.csv").write_text("model,value\nm,1\n")
-    assert analysis.find_csvs([tmp_path, tmp_path / "missing"], "census_peak_gb") == [
-        tmp_path / "x" / "memory.csv"
-    ]
+def test_read_measurements_from_paths_or_the_published_glob(tmp_path, monkeypatch):
+    (tmp_path / "a.csv").write_text("model,census_peak_gb\nm,1\n")
+    (tmp_path / "b.csv").write_text("model,census_peak_gb\nn,2\n")
+    table = analysis.read_measurements([tmp_path / "a.csv", tmp_path / "b.csv"], "unused")
+    assert table.model.tolist() == ["m", "n"]
+    assert table.source.tolist() == [str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]
+    assert analysis.read_measurements([], "*.csv").empty
+    monkeypatch.chdir(tmp_path)
+    assert analysis.read_measurements(None, "b*.csv").model.tolist() == ["n"]
 
 
 # --- README Results section ------------------------------------------------------------------

@@ -129,21 +129,40 @@ def test_ci_profile_end_to_end_and_partial_rerun():
     }
     assert all(0 <= float(r["value"]) <= 1 and int(r["n"]) == 8 for r in rows)
     assert (results / "figures" / "superglue.png").stat().st_size > 0
+    # Tables 1 and 2 and the notebooks, all from this profile's own results.
+    artifacts = results / "analysis"
+    with open(artifacts / "tables" / "memory_tiny-llama.csv") as f:
+        memory = list(csv.DictReader(f))
+    assert {r["optimizer"] for r in memory} == {"adamw", "lomo"}
+    assert all(float(r["census_peak_gb"]) > 0 for r in memory)
+    with open(artifacts / "tables" / "throughput_tiny-llama.csv") as f:
+        assert {r["optimizer"] for r in csv.DictReader(f)} == {"lomo", "sgd"}
+    for notebook in ("compare_to_paper", "sgd_claims", "memory_throughput"):
+        assert (artifacts / "notebooks" / f"{notebook}.ipynb").stat().st_size > 0
+    with open(artifacts / "tables" / "compare_memory.csv") as f:
+        assert {r["model"] for r in csv.DictReader(f)} == {"tiny-llama"}
+    for figure in ("compare_superglue", "sgd_implicit_batch", "memory_breakdown"):
+        assert (artifacts / "figures" / f"{figure}.png").stat().st_size > 1000, figure
+    assert "lomo beats zero-shot" in (artifacts / "README_results.md").read_text()
     report = results / "report.html"
     done = snakemake(*args, "--report", str(report))
     assert done.returncode == 0, done.stderr[-3000:]
     assert b"superglue.csv" in report.read_bytes()
 
-    # Deleting one run's metrics recomputes that run and the table, nothing else.
-    (results / "superglue/tiny-llama/lomo/rte/seed42/metrics.json").unlink()
+    # Deleting one run's metrics recomputes that run and what reads it, nothing else.
+    (results / "superglue/tiny-llama/lora/rte/seed42/metrics.json").unlink()
     plan = snakemake("-n", *args)
     assert plan.returncode == 0, plan.stderr
     # The dry run's job-count table: one "<rule> <count>" line per rule.
     counts = re.findall(r"^(\w+)\s+(\d+)$", plan.stdout, flags=re.MULTILINE)
-    jobs = {
-        rule: int(n)
-        for rule, n in counts
-        if rule in ("finetune", "superglue_table", "prepare_model", "total")
+    jobs = {rule: int(n) for rule, n in counts}
+    assert jobs == {
+        "finetune": 1,
+        "superglue_table": 1,
+        "compare_to_paper": 1,
+        "sgd_claims_notebook": 1,
+        "readme_results": 1,
+        "all": 1,
+        "total": 6,
     }
-    assert jobs == {"finetune": 1, "superglue_table": 1, "total": 3}
     shutil.rmtree(results)

@@ -1,15 +1,11 @@
 """Analysis rules: the SGD-claim measurements and the notebooks in analysis/ (run by papermill).
 
-Included by the Snakefile after it defines RESULTS, PROFILE, RUNS, LOMO, MODELS and TASKS.
-Executed notebooks land in results/{profile}/analysis/notebooks/. Tables and figures go to
-results/{profile}/analysis/{tables,figures}/, except for the laptop and paper profiles, whose
-artifacts are the committed ones in paper/tables/ and paper/figures/ (and whose README
-Results section the readme_results rule rewrites).
+Executed notebooks land in results/{profile}/analysis/notebooks/; tables and figures in
+{ARTIFACTS}/{tables,figures}/ (paper/ for the laptop and paper profiles, whose README Results
+section the readme_results rule rewrites).
 """
 
 ANALYSIS = f"{RESULTS}/analysis"
-PUBLISHED = PROFILE in ("laptop", "paper")
-ARTIFACTS = "paper" if PUBLISHED else ANALYSIS
 # The kernel is the Python running Snakemake (jupyter's native python3 kernel).
 PAPERMILL = f"{sys.executable} -m papermill --kernel python3 --log-output"
 
@@ -22,9 +18,11 @@ if SGD_MODEL == "tiny-llama":  # already random-init: a twin would repeat it
     SGD_MODELS = ["tiny-llama"]
     SGD_SETTINGS = "--pairs 2 --power-iterations 3 --directions 2 --max-length 64"
 else:
+    # About 2.5 minutes per SmolLM2-sized model on 2 cores (the Hessian's double backward
+    # dominates), so the laptop profile stays within its 45 minutes.
     SGD_SETTINGS = (
-        "--pairs 8 --power-iterations 20 --directions 5 --max-length 128"
-        " --lrs 0.00001 0.0001 0.001 0.01 0.03"
+        "--pairs 4 --power-iterations 8 --directions 3 --max-length 128"
+        " --lrs 0.0001 0.001 0.01 0.03"
     )
 # Distance travelled: the workflow's own full-parameter runs of one (model, task, seed), rerun.
 DISTANCE_TASK = "rte" if "rte" in TASKS else TASKS[0]
@@ -33,7 +31,9 @@ DISTANCE_RUNS = [
     for method in ("lomo", "adamw")
     if method in config["methods"]
 ]
+MEASUREMENTS = json.dumps({"memory_tables": MEMORY_TABLES, "throughput_tables": THROUGHPUT_TABLES})
 NOTEBOOK_PARAMS = f"-p results_dir {RESULTS} -p profile {PROFILE} -p out_dir {ARTIFACTS}"
+
 
 
 rule sgd_claims:
@@ -52,7 +52,7 @@ rule sgd_claims:
         "../../environment.yml"
     log:
         f"{RESULTS}/logs/analysis/sgd_claims.log",
-    threads: 1
+    threads: config["resources"]["threads"]
     resources:
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
@@ -66,6 +66,8 @@ rule compare_to_paper:
     input:
         notebook="analysis/compare_to_paper.ipynb",
         runs=RUNS,
+        memory=MEMORY_TABLES,
+        throughput=THROUGHPUT_TABLES,
     output:
         notebook=f"{ANALYSIS}/notebooks/compare_to_paper.ipynb",
         table=f"{ARTIFACTS}/tables/compare_superglue.csv",
@@ -78,13 +80,14 @@ rule compare_to_paper:
     params:
         papermill=PAPERMILL,
         notebook_params=NOTEBOOK_PARAMS,
+        measurements=MEASUREMENTS,
     conda:
         "../../environment.yml"
     log:
         f"{RESULTS}/logs/analysis/compare_to_paper.log",
     shell:
         "{params.papermill} {input.notebook} {output.notebook} {params.notebook_params}"
-        " > {log} 2>&1"
+        " -y '{params.measurements}' > {log} 2>&1"
 
 
 rule sgd_claims_notebook:
@@ -116,6 +119,8 @@ rule sgd_claims_notebook:
 rule memory_throughput_notebook:
     input:
         notebook="analysis/memory_throughput.ipynb",
+        memory=MEMORY_TABLES,
+        throughput=THROUGHPUT_TABLES,
     output:
         notebook=f"{ANALYSIS}/notebooks/memory_throughput.ipynb",
         memory=f"{ARTIFACTS}/figures/memory_breakdown.png",
@@ -123,13 +128,14 @@ rule memory_throughput_notebook:
     params:
         papermill=PAPERMILL,
         notebook_params=NOTEBOOK_PARAMS,
+        measurements=MEASUREMENTS,
     conda:
         "../../environment.yml"
     log:
         f"{RESULTS}/logs/analysis/memory_throughput.log",
     shell:
         "{params.papermill} {input.notebook} {output.notebook} {params.notebook_params}"
-        " > {log} 2>&1"
+        " -y '{params.measurements}' > {log} 2>&1"
 
 
 rule readme_results:

@@ -1,0 +1,76 @@
+"""Table 3: prepare each model once, fine-tune and evaluate every (model, method, task,
+seed), then tabulate against the paper."""
+
+
+rule prepare_model:
+    output:
+        f"{RESULTS}/models/{{model}}.json",
+    params:
+        lomo=LOMO,
+        name=lambda w: MODELS[w.model],
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/prepare_model/{{model}}.log",
+    resources:
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=config["resources"]["runtime"],
+    shell:
+        "{params.lomo} prepare-model --model {params.name} --out {output} > {log} 2>&1"
+
+
+rule finetune:
+    input:
+        f"{RESULTS}/models/{{model}}.json",
+    output:
+        metrics=f"{RESULTS}/superglue/{{model}}/{{method}}/{{task}}/seed{{seed}}/metrics.json",
+    params:
+        name=lambda w: MODELS[w.model],
+        launcher=launcher,
+        settings=run_settings,
+        data=data_flags(),
+        deepspeed=deepspeed_flag,
+        out=lambda w, output: os.path.dirname(output.metrics),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/finetune/{{model}}/{{method}}/{{task}}/seed{{seed}}.log",
+    threads: config["resources"]["threads"]
+    resources:
+        # `gpus` schedules local runs (--resources gpus=N); the SLURM plugin reads `gpu`.
+        gpus=job_gpus,
+        gpu=job_gpus,
+        mem_mb=config["resources"]["mem_mb"],
+        runtime=config["resources"]["runtime"],
+    shell:
+        "{params.launcher} finetune --model {params.name} --method {wildcards.method}"
+        " --task {wildcards.task} --seed {wildcards.seed} {params.data} {params.settings}"
+        " {params.deepspeed} --threads {threads} --out {params.out} > {log} 2>&1"
+
+
+rule superglue_table:
+    input:
+        RUNS,
+    params:
+        lomo=LOMO,
+    output:
+        csv=report(
+            f"{RESULTS}/tables/superglue.csv",
+            caption="../report/superglue_table.rst",
+            category="SuperGLUE",
+        ),
+        md=f"{RESULTS}/tables/superglue.md",
+        tex=f"{RESULTS}/tables/superglue.tex",
+        png=report(
+            f"{RESULTS}/figures/superglue.png",
+            caption="../report/superglue_figure.rst",
+            category="SuperGLUE",
+        ),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/superglue_table.log",
+    shell:
+        "{params.lomo} table --runs {input} --reference paper/reference/table3_superglue.csv"
+        " --csv {output.csv} --markdown {output.md} --latex {output.tex} --figure {output.png}"
+        " > {log} 2>&1"
