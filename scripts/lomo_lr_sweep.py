@@ -1,0 +1,122 @@
+"""LOMO learning-rate sweep on top of the laptop profile's runs (issue 4's investigation of
+why LOMO barely beats zero-shot on SmolLM2-135M).
+
+Each (task, lr) reruns `lomo finetune` with the resolved config of the laptop run
+results/laptop/superglue/smollm2-135m/lomo/{task}/seed42, changing only the lr (and any
+extra `lomo finetune` flags given after `--`), into results/laptop/sweeps/lomo/{tag}{lr}/{task};
+`--zero-shot` also evaluates zero-shot with the same flags (for a different data split).
+Then every LOMO run is compared with the zero-shot run evaluated on exactly the same examples
+(same data/ids.json): accuracy with its 95% Wilson interval, the predicted-class counts, an
+exact McNemar test, and two baselines that need no training: the majority class, and
+zero-shot with its per-class mean score removed (label-free calibration, fit on the
+evaluated examples themselves).
+
+    .venv/bin/python scripts/lomo_lr_sweep.py --tasks rte cb --lrs 0.01 0.1 0.3
+    .venv/bin/python scripts/lomo_lr_sweep.py --tasks rte --lrs 0.03 --tag train213-lr \
+        --zero-shot -- --train-size 213
+"""
+
+import argparse
+import collections
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from scipy.stats import binomtest
+
+from lomo.analysis import correctness
+from lomo.report import wilson_interval
+from tasks.superglue.data import write_atomic
+
+RUNS = Path("results/laptop/superglue/smollm2-135m")
+SWEEPS = Path("results/laptop/sweeps/lomo")
+
+
+def predictions(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+
+
+def calibrated_accuracy(records: list[dict]) -> float:
+    """Accuracy after subtracting each class's mean score over the examples (no labels used)."""
+    classes = range(len(records[0]["scores"]))
+    means = [sum(r["scores"][c] for r in records) / len(records) for c in classes]
+    right = [max(classes, key=lambda c: r["scores"][c] - means[c]) == r["gold"] for r in records]
+    return sum(right) / len(right)
+
+
+def eval_rows(run: Path) -> list:
+    return json.loads((run / "data" / "ids.json").read_text())["splits"]["eval"]["rows"]
+
+
+def summarize(run: Path, zero_shot: Path, label: str) -> dict:
+    metrics = json.loads((run / "metrics.json").read_text())
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    accuracy, n = metrics["reported"]["eval"]["accuracy"], metrics["n_eval"]
+    low, high = wilson_interval(accuracy, n)
+    right, right_zero = correctness(run), correctness(zero_shot)
+    only_run = sum(right[k] and not right_zero[k] for k in right)
+    only_zero = sum(right_zero[k] and not right[k] for k in right)
+    records, zero_records = predictions(run), predictions(zero_shot)
+    golds = collections.Counter(r["gold"] for r in records)
+    return {
+        "task": metrics["task"],
+        "run": label,
+        "lr": config["lr"],
+        "epochs": config["epochs"],
+        "n": n,
+        "accuracy": accuracy,
+        "ci_low": low,
+        "ci_high": high,
+        "pred_counts": dict(sorted(collections.Counter(r["pred"] for r in records).items())),
+        "gold_counts": dict(sorted(golds.items())),
+        "only_run_right": only_run,
+        "only_zero_shot_right": only_zero,
+        "mcnemar_p": binomtest(only_run, only_run + only_zero).pvalue
+        if only_run + only_zero
+        else 1.0,
+        "majority": max(golds.values()) / n,
+        "zero_shot": sum(right_zero.values()) / len(right_zero),
+        "zero_shot_calibrated": calibrated_accuracy(zero_records),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="+", required=True)
+    parser.add_argument("--lrs", nargs="+", required=True)
+    parser.add_argument("--tag", default="lr", help="sweep folder prefix, before the lr")
+    parser.add_argument("--zero-shot", action="store_true", help="also run zero-shot")
+    args, extra = parser.parse_known_args()
+    extra = [a for a in extra if a != "--"]
+    for task in args.tasks:
+        base = RUNS / "lomo" / task / "seed42" / "config.yaml"
+        if not base.exists():
+            sys.exit(f"{base} is missing: run the laptop profile first (README, quick start)")
+        points = [(lr, ["--lr", lr]) for lr in args.lrs]
+        points += [("zero-shot", ["--method", "zero-shot"])] if args.zero_shot else []
+        for name, options in points:
+            out = SWEEPS / f"{args.tag}{name}" / task
+            if not (out / "metrics.json").exists():
+                finetune = [sys.executable, "-m", "lomo.cli", "finetune", "--config", str(base)]
+                options += ["--out", str(out), "--threads", "2", *extra]
+                subprocess.run(finetune + options, check=True)
+    runs = [p.parent for p in sorted(SWEEPS.glob("*/*/metrics.json"))]
+    runs += [p.parent for p in sorted(RUNS.glob("*/*/seed42/metrics.json"))]
+    method = {run: json.loads((run / "metrics.json").read_text())["method"] for run in runs}
+    zero_shot = {tuple(eval_rows(run)): run for run in runs if method[run] == "zero-shot"}
+    rows = []
+    for run in runs:
+        if method[run] != "lomo":
+            continue
+        label = "laptop" if run.parent.parent == RUNS / "lomo" else run.parent.name
+        rows.append(summarize(run, zero_shot[tuple(eval_rows(run))], label))
+    table = pd.DataFrame(rows).sort_values(["task", "epochs", "lr", "run"])
+    write_atomic(SWEEPS / "sweep.csv", table.to_csv(index=False))
+    print(table.to_string(index=False, float_format="{:.3g}".format))
+
+
+if __name__ == "__main__":
+    main()
