@@ -1,19 +1,22 @@
-"""LOMO learning-rate sweep on top of the laptop profile's runs (issue 4's investigation of
-why LOMO barely beats zero-shot on SmolLM2-135M).
+"""Learning-rate and data sweep on top of the laptop profile's runs (issue 4's investigation
+of why LOMO barely beats zero-shot on SmolLM2-135M).
 
 Each (task, lr) reruns `lomo finetune` with the resolved config of the laptop run
-results/laptop/superglue/smollm2-135m/lomo/{task}/seed42, changing only the lr (and any
-extra `lomo finetune` flags given after `--`), into results/laptop/sweeps/lomo/{tag}{lr}/{task};
-`--zero-shot` also evaluates zero-shot with the same flags (for a different data split).
-Then every LOMO run is compared with the zero-shot run evaluated on exactly the same examples
-(same data/ids.json): accuracy with its 95% Wilson interval, the predicted-class counts, an
-exact McNemar test, and two baselines that need no training: the majority class, and
-zero-shot with its per-class mean score removed (label-free calibration, fit on the
-evaluated examples themselves).
+results/laptop/superglue/smollm2-135m/{method}/{task}/seed42 (method: lomo unless --method),
+changing only the lr (and any extra `lomo finetune` flags given after `--`), into
+results/laptop/sweeps/{tag}{method}_lr{lr}/{task}; `--zero-shot` also evaluates zero-shot
+with the same flags into {tag}zero-shot (needed when the flags change the data split).
+Then every trained run of the sweep, and the laptop profile's LOMO runs, are compared with the
+zero-shot run evaluated on exactly the same examples (same data/ids.json): accuracy with its
+95% Wilson interval, the predicted-class counts, an exact McNemar test, and two baselines
+that need no training: the majority class, and zero-shot with its per-class mean score
+removed (label-free calibration, fit on the evaluated examples themselves).
 
     .venv/bin/python scripts/lomo_lr_sweep.py --tasks rte cb --lrs 0.01 0.1 0.3
-    .venv/bin/python scripts/lomo_lr_sweep.py --tasks rte --lrs 0.03 --tag train213-lr \
+    .venv/bin/python scripts/lomo_lr_sweep.py --tasks rte --lrs 0.03 --tag train213- \\
         --zero-shot -- --train-size 213
+    .venv/bin/python scripts/lomo_lr_sweep.py --tasks rte --lrs 5e-5 --tag train213- \\
+        --method adamw -- --train-size 213
 """
 
 import argparse
@@ -32,7 +35,7 @@ from lomo.report import wilson_interval
 from tasks.superglue.data import write_atomic
 
 RUNS = Path("results/laptop/superglue/smollm2-135m")
-SWEEPS = Path("results/laptop/sweeps/lomo")
+SWEEPS = Path("results/laptop/sweeps")
 
 
 def predictions(run: Path) -> list[dict]:
@@ -63,6 +66,7 @@ def summarize(run: Path, zero_shot: Path, label: str) -> dict:
     golds = collections.Counter(r["gold"] for r in records)
     return {
         "task": metrics["task"],
+        "method": metrics["method"],
         "run": label,
         "lr": config["lr"],
         "epochs": config["epochs"],
@@ -87,15 +91,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", required=True)
     parser.add_argument("--lrs", nargs="+", required=True)
-    parser.add_argument("--tag", default="lr", help="sweep folder prefix, before the lr")
+    parser.add_argument("--tag", default="", help="sweep folder prefix")
+    parser.add_argument("--method", default="lomo", help="a method the laptop profile ran")
     parser.add_argument("--zero-shot", action="store_true", help="also run zero-shot")
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     for task in args.tasks:
-        base = RUNS / "lomo" / task / "seed42" / "config.yaml"
+        base = RUNS / args.method / task / "seed42" / "config.yaml"
         if not base.exists():
             sys.exit(f"{base} is missing: run the laptop profile first (README, quick start)")
-        points = [(lr, ["--lr", lr]) for lr in args.lrs]
+        lr_flag = "--lora-lr" if args.method == "lora" else "--lr"
+        points = [(f"{args.method}_lr{lr}", [lr_flag, lr]) for lr in args.lrs]
         points += [("zero-shot", ["--method", "zero-shot"])] if args.zero_shot else []
         for name, options in points:
             out = SWEEPS / f"{args.tag}{name}" / task
@@ -109,11 +115,12 @@ def main() -> None:
     zero_shot = {tuple(eval_rows(run)): run for run in runs if method[run] == "zero-shot"}
     rows = []
     for run in runs:
-        if method[run] != "lomo":
+        laptop = run.is_relative_to(RUNS)
+        if method[run] == "zero-shot" or (laptop and method[run] != "lomo"):
             continue
-        label = "laptop" if run.parent.parent == RUNS / "lomo" else run.parent.name
+        label = "laptop" if laptop else run.parent.name
         rows.append(summarize(run, zero_shot[tuple(eval_rows(run))], label))
-    table = pd.DataFrame(rows).sort_values(["task", "epochs", "lr", "run"])
+    table = pd.DataFrame(rows).sort_values(["task", "method", "run"])
     write_atomic(SWEEPS / "sweep.csv", table.to_csv(index=False))
     print(table.to_string(index=False, float_format="{:.3g}".format))
 
