@@ -109,6 +109,51 @@ def comparison_verdict(comparison: dict, at_least: bool, alpha: float = 0.05) ->
     return "inconclusive"
 
 
+def inference_memory_claims(memory: pd.DataFrame, paper_overhead: float) -> list[dict]:
+    """'LOMO memory ~ inference memory', one claim per LOMO row of the memory tables: what
+    training adds to a forward pass (gradients + optimizer states) relative to the parameters,
+    supported below 10%, with AdamW's overhead at the same model, dtype and AC as contrast."""
+    if memory.empty or "lomo" not in set(memory.optimizer):
+        evidence = f"no memory table with a LOMO row; paper: +{100 * paper_overhead:.1f}%"
+        return [
+            {
+                "claim": "lomo memory ~ inference memory",
+                "verdict": "not measured",
+                "evidence": evidence,
+            }
+        ]
+    claims = []
+    for row in memory[memory.optimizer == "lomo"].to_dict("records"):
+        setting = f"{row['model']}, {row['dtype']}, AC {row['ac']}"
+        trained = row["gradients_gb"] + row["optimizer_states_gb"]
+        overhead = trained / row["parameters_gb"]
+        same_setting = (
+            (memory.model == row["model"])
+            & (memory.dtype == row["dtype"])
+            & (memory.ac == row["ac"])
+        )
+        adamw = memory[same_setting & (memory.optimizer == "adamw")]
+        contrast = ""
+        if len(adamw):
+            a = adamw.iloc[0]
+            contrast = (
+                f"; AdamW +{100 * (a.gradients_gb + a.optimizer_states_gb) / a.parameters_gb:.0f}%"
+            )
+        claims.append(
+            {
+                "claim": f"lomo memory ~ inference memory ({setting})",
+                "verdict": "supported" if overhead < 0.1 else "not supported",
+                "evidence": (
+                    f"{row['dtype']}, seq {row['seq']}, batch {row['batch']}: gradients + "
+                    f"optimizer states = {trained:.3f} GB on {row['parameters_gb']:.3f} GB of "
+                    f"parameters (+{100 * overhead:.1f}%, threshold 10%){contrast}; "
+                    f"paper +{100 * paper_overhead:.1f}%"
+                ),
+            }
+        )
+    return claims
+
+
 def latex_table(df: pd.DataFrame, float_format: str = "{:.3g}") -> str:
     """A booktabs tabular of `df` (numbers formatted with `float_format`)."""
 

@@ -149,7 +149,7 @@ def test_notebooks_produce_their_tables_and_figures(ci_results, tmp_path):
         "inconclusive",
         "not supported",
     )
-    assert "lomo memory ~ inference memory (tiny-llama, AC no)" in claims
+    assert "lomo memory ~ inference memory (tiny-llama, fp32, AC no)" in claims
     measured = [c for c, v in claims.items() if v != "not measured"]
     assert any(c.startswith("sequential SGD steps") for c in measured)
     assert any(c.startswith("the pretrained loss surface is smooth") for c in measured)
@@ -227,6 +227,31 @@ def test_paired_comparison_counts_discordant_examples(tmp_path):
     assert analysis.comparison_verdict(reverse, at_least=True) == "not supported"
     none = analysis.paired_comparison(runs, "m", "a", "c")
     assert analysis.comparison_verdict(none, at_least=True) == "not measured"
+
+
+def test_inference_memory_claims_per_model_dtype_and_ac():
+    # Hand numbers: LOMO adds 0.2 GB to 10 GB (2%); AdamW adds 10 + 20 GB (300%) in fp32 and,
+    # with fp32 master weights and moments, 5 + 30 GB to 5 GB (700%) in bf16.
+    columns = ["model", "dtype", "ac", "optimizer", "seq", "batch"]
+    columns += ["parameters_gb", "gradients_gb", "optimizer_states_gb"]
+    memory = pd.DataFrame(
+        [
+            ["m", "fp32", "no", "lomo", 8, 2, 10.0, 0.2, 0.0],
+            ["m", "fp32", "no", "adamw", 8, 2, 10.0, 10.0, 20.0],
+            ["m", "bf16", "no", "lomo", 8, 2, 5.0, 1.0, 0.0],
+            ["m", "bf16", "no", "adamw", 8, 2, 5.0, 5.0, 30.0],
+        ],
+        columns=columns,
+    )
+    claims = {c["claim"]: c for c in analysis.inference_memory_claims(memory, 0.019)}
+    fp32 = claims["lomo memory ~ inference memory (m, fp32, AC no)"]
+    bf16 = claims["lomo memory ~ inference memory (m, bf16, AC no)"]
+    assert fp32["verdict"] == "supported" and "(+2.0%" in fp32["evidence"]
+    assert "AdamW +300%" in fp32["evidence"] and "paper +1.9%" in fp32["evidence"]
+    assert bf16["verdict"] == "not supported" and "(+20.0%" in bf16["evidence"]
+    assert "AdamW +700%" in bf16["evidence"]
+    none = analysis.inference_memory_claims(memory[memory.optimizer == "adamw"], 0.019)
+    assert [c["verdict"] for c in none] == ["not measured"]
 
 
 def test_read_measurements_from_paths_or_the_published_glob(tmp_path, monkeypatch):
