@@ -5,18 +5,21 @@ Each (task, lr) reruns `lomo finetune` with the resolved config of the laptop ru
 results/laptop/superglue/smollm2-135m/{method}/{task}/seed42 (method: lomo unless --method),
 changing only the lr (and any extra `lomo finetune` flags given after `--`), into
 results/laptop/sweeps/{tag}{method}_lr{lr}/{task}; `--zero-shot` also evaluates zero-shot
-with the same flags into {tag}zero-shot (needed when the flags change the data split).
-Then every trained run of the sweep, and the laptop profile's LOMO runs, are compared with the
-zero-shot run evaluated on exactly the same examples (same data/ids.json): accuracy with its
-95% Wilson interval, the predicted-class counts, an exact McNemar test, and two baselines
-that need no training: the majority class, and zero-shot with its per-class mean score
-removed (label-free calibration, fit on the evaluated examples themselves).
+with the same flags into {tag}zero-shot (needed when the flags change the data split or the
+template). Then every trained run of the sweep, and the laptop profile's LOMO runs, are
+compared with the zero-shot run evaluated on exactly the same examples (same data/ids.json)
+with the same prompt template: accuracy with its 95% Wilson interval, the predicted-class
+counts, an exact McNemar test, and two baselines that need no training: the majority class,
+and zero-shot with its per-class mean score removed (label-free calibration, fit on the
+evaluated examples themselves).
 
     .venv/bin/python scripts/lomo_lr_sweep.py --tasks rte cb --lrs 0.01 0.1 0.3
     .venv/bin/python scripts/lomo_lr_sweep.py --tasks rte --lrs 0.03 --tag train213- \\
         --zero-shot -- --train-size 213
     .venv/bin/python scripts/lomo_lr_sweep.py --tasks rte --lrs 5e-5 --tag train213- \\
         --method adamw -- --train-size 213
+    .venv/bin/python scripts/lomo_lr_sweep.py --tasks rte wic --lrs 0.03 --tag mezo- \\
+        --zero-shot -- --template mezo
 """
 
 import argparse
@@ -50,8 +53,10 @@ def calibrated_accuracy(records: list[dict]) -> float:
     return sum(right) / len(right)
 
 
-def eval_rows(run: Path) -> list:
-    return json.loads((run / "data" / "ids.json").read_text())["splits"]["eval"]["rows"]
+def evaluated_as(run: Path) -> tuple:
+    """What makes two runs' scores comparable: the evaluated examples and the template."""
+    rows = json.loads((run / "data" / "ids.json").read_text())["splits"]["eval"]["rows"]
+    return tuple(rows), yaml.safe_load((run / "config.yaml").read_text())["template"]
 
 
 def summarize(run: Path, zero_shot: Path, label: str) -> dict:
@@ -70,6 +75,7 @@ def summarize(run: Path, zero_shot: Path, label: str) -> dict:
         "run": label,
         "lr": config["lr"],
         "epochs": config["epochs"],
+        "template": config["template"],
         "n": n,
         "accuracy": accuracy,
         "ci_low": low,
@@ -112,14 +118,14 @@ def main() -> None:
     runs = [p.parent for p in sorted(SWEEPS.glob("*/*/metrics.json"))]
     runs += [p.parent for p in sorted(RUNS.glob("*/*/seed42/metrics.json"))]
     method = {run: json.loads((run / "metrics.json").read_text())["method"] for run in runs}
-    zero_shot = {tuple(eval_rows(run)): run for run in runs if method[run] == "zero-shot"}
+    zero_shot = {evaluated_as(run): run for run in runs if method[run] == "zero-shot"}
     rows = []
     for run in runs:
         laptop = run.is_relative_to(RUNS)
         if method[run] == "zero-shot" or (laptop and method[run] != "lomo"):
             continue
         label = "laptop" if laptop else run.parent.name
-        rows.append(summarize(run, zero_shot[tuple(eval_rows(run))], label))
+        rows.append(summarize(run, zero_shot[evaluated_as(run)], label))
     table = pd.DataFrame(rows).sort_values(["task", "method", "run"])
     write_atomic(SWEEPS / "sweep.csv", table.to_csv(index=False))
     print(table.to_string(index=False, float_format="{:.3g}".format))

@@ -26,7 +26,9 @@ def write_run(folder: Path, method: str, golds: list[int], scores: list[list[flo
     metrics = {"task": "rte", "method": method, "n_eval": len(golds)}
     metrics["reported"] = {"epoch": 1, "eval": {"accuracy": accuracy}}
     (folder / "metrics.json").write_text(json.dumps(metrics))
-    (folder / "config.yaml").write_text(yaml.safe_dump({"lr": 0.03, "epochs": 1}))
+    (folder / "config.yaml").write_text(
+        yaml.safe_dump({"lr": 0.03, "epochs": 1, "template": "lomo"})
+    )
     ids = {"splits": {"eval": {"rows": list(range(len(golds)))}}}
     (folder / "data").mkdir()
     (folder / "data" / "ids.json").write_text(json.dumps(ids))
