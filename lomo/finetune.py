@@ -23,6 +23,7 @@ import random
 import resource
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
@@ -575,8 +576,12 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
                 raise NonFiniteLossError(f"{error} (epoch {epoch}){kept}") from error
             if parallel:
                 stats["loss"] = distributed.all_sum(stats["loss"]) / world
-            for scheduler in schedulers:
-                scheduler.step()
+            with warnings.catch_warnings():
+                # lora+lomo updates the base weights in fused_backward, never through the
+                # .step() that torch's scheduler watches: the order is right, the warning wrong.
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler", UserWarning)
+                for scheduler in schedulers:
+                    scheduler.step()
             step += 1
             n_tokens = sum(int(m["attention_mask"].sum()) for m in micro)
             progress.set_postfix(

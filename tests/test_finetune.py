@@ -1,8 +1,10 @@
 """`lomo finetune` end to end on a tiny model and real RTE examples."""
 
 import copy
+import csv
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -240,3 +242,15 @@ def test_yaml_config_and_overrides(tmp_path):
     path.write_text(yaml.safe_dump({"learning_rate": 0.05}))
     with pytest.raises(ValueError, match="unknown config key"):
         ft.load_config(str(path), {})
+
+
+@pytest.mark.parametrize("method", ["lomo", "lora+lomo"])
+def test_fused_methods_follow_the_schedule_without_scheduler_warnings(tmp_path, method):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ft.finetune(tiny_config(method=method), tmp_path)
+    assert not [w for w in caught if "lr_scheduler" in str(w.message)]
+    with open(tmp_path / "train_log.csv") as f:
+        lrs = [float(row["lr"]) for row in csv.DictReader(f)]
+    # 4 updates, warmup 0.25 -> 1 warmup step, then linear decay to 0 (by hand).
+    assert lrs == pytest.approx([1e-2, 1e-2, 1e-2 * 2 / 3, 1e-2 / 3])
