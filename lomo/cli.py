@@ -9,6 +9,7 @@ from lomo import (
     finetune,
     memory,
     models,
+    notebook,
     readme_results,
     report,
     sgd_claims,
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lomo", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     modules = (demo, bench, finetune, evaluate, models, report, memory, throughput)
-    for module in (*modules, sgd_claims, readme_results):
+    for module in (*modules, sgd_claims, notebook, readme_results):
         module.add_parser(subparsers)
     args = parser.parse_args(argv)
     args.func(args)

@@ -36,6 +36,7 @@ from lomo.workloads import (
     optimizer_state_tensors,
     run_worker_process,
 )
+from tasks.superglue.data import write_atomic
 
 OPTIMIZERS = ("adamw", "sgd", "lomo", "adalomo", "lomo-optim", "adalomo-optim")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -252,13 +253,6 @@ def format_latex(lines: list[dict], caption: str) -> str:
         )
     out += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", r"\end{table}", ""]
     return "\n".join(out)
-
-
-def write_atomic(path: str, text: str) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def to_csv(lines: list[dict]) -> str:

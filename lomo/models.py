@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -62,7 +63,8 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
     # model from the config without its quantization_config and copy the weights over.
     config = gguf_model.config
     del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.random.fork_rng():  # the throwaway init must not shift a seeded caller's RNG
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.tie_weights()
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -76,10 +78,23 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
     print(f"[lomo.models] cached {SMOLLM2} in {dest}")
 
 
+def is_converted(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
 def smollm2_folder() -> Path:
     dest = cache_root() / SMOLLM2
-    if not (dest / "config.json").is_file():
-        convert_gguf(gguf_path(), dest)
+    if is_converted(dest):
+        return dest
+    # Ranks of a distributed run (or parallel jobs) start on a cold cache together: one
+    # converts while the others wait for it, then find the folder in place.
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(dest.parent / f".{SMOLLM2}.lock"):
+        if not is_converted(dest):
+            if dest.exists():
+                print(f"[lomo.models] {dest} has no weights (an interrupted cache?): replacing it")
+                shutil.rmtree(dest)
+            convert_gguf(gguf_path(), dest)
     return dest
 
 

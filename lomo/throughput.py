@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from lomo.census import ProcessPeak
-from lomo.memory import DTYPES, build_workload, to_csv, write_atomic
+from lomo.memory import DTYPES, build_workload, to_csv
 from lomo.workloads import LLAMA_SHAPES, make_step, run_worker_process
+from tasks.superglue.data import write_atomic
 
 OPTIMIZERS = ("lomo", "lomo-optim", "adalomo", "adalomo-optim", "sgd", "adamw")
 REFERENCE = Path(__file__).resolve().parents[1] / "paper" / "reference" / "table2_throughput.csv"

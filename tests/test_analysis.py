@@ -92,10 +92,10 @@ def ci_results(tmp_path_factory) -> Path:
     return results
 
 
-def papermill(notebook: str, results: Path, out_dir: Path, executed: Path) -> None:
+def run_notebook(notebook: str, results: Path, out_dir: Path, executed: Path) -> None:
     done = subprocess.run(
         [
-            *(sys.executable, "-m", "papermill", "--kernel", "python3"),
+            *(sys.executable, "-m", "lomo.cli", "notebook"),
             *(str(ROOT / "analysis" / f"{notebook}.ipynb"), str(executed)),
             *("-p", "results_dir", str(results), "-p", "profile", "ci", "-p", "out_dir"),
             str(out_dir),
@@ -113,7 +113,7 @@ def papermill(notebook: str, results: Path, out_dir: Path, executed: Path) -> No
 def test_notebooks_produce_their_tables_and_figures(ci_results, tmp_path):
     out = tmp_path / "artifacts"
     for notebook in NOTEBOOKS:
-        papermill(notebook, ci_results, out, tmp_path / f"{notebook}.ipynb")
+        run_notebook(notebook, ci_results, out, tmp_path / f"{notebook}.ipynb")
     tables = {p.name for p in (out / "tables").iterdir()}
     figures = {p.name for p in (out / "figures").iterdir()}
     for name in (

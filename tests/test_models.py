@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -55,3 +58,52 @@ def test_gguf_conversion_writes_a_plain_safetensors_folder(tmp_path, capsys):
     assert "lm_head.weight" not in weights  # tied: stored once
     assert weights["model.embed_tokens.weight"].shape == (49152, 576)
     assert weights["model.embed_tokens.weight"].dtype == torch.float32
+
+
+CONVERT_ONCE = """
+import time
+from pathlib import Path
+
+import lomo.models as models
+
+
+def convert(gguf, dest):
+    print("converting", flush=True)
+    time.sleep(2)
+    dest.mkdir()  # a second conversion into the same folder fails here
+    (dest / "config.json").write_text("{}")
+    (dest / "model.safetensors").write_text("weights")
+
+
+models.gguf_path = lambda: Path("SmolLM2.gguf")
+models.convert_gguf = convert
+print(models.smollm2_folder())
+"""
+
+
+def test_parallel_first_loads_convert_once(tmp_path):
+    # Two ranks of a distributed run both start on a cold cache.
+    env = {**os.environ, "LOMO_CACHE_DIR": str(tmp_path)}
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONVERT_ONCE], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [rank.communicate(timeout=120)[0] for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0]
+    assert sum(out.count("converting") for out in outputs) == 1
+    assert all(out.strip().endswith(f"{tmp_path}/{SMOLLM2}") for out in outputs)
+
+
+def test_a_cache_folder_without_weights_is_converted_again(tmp_path):
+    broken = tmp_path / SMOLLM2
+    broken.mkdir()
+    (broken / "tokenizer.json").write_text("{}")
+    env = {**os.environ, "LOMO_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", CONVERT_ONCE], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "has no weights" in done.stdout and "converting" in done.stdout
+    assert sorted(p.name for p in broken.iterdir()) == ["config.json", "model.safetensors"]

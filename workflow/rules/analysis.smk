@@ -1,4 +1,4 @@
-"""Analysis rules: the SGD-claim measurements and the notebooks in analysis/ (run by papermill).
+"""Analysis rules: the SGD-claim measurements and the notebooks in analysis/ (`lomo notebook`).
 
 Executed notebooks land in results/{profile}/analysis/notebooks/; tables and figures in
 {ARTIFACTS}/{tables,figures}/ (paper/ for the laptop and paper profiles, whose README Results
@@ -6,8 +6,6 @@ section the readme_results rule rewrites).
 """
 
 ANALYSIS = f"{RESULTS}/analysis"
-# The kernel is the Python running Snakemake (jupyter's native python3 kernel).
-PAPERMILL = f"{sys.executable} -m papermill --kernel python3 --log-output"
 
 # The SGD claims are measured on a model that fits a CPU: the profile's first model when it
 # is small, else SmolLM2-135M; its random-init twin; and the tiny random LLaMA.
@@ -78,7 +76,7 @@ rule compare_to_paper:
             category="Analysis",
         ),
     params:
-        papermill=PAPERMILL,
+        lomo=LOMO,
         notebook_params=NOTEBOOK_PARAMS,
         measurements=MEASUREMENTS,
     conda:
@@ -86,7 +84,7 @@ rule compare_to_paper:
     log:
         f"{RESULTS}/logs/analysis/compare_to_paper.log",
     shell:
-        "{params.papermill} {input.notebook} {output.notebook} {params.notebook_params}"
+        "{params.lomo} notebook {input.notebook} {output.notebook} {params.notebook_params}"
         " -y '{params.measurements}' > {log} 2>&1"
 
 
@@ -105,14 +103,14 @@ rule sgd_claims_notebook:
         ),
         smoothness=f"{ARTIFACTS}/figures/sgd_smoothness.png",
     params:
-        papermill=PAPERMILL,
+        lomo=LOMO,
         notebook_params=NOTEBOOK_PARAMS,
     conda:
         "../../environment.yml"
     log:
         f"{RESULTS}/logs/analysis/sgd_claims_notebook.log",
     shell:
-        "{params.papermill} {input.notebook} {output.notebook} {params.notebook_params}"
+        "{params.lomo} notebook {input.notebook} {output.notebook} {params.notebook_params}"
         " -p sgd_claims_json {input.measured} > {log} 2>&1"
 
 
@@ -126,7 +124,7 @@ rule memory_throughput_notebook:
         memory=f"{ARTIFACTS}/figures/memory_breakdown.png",
         throughput=f"{ARTIFACTS}/figures/throughput_tgs.png",
     params:
-        papermill=PAPERMILL,
+        lomo=LOMO,
         notebook_params=NOTEBOOK_PARAMS,
         measurements=MEASUREMENTS,
     conda:
@@ -134,7 +132,7 @@ rule memory_throughput_notebook:
     log:
         f"{RESULTS}/logs/analysis/memory_throughput.log",
     shell:
-        "{params.papermill} {input.notebook} {output.notebook} {params.notebook_params}"
+        "{params.lomo} notebook {input.notebook} {output.notebook} {params.notebook_params}"
         " -y '{params.measurements}' > {log} 2>&1"
 
 

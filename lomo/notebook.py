@@ -1,0 +1,76 @@
+"""`lomo notebook`: execute one analysis notebook with parameters (papermill).
+
+The kernel talks to papermill over IPC sockets in a private folder instead of TCP ports:
+jupyter picks a kernel's TCP ports before the kernel binds them, so notebooks started side
+by side (Snakemake runs them in parallel), or any other program on a shared machine, can
+take a port in between and the kernel dies with "Address already in use".
+"""
+
+import argparse
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import papermill
+import yaml
+from traitlets.config import Config
+
+
+def run_notebook(notebook: str, output: str, parameters: dict[str, Any]) -> None:
+    """Execute `notebook` with `parameters` injected, saving the executed copy to `output`.
+
+    papermill saves the notebook after every cell: it writes to `<output>.partial.ipynb`,
+    renamed to `output` only when every cell ran (a failed run leaves the partial copy, with
+    the traceback, for reading, and never a half-run notebook at `output`).
+    """
+    partial = Path(output).with_suffix(".partial.ipynb")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="lomo-kernel-") as runtime:
+        # IPC socket paths derive from the connection file's: a short private folder keeps
+        # them unique and under the 107-character limit of a socket path.
+        kernel = {"transport": "ipc", "connection_file": os.path.join(runtime, "kernel.json")}
+        papermill.execute_notebook(
+            notebook,
+            str(partial),
+            parameters=parameters,
+            kernel_name="python3",
+            log_output=True,
+            progress_bar=False,
+            config=Config({"KernelManager": kernel}),
+        )
+    os.replace(partial, output)
+
+
+def parse_parameters(pairs: list[list[str]], yaml_text: str | None) -> dict[str, Any]:
+    """`-p NAME VALUE` pairs (strings) and `-y YAML` (a mapping, for typed values)."""
+    parameters = {name: value for name, value in pairs}
+    if yaml_text:
+        extra = yaml.safe_load(yaml_text)
+        if not isinstance(extra, dict):
+            raise SystemExit(f"lomo notebook: -y needs a YAML mapping, got {yaml_text!r}")
+        parameters.update(extra)
+    return parameters
+
+
+def run(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the cells' output, live
+    run_notebook(args.notebook, args.output, parse_parameters(args.parameter, args.yaml))
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("notebook", help="execute an analysis notebook (papermill)")
+    parser.add_argument("notebook", help="the notebook to run (analysis/*.ipynb)")
+    parser.add_argument("output", help="where the executed notebook is saved")
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a string parameter (repeatable)",
+    )
+    parser.add_argument("-y", "--yaml", help="more parameters as a YAML mapping")
+    parser.set_defaults(func=run)
