@@ -46,6 +46,16 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CLIP_MODES = ("norm", "value", "none")
 
 
+CHOICES = {
+    "method": METHODS,
+    "dtype": tuple(DTYPES),
+    "clip_mode": CLIP_MODES,
+    "protocol": PROTOCOLS,
+    "reduction": ("sum", "mean"),
+    "attn_implementation": ("eager", "sdpa"),
+}
+
+
 @dataclass
 class FinetuneConfig:
     """Everything that defines a run. YAML keys and `--flags` have these names."""
@@ -92,15 +102,7 @@ class FinetuneConfig:
     deepspeed: str | None = None
 
     def validate(self) -> None:
-        choices = {
-            "method": METHODS,
-            "dtype": tuple(DTYPES),
-            "clip_mode": CLIP_MODES,
-            "protocol": PROTOCOLS,
-            "reduction": ("sum", "mean"),
-            "attn_implementation": ("eager", "sdpa"),
-        }
-        for name, allowed in choices.items():
+        for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}"
@@ -728,15 +730,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", help="YAML file with any of the keys below")
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    defaults = FinetuneConfig()
     for f in dataclasses.fields(FinetuneConfig):
         flag = "--" + f.name.replace("_", "-")
+        help = f"default: {getattr(defaults, f.name)}"
+        if f.name in CHOICES:
+            help = f"one of {', '.join(CHOICES[f.name])}; {help}"
         if f.type is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction)
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help)
         elif f.type == list[str]:
-            parser.add_argument(flag, dest=f.name, nargs="+")
+            parser.add_argument(flag, dest=f.name, nargs="+", help=help)
         else:  # int, float, str, or one of them | None
             kind = next(k for k in (int, float, str) if k is f.type or k in get_args(f.type))
-            parser.add_argument(flag, dest=f.name, type=kind)
+            parser.add_argument(flag, dest=f.name, type=kind, help=help)
     parser.set_defaults(func=main)
 
 

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from lomo import finetune as ft
+from lomo.cli import main
 from lomo.evaluate import encode_train_example
 from lomo.models import load_model, load_tokenizer
 from tasks.superglue import get_task, get_template, prepare
@@ -225,6 +226,15 @@ def test_bad_config_is_a_clear_error(tmp_path, overrides, message):
         config.validate()
         ft.finetune(config, tmp_path)
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_help_lists_choices_and_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    help = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    assert "--method METHOD one of zero-shot, lomo, adalomo, sgd, adamw, lora, lora+lomo;" in help
+    assert "--lr LR default: 0.03" in help
+    assert "--lora-targets LORA_TARGETS [LORA_TARGETS ...] default: ['q_proj', 'v_proj']" in help
 
 
 def test_sequential_updates_allow_small_micro_batches(tmp_path):
