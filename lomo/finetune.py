@@ -399,6 +399,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
+    invoked = time.perf_counter()
     config.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -652,6 +653,8 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
     # Wall time and memory vary between identical runs: kept out of metrics.json.
     resources = {
         "train_seconds": log_rows[-1]["seconds"] if log_rows else 0.0,
+        # this invocation (a resumed run counts from the restart): data, model, train, eval
+        "wall_seconds": round(time.perf_counter() - invoked, 3),
         "peak_memory_bytes": peak_memory_bytes(device),
         "device": str(device),
         "threads": torch.get_num_threads(),

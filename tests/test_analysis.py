@@ -178,7 +178,7 @@ def test_notebooks_skip_missing_memory_and_throughput_tables(tmp_path):
     executed = tmp_path / "memory_throughput.ipynb"
     done = subprocess.run(
         [
-            *(sys.executable, "-m", "papermill", "--kernel", "python3"),
+            *(sys.executable, "-m", "lomo.cli", "notebook"),
             *(str(ROOT / "analysis" / "memory_throughput.ipynb"), str(executed)),
             *("-p", "results_dir", str(tmp_path / "empty"), "-p", "out_dir", str(tmp_path)),
             *("-y", "{memory_tables: [], throughput_tables: []}"),

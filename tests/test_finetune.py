@@ -75,6 +75,9 @@ def test_each_method_runs_and_writes_outputs(tmp_path, method, overrides):
     log = (tmp_path / "train_log.csv").read_text().splitlines()
     assert len(log) == 1 + (0 if method == "zero-shot" else 4)  # 8 examples / 4, two epochs
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["method"] == method
+    resources = json.loads((tmp_path / "resources.json").read_text())
+    assert resources["wall_seconds"] >= resources["train_seconds"] >= 0
+    assert resources["peak_memory_bytes"] > 0
 
 
 def hand_written_loop(config: ft.FinetuneConfig, out: Path) -> torch.nn.Module:
