@@ -188,7 +188,9 @@ def save_figure(fig, out_dir: str | Path, name: str) -> list[Path]:
     paths = []
     for suffix in ("png", "pdf"):
         buffer = io.BytesIO()
-        fig.savefig(buffer, format=suffix, dpi=150, bbox_inches="tight")
+        # no creation date in the PDF: an unchanged figure reruns to identical bytes
+        metadata = {"CreationDate": None} if suffix == "pdf" else None
+        fig.savefig(buffer, format=suffix, dpi=150, bbox_inches="tight", metadata=metadata)
         path = Path(out_dir) / "figures" / f"{name}.{suffix}"
         write_atomic(path, buffer.getvalue())
         paths.append(path)

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -336,3 +337,15 @@ def test_repository_readme_matches_the_published_tables(monkeypatch):
     readme = (ROOT / "README.md").read_text()
     if (ROOT / "paper" / "tables" / readme_results.SUPERGLUE).exists():
         assert_numbers_trace_to_tables(readme, ROOT / "paper" / "tables")
+
+
+def test_unchanged_figures_rerun_to_identical_bytes(tmp_path):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    first = [p.read_bytes() for p in analysis.save_figure(fig, tmp_path, "line")]
+    time.sleep(1.1)  # PDF creation dates have one-second resolution
+    again = [p.read_bytes() for p in analysis.save_figure(fig, tmp_path, "line")]
+    plt.close(fig)
+    assert first == again
