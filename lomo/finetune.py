@@ -736,16 +736,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     defaults = FinetuneConfig()
     for f in dataclasses.fields(FinetuneConfig):
         flag = "--" + f.name.replace("_", "-")
-        help = f"default: {getattr(defaults, f.name)}"
+        text = f"default: {getattr(defaults, f.name)}"
         if f.name in CHOICES:
-            help = f"one of {', '.join(CHOICES[f.name])}; {help}"
+            text = f"one of {', '.join(CHOICES[f.name])}; {text}"
         if f.type is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help)
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=text)
         elif f.type == list[str]:
-            parser.add_argument(flag, dest=f.name, nargs="+", help=help)
+            parser.add_argument(flag, dest=f.name, nargs="+", help=text)
         else:  # int, float, str, or one of them | None
             kind = next(k for k in (int, float, str) if k is f.type or k in get_args(f.type))
-            parser.add_argument(flag, dest=f.name, type=kind, help=help)
+            parser.add_argument(flag, dest=f.name, type=kind, help=text)
     parser.set_defaults(func=main)
 
 

@@ -21,7 +21,6 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -317,11 +316,10 @@ def plot(lines: list[dict], path: str, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = path + ".tmp" + Path(path).suffix
-    fig.savefig(tmp, dpi=150)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=Path(path).suffix[1:], dpi=150)
     plt.close(fig)
-    os.replace(tmp, path)
+    write_atomic(path, buffer.getvalue())
 
 
 def lomo_summary(rows: list[dict]) -> str:

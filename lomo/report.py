@@ -175,10 +175,10 @@ def plot(rows: list[dict], path: str) -> None:
     ax.legend(fontsize="small", ncols=min(4, len(series)))
     ax.set_title(f"SuperGLUE, {', '.join(models_in(rows))}")
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=150)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=150)
     plt.close(fig)
-    tmp.replace(path)
+    write_atomic(path, buffer.getvalue())
 
 
 def models_in(rows: list[dict]) -> list[str]:

@@ -234,10 +234,10 @@ def test_bad_config_is_a_clear_error(tmp_path, overrides, message):
 def test_help_lists_choices_and_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["finetune", "--help"])
-    help = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
-    assert "--method METHOD one of zero-shot, lomo, adalomo, sgd, adamw, lora, lora+lomo;" in help
-    assert "--lr LR default: 0.03" in help
-    assert "--lora-targets LORA_TARGETS [LORA_TARGETS ...] default: ['q_proj', 'v_proj']" in help
+    text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    assert "--method METHOD one of zero-shot, lomo, adalomo, sgd, adamw, lora, lora+lomo;" in text
+    assert "--lr LR default: 0.03" in text
+    assert "--lora-targets LORA_TARGETS [LORA_TARGETS ...] default: ['q_proj', 'v_proj']" in text
 
 
 def test_sequential_updates_allow_small_micro_batches(tmp_path):
