@@ -449,7 +449,9 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
     checkpoint_path = out / "checkpoint.pt"
     checkpoint = read_checkpoint(checkpoint_path, config)
     if runtime.main:
-        write_atomic(out / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+        write_atomic(
+            out / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+        )
 
     random.seed(config.seed)
     torch.manual_seed(config.seed)
@@ -549,7 +551,13 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
             step_start = time.perf_counter()
             try:
                 stats = train_step(
-                    config, model, optimizers, micro, runtime.loss_weights(tokens), step + 1, runtime
+                    config,
+                    model,
+                    optimizers,
+                    micro,
+                    runtime.loss_weights(tokens),
+                    step + 1,
+                    runtime,
                 )
             except NonFiniteLossError as error:
                 kept = f"; the last good checkpoint is {checkpoint_path}" if epoch > 1 else ""

@@ -181,7 +181,9 @@ class Runtime:
             weights = {
                 n: p.detach().cpu().clone() for n, p in trainable.items() if not is_partitioned(p)
             }
-            optimizer_states = None if self.kind == "zero3" else [o.state_dict() for o in optimizers]
+            optimizer_states = (
+                None if self.kind == "zero3" else [o.state_dict() for o in optimizers]
+            )
             checkpoint = {
                 **state,
                 "epoch": epoch,
