@@ -105,11 +105,8 @@ def test_hub_rows_give_the_local_records_prompts_and_labels(task, split, hub_cop
     # Exactly the hub call: only the location differs.
     assert calls == [((str(hub_copy), task), {"split": SPLITS[split], "revision": HUB_REVISION})]
     local = load_split(task, split, "local", DATA_DIR)
-    assert (
-        len(hub)
-        == len(local)
-        == len(official_ids(task, DATA_DIR / FOLDERS[task] / f"{split}.jsonl"))
-    )
+    ids = official_ids(task, DATA_DIR / FOLDERS[task] / f"{split}.jsonl")
+    assert [ex["idx"] for ex in hub] == [ex["idx"] for ex in local] == ids
     assert hub == local
     for template in map(get_template, TEMPLATES):
         for hub_example, local_example in zip(hub, local, strict=True):

@@ -13,6 +13,9 @@ that the official LOMO code, MeZO and lm-evaluation-harness read):
 - rte:     idx, premise, hypothesis, label (0 entailment, 1 not_entailment)
 - wic:     idx, word, sentence1, sentence2, start1, end1, start2, end2, label (0/1)
 - wsc:     idx, text, span1_index, span2_index, span1_text, span2_text, label (0/1)
+
+Rows are checked as they load, each error a one-line `DataError` naming the file:line (or hub
+row) and the field or ids: field types (no nulls), labels, UTF-8, and ids unique in a split.
 """
 
 import json
@@ -127,8 +130,9 @@ def describe(value: object) -> str:
     return "null" if value is None else f"{value!r:.40} ({type(value).__name__})"
 
 
-def check_types(task: str, record: dict, where: str) -> dict:
-    """Every field of `record` has its schema type, so no null or number renders as text."""
+def check_fields(task: str, record: dict, where: str) -> dict:
+    """Every field of `record` has its schema type (so no null or number renders as text in a
+    prompt), and a ReCoRD query's answers are among its entities."""
     for field, kind in FIELDS[task].items():
         value = record[field]
         if not has_type(value, kind):
@@ -290,7 +294,7 @@ def load_local(task: str, split: str, data_dir: str | Path) -> list[dict]:
                 rows = local_rows(task, row, where)
             except (KeyError, TypeError, AttributeError) as error:
                 raise DataError(f"{where}: unexpected {task} structure ({error!r})") from error
-            records.extend(check_types(task, record, where) for record in rows)
+            records.extend(check_fields(task, record, where) for record in rows)
             lines.extend([lineno] * len(rows))
     except OSError as error:
         raise DataError(f"{path}: cannot be read ({error.strerror or error})") from error
@@ -327,7 +331,7 @@ def load_hub(task: str, split: str) -> list[dict]:
             record = hub_record(task, row, f"{where} row {i}")
         except (KeyError, TypeError) as error:
             raise DataError(f"{where} row {i}: unexpected {task} structure ({error!r})") from error
-        records.append(check_types(task, record, f"{where} row {i}"))
+        records.append(check_fields(task, record, f"{where} row {i}"))
     check_unique(records, list(range(len(records))), "rows", where)
     return records
 
