@@ -69,6 +69,10 @@ class FinetuneConfig:
     source: str = "local"
     data_dir: str | None = None
     protocol: str = "paper"
+    # paper: sample sizes of train and eval (random.seed(0)); heldout: train / dev / test rows
+    num_train: int = 1000
+    num_dev: int = 500
+    num_eval: int = 1000
     train_size: float = 0.5  # val-split only: count (>= 1) or fraction of validation
     test_size: float | None = None  # val-split only: default = the rest
     template: str = "lomo"
@@ -121,6 +125,9 @@ class FinetuneConfig:
             "clip_value",
             "lora_r",
             "adam_eps",
+            "num_train",
+            "num_dev",
+            "num_eval",
         )
         for name in positive:
             if not getattr(self, name) > 0:
@@ -465,6 +472,9 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
             config.data_dir,
             out / "data",
             seed=0 if config.protocol == "paper" else config.seed,
+            num_train=config.num_train,
+            num_dev=config.num_dev,
+            num_eval=config.num_eval,
             train_size=split_size(config.train_size),
             test_size=split_size(config.test_size),
         )
