@@ -364,7 +364,8 @@ def lora_lomo_step(
     base: FusedOptimizer, adapters: torch.optim.Optimizer, closure, runtime: Runtime
 ) -> torch.Tensor:
     """LOMO updates the base weights inside backward while the adapters' gradients accumulate
-    for AdamW; the norm pass (clipping, fp16) must not leave adapter gradients behind. Where a
+    for AdamW; the norm pass (clipping, fp16) must not leave adapter gradients behind, and
+    under fp16 loss scaling the adapters' gradients are unscaled before AdamW. Where a
     graph cannot be backpropagated twice (ZeRO-3) the update pass runs its own forward, with
     the norm pass's random state (dropout masks)."""
     fresh_forward = base.norm_pass_required and base.sync.fresh_forward_per_pass
@@ -376,9 +377,15 @@ def lora_lomo_step(
         if fresh_forward and not base.overflow:
             set_rng_state(state)
             loss = closure()
+    scale = base.loss_scale  # fp16: the adapters' gradients come scaled by it, as LOMO's do
     base.fused_backward(loss)
     if not base.overflow:
-        runtime.average_gradients(trainable_parameters(adapters))
+        params = trainable_parameters(adapters)
+        runtime.average_gradients(params)
+        if scale != 1.0:
+            for param in params:
+                if param.grad is not None:
+                    param.grad.div_(scale)
         adapters.step()
     adapters.zero_grad(set_to_none=True)
     return loss
