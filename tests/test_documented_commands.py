@@ -136,3 +136,39 @@ def test_sbatch_scripts_run_under_slurm_variables(nodes, tmp_path):
     assert (resources["processes"], resources["runtime"]) == (2, "zero3")
     config = json.loads(json.dumps(__import__("yaml").safe_load((out / "config.yaml").read_text())))
     assert config["template"] == "lomo+pronuon+score-eos" and config["protocol"] == "paper"
+
+
+INLINE = re.findall(
+    r"`((?:\.venv/bin/)?(?:snakemake|lomo) [^`]+)`", (ROOT / "README.md").read_text()
+)
+
+
+@pytest.mark.parametrize("command", [c for c in INLINE if c.startswith("snakemake --")])
+def test_inline_snakemake_commands_plan_as_written(command, tmp_path):
+    """Dry run (-n) of each snakemake command in the README's text, data from a full-layout
+    folder of links to the local copy (BoolQ's held-back validation -> its train file)."""
+    if "--report" in command:
+        pytest.skip("--report needs finished results (tests/test_workflow.py builds one)")
+    superglue = tmp_path / "superglue"
+    for task in DATA.iterdir():
+        if task.is_dir():
+            (superglue / task.name).mkdir(parents=True)
+            for name in ("train.jsonl", "val.jsonl"):
+                source = task / name if (task / name).exists() else task / "train.jsonl"
+                (superglue / task.name / name).symlink_to(source)
+    done = run(f"{sys.executable} -m {command} -n", ROOT, {"LOMO_SUPERGLUE_DIR": str(superglue)})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+# Inline mentions that name a subcommand in prose rather than give a command line.
+NAMES = {"lomo finetune", "lomo evaluate", "lomo readme-results", "lomo finetune --deepspeed"}
+
+
+@pytest.mark.parametrize("command", [c for c in INLINE if c.split()[0].endswith("lomo")])
+def test_inline_lomo_commands_parse(command):
+    if command in NAMES:
+        return
+    try:
+        build_parser().parse_args(shlex.split(command)[1:])
+    except SystemExit as exit:  # --help exits 0; a usage error exits 2
+        assert exit.code == 0, command

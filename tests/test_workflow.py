@@ -2,6 +2,7 @@
 profile end to end (tiny model, real data), including a partial rerun."""
 
 import csv
+import json
 import os
 import re
 import shlex
@@ -231,4 +232,43 @@ def test_ci_profile_end_to_end_and_partial_rerun():
         "all": 1,
         "total": 6,
     }
+    shutil.rmtree(results)
+
+
+def test_rehearsal_profile_end_to_end():
+    """The paper profile's path on 2 CPU ranks: every job through torchrun under ZeRO-3, the
+    grid selected in the table, the held-out column, Figure 3's ranks, notebooks, report."""
+    profile = "rehearsal-test"
+    results = ROOT / "results" / profile
+    shutil.rmtree(results, ignore_errors=True)
+    args = (
+        "--cores",
+        "2",
+        "--configfile",
+        "config/rehearsal.yaml",
+        "--config",
+        f"profile={profile}",
+    )
+    done = snakemake(*args, timeout=1800)  # a hang guard, not a benchmark
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = sorted((results / "superglue").glob("*/*/*/seed42/resources.json"))
+    assert len(runs) == 17
+    for path in runs:
+        resources = json.loads(path.read_text())
+        assert (resources["runtime"], resources["processes"]) == ("zero3", 2), path
+    with open(results / "tables" / "superglue.csv") as f:
+        rows = {(r["variant"], r["task"]): r for r in csv.DictReader(f)}
+    lomo = rows[("lomo (protocol=paper)", "rte")]
+    assert lomo["grid_points"] == "2" and lomo["chosen"] in ("lr=0.05", "lr=0.03")
+    assert rows[("lomo (protocol=heldout)", "rte")]["grid_points"] == "2"
+    assert rows[("lomo (protocol=paper)", "copa")]["grid_points"] == "2"  # no held-out COPA run
+    assert {v for v, t in rows if t == "rte" and v.startswith("lora+lomo")} == {
+        "lora+lomo (lora_r=1)",
+        "lora+lomo (lora_r=2)",
+    }
+    for notebook in ("compare_to_paper", "sgd_claims", "memory_throughput"):
+        assert (results / "analysis" / "notebooks" / f"{notebook}.ipynb").stat().st_size > 0
+    report = results / "report.html"
+    done = snakemake(*args, "--report", str(report))
+    assert done.returncode == 0, done.stderr[-3000:]
     shutil.rmtree(results)
