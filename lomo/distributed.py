@@ -42,6 +42,7 @@ ZeRO-3 with DeepSpeed 0.19, and why this is correct:
 
 import datetime
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,13 @@ def init_process_group(timeout_s: float = 600.0) -> torch.device:
         # DeepSpeed's CPU accelerator JIT-compiles a shared-memory all-reduce kernel (minutes)
         # that only its inference engine uses; ZeRO-3 and our hooks use torch.distributed.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if "RANK" not in os.environ:  # not launched by torchrun: a group of this one process
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            port = free.getsockname()[1]
+        os.environ.update(
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1"
+        )
     if not dist.is_initialized():
         deepspeed.init_distributed(
             dist_backend=backend, timeout=datetime.timedelta(seconds=timeout_s)

@@ -203,3 +203,22 @@ def test_each_method_on_two_ranks_equals_one_process(method_runs, tmp_path, meth
             assert float(ours[key]) == pytest.approx(float(expected[key]), rel=1e-4), key
     if method != "zero-shot":  # the weights moved: the loss fell
         assert float(logs[0][-1]["loss"]) < float(logs[0][0]["loss"])
+
+
+def test_deepspeed_without_torchrun_runs_as_one_rank_zero3(tmp_path):
+    """`lomo finetune --deepspeed` started as a plain process (one GPU, or the SGD-claims rerun
+    of a ZeRO-3 run) forms a one-process group instead of asking MPI for one."""
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**RUN, "epochs": 1}.items()]
+    zero3 = TESTS.parent / "config" / "deepspeed" / "zero3.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
+    command = [sys.executable, "-m", "lomo.cli", "finetune", "--out", str(tmp_path), *flags]
+    done = subprocess.run(
+        [*command, "--deepspeed", str(zero3)],
+        env={**env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    resources = json.loads((tmp_path / "resources.json").read_text())
+    assert (resources["runtime"], resources["processes"]) == ("zero3", 1)
