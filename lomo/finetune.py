@@ -307,6 +307,22 @@ def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor
     return model(**batch).loss
 
 
+def shard_batch(
+    runtime: Runtime, examples: list[dict], micro_batch: int, pad_token_id: int
+) -> tuple[list[dict[str, torch.Tensor]], list[float]]:
+    """This rank's micro batches of a global batch, on its device, and their loss weights. A
+    rank left without an example runs the batch's first one with weight 0: every rank must
+    join the collectives."""
+    shares = runtime.micro_batches(list(range(len(examples))), micro_batch)
+    micro = [collate([examples[i] for i in share or [0]], pad_token_id) for share in shares]
+    tokens = [
+        int((m["labels"] != IGNORE_INDEX).sum()) if share else 0
+        for m, share in zip(micro, shares, strict=True)
+    ]
+    micro = [{k: v.to(runtime.device) for k, v in m.items()} for m in micro]
+    return micro, runtime.loss_weights(tokens)
+
+
 def trainable_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
 
@@ -447,6 +463,52 @@ def read_checkpoint(path: Path, config: FinetuneConfig) -> dict | None:
     return checkpoint
 
 
+def evaluate_epoch(
+    epoch: int,
+    config: FinetuneConfig,
+    runtime: Runtime,
+    model: nn.Module,
+    tokenizer,
+    eval_sets: dict[str, list[dict]],
+) -> tuple[dict, dict]:
+    """Scores of every evaluation set ({"epoch", "eval", ["dev"]}) and their prediction rows."""
+    task, template = get_task(config.task), get_template(config.template)
+    scores, predictions = {}, {}
+    for name, examples in eval_sets.items():
+
+        def score(shard: list[dict]) -> list[dict]:
+            return evaluate(
+                model,
+                tokenizer,
+                task,
+                shard,
+                template,
+                config.eval_batch,
+                config.reduction,
+                config.max_length,
+                progress=runtime.main,
+            )[1]
+
+        scores[name], predictions[name] = runtime.evaluate(model, examples, score, task.metrics)
+        if runtime.main:
+            print(f"epoch {epoch} {name}: {json.dumps(scores[name])}", flush=True)
+    return {"epoch": epoch, **scores}, predictions
+
+
+def resume(
+    checkpoint: dict, path: Path, runtime: Runtime, model: nn.Module, optimizers, schedulers
+) -> tuple[dict, int]:
+    """Restore the state after the checkpoint's epoch; (the run so far, the next epoch)."""
+    runtime.load_checkpoint(checkpoint, path, model, optimizers)
+    for scheduler, state in zip(schedulers, checkpoint["schedulers"], strict=True):
+        scheduler.load_state_dict(state)
+    set_rng_state(checkpoint["rng"])
+    if runtime.main:
+        print(f"resuming from {path} after epoch {checkpoint['epoch']}")
+    run = {key: checkpoint[key] for key in ("per_epoch", "predictions", "log")}
+    return run, checkpoint["epoch"] + 1
+
+
 # --- the run ---------------------------------------------------------------------------------
 
 
@@ -493,26 +555,7 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
     model = build_model(config, runtime)
 
     def run_eval(epoch: int) -> tuple[dict, dict]:
-        scores, predictions = {}, {}
-        for name, examples in eval_sets.items():
-
-            def score(shard: list[dict]) -> list[dict]:
-                return evaluate(
-                    model,
-                    tokenizer,
-                    task,
-                    shard,
-                    template,
-                    config.eval_batch,
-                    config.reduction,
-                    config.max_length,
-                    progress=runtime.main,
-                )[1]
-
-            scores[name], predictions[name] = runtime.evaluate(model, examples, score, task.metrics)
-            if runtime.main:
-                print(f"epoch {epoch} {name}: {json.dumps(scores[name])}", flush=True)
-        return {"epoch": epoch, **scores}, predictions
+        return evaluate_epoch(epoch, config, runtime, model, tokenizer, eval_sets)
 
     if config.method == "zero-shot":
         scores, predictions = run_eval(0)
@@ -532,15 +575,9 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
     run = {"per_epoch": [], "predictions": {}, "log": []}
     start_epoch = 1
     if checkpoint is not None:
-        runtime.load_checkpoint(checkpoint, checkpoint_path, model, optimizers)
-        for scheduler, state in zip(schedulers, checkpoint["schedulers"], strict=True):
-            scheduler.load_state_dict(state)
-        set_rng_state(checkpoint["rng"])
-        run = {key: checkpoint[key] for key in run}
-        start_epoch = checkpoint["epoch"] + 1
-        if runtime.main:
-            print(f"resuming from {checkpoint_path} after epoch {checkpoint['epoch']}")
-
+        run, start_epoch = resume(
+            checkpoint, checkpoint_path, runtime, model, optimizers, schedulers
+        )
     model.train()
     log = run["log"]
     step = len(log)
@@ -552,30 +589,13 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
             batches, desc=f"epoch {epoch}/{config.epochs}", unit="step", disable=not runtime.main
         )
         for batch_ids in progress:
-            # This rank's share of each micro batch; a rank left without an example runs the
-            # batch's first one with weight 0, since every rank must join the collectives.
-            shares = runtime.micro_batches(batch_ids, micro_batch)
-            micro = [
-                collate([encoded[i] for i in share or batch_ids[:1]], tokenizer.pad_token_id)
-                for share in shares
-            ]
-            tokens = [
-                int((m["labels"] != IGNORE_INDEX).sum()) if share else 0
-                for m, share in zip(micro, shares, strict=True)
-            ]
-            micro = [{k: v.to(runtime.device) for k, v in m.items()} for m in micro]
+            micro, weights = shard_batch(
+                runtime, [encoded[i] for i in batch_ids], micro_batch, tokenizer.pad_token_id
+            )
             lr = optimizers[0].param_groups[0]["lr"]  # the lr this step uses
             step_start = time.perf_counter()
             try:
-                stats = train_step(
-                    config,
-                    model,
-                    optimizers,
-                    micro,
-                    runtime.loss_weights(tokens),
-                    step + 1,
-                    runtime,
-                )
+                stats = train_step(config, model, optimizers, micro, weights, step + 1, runtime)
             except NonFiniteLossError as error:
                 kept = f"; the last good checkpoint is {checkpoint_path}" if epoch > 1 else ""
                 raise NonFiniteLossError(f"{error} (epoch {epoch}){kept}") from error
