@@ -78,6 +78,7 @@ class Setting:
     deepspeed: bool = True  # LOMO/AdaLomo under ZeRO-3 (False: one plain process, one GPU)
     persistence_threshold: int = 100_000  # zero_optimization.stage3_param_persistence_threshold
     prefetch_bucket: int = 50_000_000  # zero_optimization.stage3_prefetch_bucket_size
+    sub_group_size: int = 1_000_000_000  # zero_optimization.sub_group_size (DeepSpeed default)
 
 
 def load_shape(size: str) -> Shape:
@@ -165,8 +166,9 @@ def layer_activation_bytes(shape: Shape, setting: Setting) -> int:
 
 
 def plan(shape: Shape, setting: Setting) -> dict:
-    """The per-GPU peak: the largest of three moments of a training step, each a sum of parts.
+    """The per-GPU peak: the largest of four moments of a training step, each a sum of parts.
 
+    - forward: a layer's forward while DeepSpeed gathers the next parameters ahead;
     - loss: end of forward and start of backward; every layer's saved activations (with
       activation checkpointing: each layer's input only) and the loss's logits are alive;
     - head backward: the LM head's gradient is formed and (fused methods) applied;
@@ -221,6 +223,12 @@ def plan(shape: Shape, setting: Setting) -> dict:
             return 0
         return sum(sizes[k] for k in names if sizes[k] >= setting.persistence_threshold) * p
 
+    # In the forward DeepSpeed gathers ahead up to a prefetch bucket of parameters, and while
+    # it unpacks a bucket both its flat all-gather buffer and the per-parameter copies exist:
+    # twice the bucket (measured under 2-rank ZeRO-3: a 13M-element model is gathered whole,
+    # twice, in the update pass's forward).
+    partitioned = sum(n * count(k) for k, n in sizes.items() if n >= setting.persistence_threshold)
+    gathered_forward = 2 * min(setting.prefetch_bucket, partitioned) * p if zero3 else 0
     gathered_head = gathered(["lm_head" if "lm_head" in sizes else "embed"])
     gathered_layer = gathered(list(layer_sizes))
     if zero3:
@@ -305,6 +313,13 @@ def plan(shape: Shape, setting: Setting) -> dict:
     }
     zero = dict.fromkeys(COMPONENTS, 0)
     phases = {
+        # inside a layer's forward: its MLP's three I-wide outputs (gate, SiLU, up) alive
+        "forward": {
+            **zero,
+            **resident_parts,
+            "gathered": gathered_forward,
+            "activations": stored_forward + 3 * p * i * tokens,
+        },
         "loss": {
             **zero,
             **resident_parts,
@@ -333,11 +348,17 @@ def plan(shape: Shape, setting: Setting) -> dict:
     if not fused and trainable:
         # Every gradient alive before the step: all of the model's, partitioned under ZeRO-3
         # (in the census at 7B with checkpointing: 12.55 GB of gradients at the peak).
+        # DeepSpeed's ZeRO-3 optimizer steps one sub-group of its partition at a time, with an
+        # fp32 copy of that sub-group's gradients (at most sub_group_size elements).
+        if zero3:
+            fp32_grads = 4 * min(math.ceil(n_params / shard), setting.sub_group_size)
+        else:
+            fp32_grads = update_temps(max(head_matrix, largest_layer_matrix))
         phases["end of backward"] = {
             **zero,
             **resident_parts,
             "gradients": p * math.ceil(n_params / shard),
-            "update_temporaries": update_temps(max(head_matrix, largest_layer_matrix)),
+            "update_temporaries": fp32_grads,
         }
         # The last layer's backward comes right after the head's: its gradients join the head's.
         last_layer = p * math.ceil(sum(layer_sizes.values()) / shard)
@@ -356,16 +377,15 @@ def plan(shape: Shape, setting: Setting) -> dict:
         "totals": totals,
         "peak_phase": peak_phase,
         "peak": totals[peak_phase],
-        # Table 1's categories: each one's largest value over the step
+        # Table 1's categories. Activations as the paper defines them, the growth across the
+        # forward: the saved tensors plus, at its end, the logits (p) and their fp32
+        # log-softmax (4 bytes per logit). The census's own maximum of saved tensors adds, with
+        # checkpointing, one recomputed layer in backward instead of the logits.
         "table1": {
             "parameters": resident,
             "gradients": p * math.ceil(n_params / shard) if not fused else largest_gradient,
             "optimizer_states": states,
-            # the census files the saved fp32 log-softmax (4 bytes per logit) under activations
-            "activations": max(
-                stored_forward + head_act + 4 * logit_tokens * vocab,
-                phases["layer backward"]["activations"],
-            ),
+            "activations": stored_forward + head_act + (p + 4) * logit_tokens * vocab,
         },
     }
 
