@@ -548,3 +548,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="runs/plan", help="the run folder in the printed command")
     parser.add_argument("--json", action="store_true", help="also print the verdict as JSON")
     parser.set_defaults(func=run_plan)
+
+
+if (
+    __name__ == "__main__"
+):  # `python -m lomo.plan ARGS`: as `lomo plan ARGS`, without the CLI's imports
+    parser = argparse.ArgumentParser(prog="lomo")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    arguments = parser.parse_args(["plan", *sys.argv[1:]])
+    arguments.func(arguments)
