@@ -110,6 +110,22 @@ def load_shape(size: str) -> Shape:
         raise ValueError(f"{path}: no {missing} (not a LLaMA-style config)") from None
 
 
+def llama_config(shape: Shape, attn: str = "sdpa"):
+    """The transformers `LlamaConfig` of a shape (for random-weight measurements)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=shape.vocab,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        tie_word_embeddings=shape.tied,
+        attn_implementation=attn,
+    )
+
+
 def parameter_sizes(shape: Shape) -> dict[str, int]:
     """Element count of every parameter (one layer's named once, `layer.*`)."""
     head_dim = shape.hidden // shape.heads

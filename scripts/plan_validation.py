@@ -3,7 +3,7 @@
 
     python scripts/plan_validation.py            # measures (two torchrun jobs, ~1 min each)
 
-The measurement is a worker (`--worker SPEC`, started by torchrun with 2 ranks, gloo): a
+The measurement is a worker (`--worker NAME`, started by torchrun with 2 ranks, gloo): a
 random LLaMA built partitioned under `deepspeed.zero.Init` with config/deepspeed/zero3.json,
 LOMO with `ZeRO3Sync` as `lomo finetune --deepspeed` runs it, one warm-up step, then one step
 under `MemoryCensus` (live tensor bytes). A rank's peak is the census peak plus the bytes of
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from lomo.plan import GIB, Setting, Shape, load_shape, plan
+from lomo.plan import GIB, Setting, Shape, llama_config, load_shape, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 ZERO3 = ROOT / "config" / "deepspeed" / "zero3.json"
@@ -30,30 +30,16 @@ REFERENCE = ROOT / "paper" / "reference"
 CENSUS_7B = TABLES / "memory_llama-7b.csv"
 # Two shapes whose peaks fall in different moments of the step: without checkpointing and
 # with a large vocabulary, the loss (all activations and logits alive); with checkpointing and
-# a small vocabulary, a layer's backward (recomputed activations, gathered layer weights).
+# a small vocabulary, a layer's forward while DeepSpeed gathers the next parameters ahead.
 # DeepSpeed on CPU builds partitions in bf16 whatever dtype it is asked for, so both are bf16.
 SHAPES = {
-    "cpu-a": dict(
-        vocab=8000,
-        hidden=256,
-        intermediate=688,
-        layers=4,
-        heads=4,
-        seq=128,
-        batch=4,
-        ac=False,
-        attn="eager",
+    "cpu-a": (
+        Shape("cpu-a", hidden=256, intermediate=688, layers=4, heads=4, kv_heads=4, vocab=8000),
+        Setting(gpus=2, seq=128, batch=4, dtype="bf16", ac=False, attn="eager"),
     ),
-    "cpu-b": dict(
-        vocab=512,
-        hidden=512,
-        intermediate=1376,
-        layers=4,
-        heads=8,
-        seq=256,
-        batch=4,
-        ac=True,
-        attn="sdpa",
+    "cpu-b": (
+        Shape("cpu-b", hidden=512, intermediate=1376, layers=4, heads=8, kv_heads=8, vocab=512),
+        Setting(gpus=2, seq=256, batch=4, dtype="bf16", ac=True, attn="sdpa"),
     ),
 }
 # Table 2's memory column: (size, optimizer, GPUs, GB per GPU); seq 1024, batch 1, fp16.
@@ -68,43 +54,35 @@ TABLE2 = [
 ]
 
 
-def worker(spec: dict) -> None:
+def worker(name: str) -> None:
+    """One rank of shape `name`: its peak, as a JSON line from rank 0 for both ranks."""
     import deepspeed
     import torch.distributed as dist
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from lomo import LOMO
     from lomo.census import MemoryCensus, ProcessPeak, proc_status_bytes
     from lomo.distributed import ZeRO3Sync, init_process_group
     from lomo.finetune import deepspeed_config
 
+    shape, setting = SHAPES[name]
     device = init_process_group()
     world, rank = dist.get_world_size(), dist.get_rank()
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[spec["dtype"]]
-    config = LlamaConfig(
-        vocab_size=spec["vocab"],
-        hidden_size=spec["hidden"],
-        intermediate_size=spec["intermediate"],
-        num_hidden_layers=spec["layers"],
-        num_attention_heads=spec["heads"],
-        num_key_value_heads=spec["heads"],
-        tie_word_embeddings=False,
-        attn_implementation=spec["attn"],
-    )
-    ds_config = deepspeed_config(str(ZERO3), spec["batch"] * world, world)
+    ds_config = deepspeed_config(str(ZERO3), setting.batch * world, world)
     baseline = proc_status_bytes("VmRSS")
     torch.manual_seed(0)
-    with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
-        model = LlamaForCausalLM(config)
+    with deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=torch.bfloat16):
+        model = LlamaForCausalLM(llama_config(shape, setting.attn))
     engine, *_ = deepspeed.initialize(model=model, config=ds_config)
     model.config.use_cache = False
-    if spec["ac"]:
+    if setting.ac:  # as lomo finetune does
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     census = MemoryCensus(model)  # before the optimizer: its gradient hooks run first
-    opt = LOMO(model, lr=1e-3, clip_grad_norm=spec["clip"], sync=ZeRO3Sync(engine))
+    # clipping by norm 1.0 as lomo finetune's default: a norm pass, then an update pass
+    opt = LOMO(model, lr=1e-3, clip_grad_norm=1.0, sync=ZeRO3Sync(engine))
     generator = torch.Generator().manual_seed(rank)
-    tokens = torch.randint(0, spec["vocab"], (spec["batch"], spec["seq"]), generator=generator)
+    tokens = torch.randint(0, shape.vocab, (setting.batch, setting.seq), generator=generator)
     tokens = tokens.to(device)
 
     def loss() -> torch.Tensor:
@@ -133,9 +111,8 @@ def worker(spec: dict) -> None:
 
 def measure(name: str) -> list[dict]:
     """Both ranks' results of one shape (torchrun, 2 ranks, one thread each)."""
-    spec = {**SHAPES[name], "dtype": "bf16", "clip": 1.0}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc_per_node", "2", __file__, "--worker", json.dumps(spec)]
+    command += ["--nproc_per_node", "2", __file__, "--worker", name]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     for _ in range(2):  # a rank now and then aborts at exit in gloo's teardown: one retry
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
@@ -176,31 +153,14 @@ def row(section, config, cell, reference, planned, estimate, note="") -> dict:
 def cpu_rows(measured: dict[str, list[dict]]) -> list[dict]:
     rows = []
     for name, ranks in measured.items():
-        spec = SHAPES[name]
-        shape = Shape(
-            name,
-            spec["hidden"],
-            spec["intermediate"],
-            spec["layers"],
-            spec["heads"],
-            spec["heads"],
-            spec["vocab"],
-        )
-        setting = Setting(
-            gpus=2,
-            seq=spec["seq"],
-            batch=spec["batch"],
-            dtype="bf16",
-            ac=spec["ac"],
-            attn=spec["attn"],
-        )
+        shape, setting = SHAPES[name]
         result = plan(shape, setting)
         peak = max(r["peak"] for r in ranks)
         process = max(r["process_peak"] for r in ranks)
         config = (
-            f"{name}: h{spec['hidden']} I{spec['intermediate']} L{spec['layers']} "
-            f"V{spec['vocab']}, {spec['batch']}x{spec['seq']} per rank, AC "
-            f"{'on' if spec['ac'] else 'off'}, {spec['attn']}, bf16, 2 ranks"
+            f"{name}: h{shape.hidden} I{shape.intermediate} L{shape.layers} V{shape.vocab}, "
+            f"{setting.batch}x{setting.seq} per rank, AC {'on' if setting.ac else 'off'}, "
+            f"{setting.attn}, bf16, 2 ranks"
         )
         note = (
             f"measured: census + resident partitions, max over ranks; plan at the "
@@ -353,6 +313,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        worker(json.loads(sys.argv[2]))
+        worker(sys.argv[2])
     else:
         main()

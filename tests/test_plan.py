@@ -14,7 +14,16 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lomo import LOMO, finetune
 from lomo.census import MemoryCensus
 from lomo.cli import main
-from lomo.plan import GIB, Setting, Shape, count_parameters, finetune_command, load_shape, plan
+from lomo.plan import (
+    GIB,
+    Setting,
+    Shape,
+    count_parameters,
+    finetune_command,
+    llama_config,
+    load_shape,
+    plan,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,16 +105,7 @@ def test_plan_matches_the_census_of_a_real_step(dtype, attn, ac, vocab):
     configs where the loss (large vocabulary) or a layer's backward (small one) is the peak."""
     torch.set_num_threads(2)
     shape = Shape("small", hidden=128, intermediate=344, layers=2, heads=4, kv_heads=4, vocab=vocab)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=128,
-        intermediate_size=344,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        tie_word_embeddings=False,
-        attn_implementation=attn,
-    )
+    config = llama_config(shape, attn)
     tokens = torch.randint(0, vocab, (2, 64), generator=torch.Generator().manual_seed(0))
     torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     measured = census_peak(config, torch_dtype, tokens, ac)
@@ -119,53 +119,24 @@ def run_cli(capsys, *args: str) -> str:
     return capsys.readouterr().out
 
 
+def verdict(capsys, *args: str) -> dict:
+    """`lomo plan ARGS --json`: the JSON verdict, its last line."""
+    return json.loads(run_cli(capsys, *args, "--json").strip().splitlines()[-1])
+
+
 def test_fits_and_does_not_fit(capsys):
     # LLaMA-7B, LOMO, fp16, batch 8 x 512, AC: about 15.6 GiB + 1 GiB reserve
-    out = run_cli(capsys, "7b", "--memory", "24", "--json")
-    verdict = json.loads(out.strip().splitlines()[-1])
-    assert verdict["fits"] and 15 < verdict["peak_gib"] < 16.5
-    assert "fits in 24 GiB per GPU" in out
-    out = run_cli(capsys, "7b", "--memory", "16", "--json")
-    assert not json.loads(out.strip().splitlines()[-1])["fits"]
-    assert "does NOT fit in 16 GiB" in out
+    fits = verdict(capsys, "7b", "--memory", "24")
+    assert fits["fits"] and 15 < fits["peak_gib"] < 16.5
+    assert not verdict(capsys, "7b", "--memory", "16")["fits"]
+    assert "does NOT fit in 16 GiB" in run_cli(capsys, "7b", "--memory", "16")
+    assert "fits in 24 GiB per GPU" in run_cli(capsys, "7b", "--memory", "24")
     # the reserve counts: the same peak with no reserve fits in 16.5 GiB
-    out = run_cli(capsys, "7b", "--memory", "16.5", "--reserve", "0", "--json")
-    assert json.loads(out.strip().splitlines()[-1])["fits"]
+    assert verdict(capsys, "7b", "--memory", "16.5", "--reserve", "0")["fits"]
     # 65B on 8 GPUs of 24 GB fits (the paper ran it on RTX 3090s); on 4 it does not
-    assert json.loads(
-        run_cli(
-            capsys,
-            "65b",
-            "--gpus",
-            "8",
-            "--memory",
-            "24",
-            "--seq",
-            "1024",
-            "--batch",
-            "1",
-            "--json",
-        )
-        .strip()
-        .splitlines()[-1]
-    )["fits"]
-    assert not json.loads(
-        run_cli(
-            capsys,
-            "65b",
-            "--gpus",
-            "4",
-            "--memory",
-            "24",
-            "--seq",
-            "1024",
-            "--batch",
-            "1",
-            "--json",
-        )
-        .strip()
-        .splitlines()[-1]
-    )["fits"]
+    table2 = ("--memory", "24", "--seq", "1024", "--batch", "1")
+    assert verdict(capsys, "65b", "--gpus", "8", *table2)["fits"]
+    assert not verdict(capsys, "65b", "--gpus", "4", *table2)["fits"]
 
 
 def finetune_parser() -> argparse.ArgumentParser:
