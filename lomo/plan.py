@@ -419,6 +419,19 @@ def _factored(name: str, numel: int, shape: Shape) -> int:
     return h + numel // h
 
 
+def zero3_settings(path: str | Path) -> dict[str, int]:
+    """The ZeRO-3 sizes the plan uses, read from a DeepSpeed JSON config (DeepSpeed's defaults
+    where it sets none)."""
+    zero = json.loads(Path(path).read_text()).get("zero_optimization", {})
+    if zero.get("stage") != 3:
+        raise ValueError(f"{path}: not a ZeRO stage 3 config")
+    return {
+        "persistence_threshold": int(zero.get("stage3_param_persistence_threshold", 100_000)),
+        "prefetch_bucket": int(zero.get("stage3_prefetch_bucket_size", 50_000_000)),
+        "sub_group_size": int(zero.get("sub_group_size", 1_000_000_000)),
+    }
+
+
 def finetune_command(shape: Shape, setting: Setting, task: str, out: str) -> list[str] | None:
     """The run this plan is for, or None where `lomo finetune` cannot run it (SGD/AdamW on
     several GPUs). LOMO/AdaLomo go through torchrun with ZeRO-3, as config/paper.yaml does."""
@@ -488,7 +501,9 @@ def format_plan(
 def run_plan(args: argparse.Namespace) -> None:
     try:
         shape = load_shape(args.size)
+        zero3 = zero3_settings(args.deepspeed_config)
         setting = Setting(
+            **zero3,
             method=args.method,
             gpus=args.gpus,
             seq=args.seq,
@@ -558,6 +573,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="LOMO/AdaLomo under ZeRO-3 (default; --no-deepspeed: one plain process)",
+    )
+    parser.add_argument(
+        "--deepspeed-config",
+        default=str(ROOT / ZERO3_CONFIG),
+        help="DeepSpeed JSON whose ZeRO-3 sizes (persistence threshold, prefetch bucket, "
+        "sub-group) the plan uses (default: the repository's config/deepspeed/zero3.json)",
     )
     parser.add_argument("--lora-r", type=int, default=2)
     parser.add_argument("--task", default="rte", help="the task in the printed command")

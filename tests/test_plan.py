@@ -184,6 +184,21 @@ def test_printed_command_parses_with_the_finetune_parser(capsys, method, gpus):
     assert config.method == method
 
 
+def test_zero3_sizes_come_from_the_deepspeed_config(capsys, tmp_path):
+    # the repository's zero3.json: a 5e7-element prefetch bucket, gathered twice in fp16
+    def gathered_in_forward(out: str) -> float:  # the first column of the "gathered" row
+        return float(out.split("\ngathered")[1].split()[0])
+
+    assert gathered_in_forward(run_cli(capsys, "7b")) == round(2 * 50_000_000 * 2 / GIB, 3)
+    config = {"zero_optimization": {"stage": 3, "stage3_prefetch_bucket_size": 1_000_000}}
+    (tmp_path / "ds.json").write_text(json.dumps(config))
+    smaller = run_cli(capsys, "7b", "--deepspeed-config", str(tmp_path / "ds.json"))
+    assert gathered_in_forward(smaller) == round(2 * 1_000_000 * 2 / GIB, 3)
+    (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    with pytest.raises(SystemExit, match="not a ZeRO stage 3 config"):
+        main(["plan", "7b", "--deepspeed-config", str(tmp_path / "ds.json")])
+
+
 def test_no_command_where_lomo_finetune_cannot_run_it():
     setting = Setting(method="adamw", gpus=8)
     assert finetune_command(load_shape("7b"), setting, "rte", "out") is None
