@@ -160,8 +160,9 @@ def layer_activation_bytes(shape: Shape, setting: Setting) -> int:
 
     Per token, p = bytes per element of the model's dtype, h_kv = the k/v width:
     - each of the 2 RMSNorms: its fp32 input (4h; transformers upcasts) and its output (p h);
-    - attention: q, k, v after RoPE (sdpa's inputs), sdpa's output and the o_proj input:
-      4 tensors of width h and 2 of width h_kv, p bytes each;
+    - attention: 6 tensors of p bytes, 4 of width h (q and the attention output with its
+      copies on the way to o_proj) and 2 of width h_kv (k and v: halving the kv heads of a
+      small config removes exactly 2 x p x h_kv / 2 bytes per token in the census);
     - MLP: gate, SiLU(gate), up and their product: 4 tensors of width I;
     - eager attention keeps the score matrix: its fp32 softmax (4 bytes per score) and the cast
       back to the dtype (p more, none in fp32): heads x seq scores per token; sdpa keeps only
@@ -190,7 +191,7 @@ def plan(shape: Shape, setting: Setting) -> dict:
     - head backward: the LM head's gradient is formed and (fused methods) applied;
     - layer backward: the last decoder layer's backward (with checkpointing: its activations
       recomputed), its largest matrix's gradient and the activation gradients.
-    SGD and AdamW add a fourth: the end of backward, every gradient alive before the step.
+    SGD and AdamW add one more: the end of backward, every gradient alive before the step.
     Resident at every moment: this GPU's parameter partition, the optimizer states, adapters.
     """
     if setting.method not in METHODS:
