@@ -10,12 +10,14 @@ against per-rank peaks under 2-rank ZeRO-3 (scripts/plan_validation.py; table in
 paper/tables/plan_validation.md). What the census cannot see is left to `--reserve`: the CUDA
 context, NCCL buffers, and the caching allocator's rounding and fragmentation.
 
-LOMO and AdaLomo run as `lomo finetune --deepspeed config/deepspeed/zero3.json` under torchrun
-(as the paper profile launches them, one GPU included): each rank holds 1/N of every
-parameter and gathers a module's weights only while it runs. SGD and AdamW are planned with
-mixed-precision master weights (as in Table 1) and, on several GPUs, ZeRO-3 partitioned
-gradients and states (DeepSpeed's own optimizer); `lomo finetune` runs them, and LoRA, on one
-process only.
+With `--deepspeed` (the default) LOMO, AdaLomo and LoRA run as `lomo finetune --deepspeed
+config/deepspeed/zero3.json` under torchrun, as the paper profile launches them (one GPU
+included): each rank holds 1/N of every base weight and gathers a module's weights only while
+it runs (LoRA's adapters stay replicated). SGD and AdamW keep mixed-precision master weights
+(as in Table 1); with `--deepspeed` they are planned as DeepSpeed's own ZeRO-3 optimizer would
+run them (partitioned gradients and states, as in the paper's Table 2), which `lomo finetune`
+does not do. With `--no-deepspeed` every method is one process, or plain data parallelism
+under torchrun: every GPU holds the whole model, so the plan is the one-GPU plan.
 """
 
 import argparse
@@ -75,7 +77,7 @@ class Setting:
     loss_chunk: int | None = None  # tokens per chunk of a chunked cross-entropy; None: full
     lora_r: int = 2
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
-    deepspeed: bool = True  # LOMO/AdaLomo under ZeRO-3 (False: one plain process, one GPU)
+    deepspeed: bool = True  # ZeRO-3 (False: one process, or plain data parallelism)
     persistence_threshold: int = 100_000  # zero_optimization.stage3_param_persistence_threshold
     prefetch_bucket: int = 50_000_000  # zero_optimization.stage3_prefetch_bucket_size
     sub_group_size: int = 1_000_000_000  # zero_optimization.sub_group_size (DeepSpeed default)
@@ -182,6 +184,13 @@ def layer_activation_bytes(shape: Shape, setting: Setting) -> int:
     return per_token * setting.seq * setting.batch
 
 
+def uses_zero3(setting: Setting) -> bool:
+    """ZeRO-3 for LOMO/AdaLomo/LoRA with --deepspeed (the paper profile launches them so, also
+    on one GPU); for SGD/AdamW on several GPUs (DeepSpeed's optimizer partitions gradients and
+    states). Without it every GPU holds the whole model: the one-GPU footprint."""
+    return setting.deepspeed and (setting.method not in ("sgd", "adamw") or setting.gpus > 1)
+
+
 def plan(shape: Shape, setting: Setting) -> dict:
     """The per-GPU peak: the largest of four moments of a training step, each a sum of parts.
 
@@ -198,10 +207,6 @@ def plan(shape: Shape, setting: Setting) -> dict:
         raise ValueError(f"unknown method {setting.method!r}: expected one of {', '.join(METHODS)}")
     if setting.gpus < 1:
         raise ValueError(f"need at least one GPU, got {setting.gpus}")
-    if setting.method == "lora" and setting.gpus > 1:
-        raise ValueError("lora runs on one process in lomo finetune: plan it with --gpus 1")
-    if not setting.deepspeed and setting.gpus > 1:
-        raise ValueError("several GPUs need ZeRO-3 (--deepspeed) in this planner")
     for name in ("seq", "batch"):
         if getattr(setting, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(setting, name)}")
@@ -213,9 +218,7 @@ def plan(shape: Shape, setting: Setting) -> dict:
     sizes = parameter_sizes(shape)
     n_params = count_parameters(shape)
     fused = setting.method in FUSED
-    # ZeRO-3 for LOMO/AdaLomo (the paper profile launches them with --deepspeed, also on one
-    # GPU); for SGD/AdamW on several GPUs (DeepSpeed's optimizer partitions grads and states).
-    zero3 = (fused and setting.deepspeed) or gpus > 1
+    zero3 = uses_zero3(setting)
     shard = gpus if zero3 else 1
     layer_sizes = {k: n for k, n in sizes.items() if k.startswith("layer.")}
     largest_layer_matrix = max(layer_sizes.values())
@@ -434,9 +437,10 @@ def zero3_settings(path: str | Path) -> dict[str, int]:
 
 
 def finetune_command(shape: Shape, setting: Setting, task: str, out: str) -> list[str] | None:
-    """The run this plan is for, or None where `lomo finetune` cannot run it (SGD/AdamW on
-    several GPUs). LOMO/AdaLomo go through torchrun with ZeRO-3, as config/paper.yaml does."""
-    if setting.method in ("sgd", "adamw") and setting.gpus > 1:
+    """The run this plan is for, or None where `lomo finetune` cannot run it (SGD/AdamW under
+    ZeRO-3). ZeRO-3 and several GPUs go through torchrun, as config/paper.yaml does."""
+    zero3 = uses_zero3(setting)
+    if zero3 and setting.method in ("sgd", "adamw"):
         return None
     global_batch = setting.batch * setting.gpus
     model = HUB_NAMES.get(shape.name, shape.name)
@@ -455,9 +459,11 @@ def finetune_command(shape: Shape, setting: Setting, task: str, out: str) -> lis
     ]
     if setting.method == "lora":
         flags += [f"--lora-r={setting.lora_r}", "--lora-targets", *setting.lora_targets]
-    if setting.method in FUSED and setting.deepspeed:
+    if zero3:
+        flags.append(f"--deepspeed={ZERO3_CONFIG}")
+    if zero3 or setting.gpus > 1:
         launcher = ["python", "-m", "torch.distributed.run", f"--nproc_per_node={setting.gpus}"]
-        return [*launcher, "-m", "lomo.cli", *flags, f"--deepspeed={ZERO3_CONFIG}"]
+        return [*launcher, "-m", "lomo.cli", *flags]
     return ["lomo", *flags]
 
 
@@ -491,8 +497,9 @@ def format_plan(
     ]
     if command is None:
         lines.append(
-            f"lomo finetune runs {setting.method} on one process only; on {setting.gpus} GPUs "
-            "use DeepSpeed's own ZeRO-3 optimizer"
+            f"lomo finetune runs {setting.method} without ZeRO-3 (one process or plain data "
+            "parallelism: --no-deepspeed plans that); this plan is DeepSpeed's own ZeRO-3 "
+            "optimizer"
         )
     else:
         lines += ["run:", "  " + shlex.join(command)]
@@ -573,7 +580,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--deepspeed",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="LOMO/AdaLomo under ZeRO-3 (default; --no-deepspeed: one plain process)",
+        help="ZeRO-3 (default); --no-deepspeed: one process, or plain data parallelism",
     )
     parser.add_argument(
         "--deepspeed-config",

@@ -63,7 +63,7 @@ def worker(name: str) -> None:
     from lomo import LOMO
     from lomo.census import MemoryCensus, ProcessPeak, proc_status_bytes
     from lomo.distributed import ZeRO3Sync, init_process_group
-    from lomo.finetune import deepspeed_config
+    from lomo.runtime import deepspeed_config
 
     shape, setting = SHAPES[name]
     device = init_process_group()

@@ -165,7 +165,7 @@ def test_printed_command_parses_with_the_finetune_parser(capsys, method, gpus):
         "r/x",
     )
     command = shlex.split(out.strip().splitlines()[-1])
-    if method in ("lomo", "adalomo"):
+    if method != "sgd":  # under ZeRO-3, through torchrun
         assert command[:4] == ["python", "-m", "torch.distributed.run", f"--nproc_per_node={gpus}"]
         flags = command[command.index("lomo.cli") + 1 :]
     else:
@@ -176,7 +176,7 @@ def test_printed_command_parses_with_the_finetune_parser(capsys, method, gpus):
     assert args.model == "huggyllama/llama-13b" and args.method == method
     assert args.max_length == 256 and args.global_batch == 2 * gpus == args.micro_batch
     assert args.dtype == "bf16" and args.activation_checkpointing is False
-    assert (args.deepspeed == "config/deepspeed/zero3.json") == (method in ("lomo", "adalomo"))
+    assert (args.deepspeed == "config/deepspeed/zero3.json") == (method != "sgd")
     # and the run's own validation accepts it
     config = finetune.load_config(
         None, {k: v for k, v in overrides.items() if k not in ("config", "out", "threads")}
@@ -197,6 +197,19 @@ def test_zero3_sizes_come_from_the_deepspeed_config(capsys, tmp_path):
     (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}))
     with pytest.raises(SystemExit, match="not a ZeRO stage 3 config"):
         main(["plan", "7b", "--deepspeed-config", str(tmp_path / "ds.json")])
+
+
+def test_data_parallel_without_zero3_is_the_one_gpu_footprint(capsys):
+    shape = load_shape("7b")
+    one = plan(shape, Setting(method="adamw", gpus=1, deepspeed=False))
+    four = plan(shape, Setting(method="adamw", gpus=4, deepspeed=False))
+    assert four["peak"] == one["peak"] and not four["zero3"]
+    command = shlex.split(
+        run_cli(capsys, "7b", "--method", "sgd", "--gpus", "2", "--no-deepspeed")
+        .strip()
+        .splitlines()[-1]
+    )
+    assert command[3] == "--nproc_per_node=2" and not any("deepspeed" in c for c in command)
 
 
 def test_no_command_where_lomo_finetune_cannot_run_it():
@@ -229,7 +242,6 @@ def test_hugging_face_config(tmp_path):
         (["7b", "--gpus", "0"], "lomo plan: need at least one GPU, got 0"),
         (["7b", "--batch", "0"], "lomo plan: batch must be >= 1, got 0"),
         (["7b", "--memory", "0"], "lomo plan: need --memory > 0"),
-        (["7b", "--method", "lora", "--gpus", "2"], "lomo plan: lora runs on one process"),
         (["7b", "--loss-chunk", "0"], "lomo plan: loss chunk must be >= 1 token"),
     ],
 )
