@@ -10,6 +10,7 @@ from lomo import (
     memory,
     models,
     notebook,
+    plan,
     readme_results,
     report,
     sgd_claims,
@@ -20,7 +21,7 @@ from lomo import (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lomo", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    modules = (demo, bench, finetune, evaluate, models, report, memory, throughput)
+    modules = (demo, bench, finetune, evaluate, models, report, memory, throughput, plan)
     for module in (*modules, sgd_claims, notebook, readme_results):
         module.add_parser(subparsers)
     return parser

@@ -1,0 +1,269 @@
+"""`lomo plan`: hand-computed cases, the planner against the live-tensor census of real training
+steps, the fit verdict, the printed command against `lomo finetune`'s own parser, bad input."""
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from lomo import LOMO, finetune
+from lomo.census import MemoryCensus
+from lomo.cli import main
+from lomo.plan import (
+    GIB,
+    Setting,
+    Shape,
+    count_parameters,
+    finetune_command,
+    llama_config,
+    load_shape,
+    plan,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_llama_7b_parameters_by_hand():
+    # embedding and head 32000 x 4096 each; per layer 4 attention matrices 4096^2, 3 MLP
+    # matrices 4096 x 11008 and 2 norms; the final norm
+    per_layer = 4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096
+    expected = 2 * 32000 * 4096 + 32 * per_layer + 4096
+    assert expected == 6_738_415_616  # LLaMA-7B's published count
+    assert count_parameters(load_shape("7b")) == expected
+    result = plan(load_shape("7B"), Setting(dtype="fp16", deepspeed=False))
+    assert result["table1"]["parameters"] == 2 * expected  # Table 1's 12.55 GB
+    assert round(2 * expected / GIB, 2) == 12.55
+    assert result["largest_gradient"] == 2 * 32000 * 4096  # Table 1's 0.24 GB
+
+
+def test_tiny_config_components_by_hand():
+    shape = Shape("tiny", hidden=8, intermediate=16, layers=2, heads=2, kv_heads=2, vocab=32)
+    setting = Setting(seq=4, batch=2, dtype="fp32", ac=False, attn="sdpa", deepspeed=False)
+    loss = plan(shape, setting)["phases"]["loss"]
+    tokens = 8
+    params = 32 * 8 * 2 + 8 + 2 * (4 * 8 * 8 + 3 * 8 * 16 + 2 * 8)  # 1832
+    assert loss["parameters"] == 4 * params
+    # per token and layer, fp32: 2 norms x (4h + 4h), 6 attention tensors x 4h, 4 MLP x 4I,
+    # sdpa's log-sum-exp 4 bytes x 2 heads, 8 bytes of positions
+    layer = 2 * (32 + 32) + 6 * 32 + 4 * 64 + 4 * 2 + 8
+    head = 4 * 4 * 8  # the final norm: 4 p h
+    assert loss["activations"] == tokens * (2 * layer + head)
+    assert loss["logits"] == 12 * tokens * 32  # full logits, 12 bytes each
+    assert loss["gathered"] == 0 and loss["gradients"] == 0 and loss["optimizer_states"] == 0
+
+
+def test_zero3_partitions_and_optimizer_states_by_hand():
+    shape = load_shape("13b")
+    n = count_parameters(shape)
+    lomo = plan(shape, Setting(gpus=2, dtype="fp16"))
+    # every parameter's half, plus a resident copy of the 2 x 40 + 1 norm vectors (persistent)
+    persistent = (2 * 40 + 1) * 5120
+    assert abs(lomo["phases"]["loss"]["parameters"] - 2 * (n / 2 + persistent)) < 2 * 2 * 400
+    adamw = plan(shape, Setting(method="adamw", gpus=8, dtype="fp16"))
+    assert adamw["phases"]["loss"]["optimizer_states"] == 12 * -(-n // 8)  # master + 2 moments
+    assert plan(shape, Setting(method="sgd", gpus=8))["phases"]["loss"]["optimizer_states"] == (
+        4 * -(-n // 8)
+    )
+
+
+def test_chunked_loss_holds_one_chunk_of_logits():
+    shape, tokens = load_shape("7b"), 8 * 512
+    full = plan(shape, Setting(deepspeed=False))["phases"]["loss"]["logits"]
+    chunked = plan(shape, Setting(deepspeed=False, loss_chunk=1024))["phases"]["loss"]["logits"]
+    assert full == 12 * tokens * 32000
+    # one chunk of 1024 tokens' logits, plus the fp32 hidden-state gradient of the whole batch
+    assert chunked == 12 * 1024 * 32000 + 4 * 4096 * tokens
+
+
+def census_peak(config: LlamaConfig, dtype: torch.dtype, tokens: torch.Tensor, ac: bool) -> int:
+    """The census peak of one LOMO step (after a warm-up step), as `lomo memory` measures it."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(dtype).train()
+    model.config.use_cache = False
+    if ac:
+        model.activation_checkpointing_enable({"use_reentrant": True})
+    census = MemoryCensus(model)
+    opt = LOMO(model, lr=1e-3)
+    opt.step(lambda: model(input_ids=tokens, labels=tokens).loss)
+    with census:
+        opt.step(lambda: model(input_ids=tokens, labels=tokens).loss)
+    census.remove_hooks()
+    return census.peak
+
+
+@pytest.mark.parametrize(
+    "dtype, attn, ac, vocab",
+    [("bf16", "eager", False, 2000), ("fp32", "sdpa", False, 2000), ("bf16", "sdpa", True, 256)],
+)
+def test_plan_matches_the_census_of_a_real_step(dtype, attn, ac, vocab):
+    """One process (no ZeRO): the planner against live tensor bytes of a real LOMO step, in
+    configs where the loss (large vocabulary) or a layer's backward (small one) is the peak."""
+    torch.set_num_threads(2)
+    shape = Shape("small", hidden=128, intermediate=344, layers=2, heads=4, kv_heads=4, vocab=vocab)
+    config = llama_config(shape, attn)
+    tokens = torch.randint(0, vocab, (2, 64), generator=torch.Generator().manual_seed(0))
+    torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    measured = census_peak(config, torch_dtype, tokens, ac)
+    setting = Setting(seq=64, batch=2, dtype=dtype, ac=ac, attn=attn, deepspeed=False)
+    predicted = plan(shape, setting)["peak"]
+    assert abs(predicted / measured - 1) < 0.05, (predicted, measured)
+
+
+def run_cli(capsys, *args: str) -> str:
+    main(["plan", *args])
+    return capsys.readouterr().out
+
+
+def verdict(capsys, *args: str) -> dict:
+    """`lomo plan ARGS --json`: the JSON verdict, its last line."""
+    return json.loads(run_cli(capsys, *args, "--json").strip().splitlines()[-1])
+
+
+def test_fits_and_does_not_fit(capsys):
+    # LLaMA-7B, LOMO, fp16, batch 8 x 512, AC: about 15.6 GiB + 1 GiB reserve
+    fits = verdict(capsys, "7b", "--memory", "24")
+    assert fits["fits"] and 15 < fits["peak_gib"] < 16.5
+    assert not verdict(capsys, "7b", "--memory", "16")["fits"]
+    assert "does NOT fit in 16 GiB" in run_cli(capsys, "7b", "--memory", "16")
+    assert "fits in 24 GiB per GPU" in run_cli(capsys, "7b", "--memory", "24")
+    # the reserve counts: the same peak with no reserve fits in 16.5 GiB
+    assert verdict(capsys, "7b", "--memory", "16.5", "--reserve", "0")["fits"]
+    # 65B on 8 GPUs of 24 GB fits (the paper ran it on RTX 3090s); on 4 it does not
+    table2 = ("--memory", "24", "--seq", "1024", "--batch", "1")
+    assert verdict(capsys, "65b", "--gpus", "8", *table2)["fits"]
+    assert not verdict(capsys, "65b", "--gpus", "4", *table2)["fits"]
+
+
+def finetune_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lomo")
+    finetune.add_parser(parser.add_subparsers(dest="command"))
+    return parser
+
+
+@pytest.mark.parametrize("method, gpus", [("lomo", 4), ("adalomo", 1), ("lora", 1), ("sgd", 1)])
+def test_printed_command_parses_with_the_finetune_parser(capsys, method, gpus):
+    out = run_cli(
+        capsys,
+        "13b",
+        "--method",
+        method,
+        "--gpus",
+        str(gpus),
+        "--dtype",
+        "bf16",
+        "--seq",
+        "256",
+        "--batch",
+        "2",
+        "--no-activation-checkpointing",
+        "--out",
+        "r/x",
+    )
+    command = shlex.split(out.strip().splitlines()[-1])
+    if method != "sgd":  # under ZeRO-3, through torchrun
+        assert command[:4] == ["python", "-m", "torch.distributed.run", f"--nproc_per_node={gpus}"]
+        flags = command[command.index("lomo.cli") + 1 :]
+    else:
+        assert command[0] == "lomo"
+        flags = command[1:]
+    args = finetune_parser().parse_args(flags)
+    overrides = {f: getattr(args, f) for f in vars(args) if f not in ("command", "func")}
+    assert args.model == "huggyllama/llama-13b" and args.method == method
+    assert args.max_length == 256 and args.global_batch == 2 * gpus == args.micro_batch
+    assert args.dtype == "bf16" and args.activation_checkpointing is False
+    assert (args.deepspeed == "config/deepspeed/zero3.json") == (method != "sgd")
+    # and the run's own validation accepts it
+    config = finetune.load_config(
+        None, {k: v for k, v in overrides.items() if k not in ("config", "out", "threads")}
+    )
+    assert config.method == method
+
+
+def test_zero3_sizes_come_from_the_deepspeed_config(capsys, tmp_path):
+    # the repository's zero3.json: a 5e7-element prefetch bucket, gathered twice in fp16
+    def gathered_in_forward(out: str) -> float:  # the first column of the "gathered" row
+        return float(out.split("\ngathered")[1].split()[0])
+
+    assert gathered_in_forward(run_cli(capsys, "7b")) == round(2 * 50_000_000 * 2 / GIB, 3)
+    config = {"zero_optimization": {"stage": 3, "stage3_prefetch_bucket_size": 1_000_000}}
+    (tmp_path / "ds.json").write_text(json.dumps(config))
+    smaller = run_cli(capsys, "7b", "--deepspeed-config", str(tmp_path / "ds.json"))
+    assert gathered_in_forward(smaller) == round(2 * 1_000_000 * 2 / GIB, 3)
+    (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    with pytest.raises(SystemExit, match="not a ZeRO stage 3 config"):
+        main(["plan", "7b", "--deepspeed-config", str(tmp_path / "ds.json")])
+
+
+def test_data_parallel_without_zero3_is_the_one_gpu_footprint(capsys):
+    shape = load_shape("7b")
+    one = plan(shape, Setting(method="adamw", gpus=1, deepspeed=False))
+    four = plan(shape, Setting(method="adamw", gpus=4, deepspeed=False))
+    assert four["peak"] == one["peak"] and not four["zero3"]
+    command = shlex.split(
+        run_cli(capsys, "7b", "--method", "sgd", "--gpus", "2", "--no-deepspeed")
+        .strip()
+        .splitlines()[-1]
+    )
+    assert command[3] == "--nproc_per_node=2" and not any("deepspeed" in c for c in command)
+
+
+def test_no_command_where_lomo_finetune_cannot_run_it():
+    setting = Setting(method="adamw", gpus=8)
+    assert finetune_command(load_shape("7b"), setting, "rte", "out") is None
+
+
+def test_hugging_face_config(tmp_path):
+    config = dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+    )
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    shape = load_shape(str(tmp_path))
+    assert (shape.kv_heads, shape.vocab, shape.tied) == (8, 128256, True)
+    # tied: one embedding matrix; GQA: k and v are 2048 x 512
+    per_layer = 2 * 2048 * 2048 + 2 * 2048 * 512 + 3 * 2048 * 8192 + 2 * 2048
+    assert count_parameters(shape) == 128256 * 2048 + 16 * per_layer + 2048
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["7x"], "lomo plan: unknown size '7x': expected one of 7b, 13b, 30b, 65b"),
+        (["7b", "--gpus", "0"], "lomo plan: need at least one GPU, got 0"),
+        (["7b", "--batch", "0"], "lomo plan: batch must be >= 1, got 0"),
+        (["7b", "--memory", "0"], "lomo plan: need --memory > 0"),
+        (["7b", "--loss-chunk", "0"], "lomo plan: loss chunk must be >= 1 token"),
+    ],
+)
+def test_bad_input_is_one_line(args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plan", *args])
+    text = str(exit_info.value.code)
+    assert text.startswith(message) and "\n" not in text
+
+
+def test_config_without_llama_fields_is_one_line(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 64}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plan", str(tmp_path / "config.json")])
+    assert "not a LLaMA-style config" in str(exit_info.value.code)
+
+
+@pytest.mark.slow
+def test_plan_within_10_percent_of_a_two_rank_zero3_peak():
+    """Validation (a) for one shape: per-rank peak under 2-rank ZeRO-3 (torchrun, gloo)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import plan_validation
+
+    (row,) = plan_validation.cpu_rows({"cpu-b": plan_validation.measure("cpu-b")})
+    assert abs(row["ratio"] - 1) <= 0.10, row
