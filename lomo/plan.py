@@ -191,6 +191,52 @@ def uses_zero3(setting: Setting) -> bool:
     return setting.deepspeed and (setting.method not in ("sgd", "adamw") or setting.gpus > 1)
 
 
+def check_setting(setting: Setting) -> None:
+    if setting.method not in METHODS:
+        raise ValueError(f"unknown method {setting.method!r}: expected one of {', '.join(METHODS)}")
+    if setting.gpus < 1:
+        raise ValueError(f"need at least one GPU, got {setting.gpus}")
+    for name in ("seq", "batch"):
+        if getattr(setting, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(setting, name)}")
+    if setting.loss_chunk is not None and setting.loss_chunk < 1:
+        raise ValueError(f"loss chunk must be >= 1 token, got {setting.loss_chunk}")
+
+
+def lora_parameter_count(shape: Shape, setting: Setting, sizes: dict[str, int]) -> int:
+    """LoRA adapters: r x (in + out) per targeted matrix per layer."""
+    h, i = shape.hidden, shape.intermediate
+    widths = {"q_proj": (h, h), "k_proj": (h, sizes["layer.k"] // h)}
+    widths |= {"v_proj": widths["k_proj"], "o_proj": (h, h)}
+    widths |= {"gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+    unknown = [t for t in setting.lora_targets if t not in widths]
+    if unknown:
+        raise ValueError(f"unknown LoRA target(s) {unknown}: expected some of {list(widths)}")
+    per_layer = sum(setting.lora_r * sum(widths[t]) for t in setting.lora_targets)
+    return per_layer * shape.layers
+
+
+def optimizer_state_bytes(
+    shape: Shape, setting: Setting, sizes: dict[str, int], shard: int, lora_params: int
+) -> int:
+    """Optimizer states. LOMO: none. AdaLomo: fp32 row and column second moments of each matrix
+    (a vector for 1-d weights). SGD/AdamW with an fp16/bf16 model: fp32 master weights (4
+    bytes) and, AdamW, two fp32 moments (8 more): Table 1's 25.10 / 75.31 GB at 7B. Sharded
+    over the GPUs under ZeRO-3. LoRA: AdamW moments of the adapters."""
+    master = 4 if DTYPE_BYTES[setting.dtype] < 4 else 0
+    n_params = count_parameters(shape)
+    if setting.method == "adalomo":
+        count = {k: shape.layers if k.startswith("layer.") else 1 for k in sizes}
+        return 4 * sum(count[k] * _factored(k, n, shape) for k, n in sizes.items())
+    if setting.method == "sgd":
+        return master * math.ceil(n_params / shard)
+    if setting.method == "adamw":
+        return (master + 8) * math.ceil(n_params / shard)
+    if setting.method == "lora":
+        return 8 * lora_params  # AdamW's two fp32 moments; the adapters are fp32
+    return 0
+
+
 def plan(shape: Shape, setting: Setting) -> dict:
     """The per-GPU peak: the largest of four moments of a training step, each a sum of parts.
 
@@ -203,15 +249,7 @@ def plan(shape: Shape, setting: Setting) -> dict:
     SGD and AdamW add one more: the end of backward, every gradient alive before the step.
     Resident at every moment: this GPU's parameter partition, the optimizer states, adapters.
     """
-    if setting.method not in METHODS:
-        raise ValueError(f"unknown method {setting.method!r}: expected one of {', '.join(METHODS)}")
-    if setting.gpus < 1:
-        raise ValueError(f"need at least one GPU, got {setting.gpus}")
-    for name in ("seq", "batch"):
-        if getattr(setting, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(setting, name)}")
-    if setting.loss_chunk is not None and setting.loss_chunk < 1:
-        raise ValueError(f"loss chunk must be >= 1 token, got {setting.loss_chunk}")
+    check_setting(setting)
     p = DTYPE_BYTES[setting.dtype]
     gpus, h, i, vocab = setting.gpus, shape.hidden, shape.intermediate, shape.vocab
     tokens = setting.seq * setting.batch
@@ -258,27 +296,8 @@ def plan(shape: Shape, setting: Setting) -> dict:
     # (a vector for 1-d weights). SGD/AdamW with an fp16/bf16 model: fp32 master weights (4
     # bytes) and, AdamW, two fp32 moments (8 more): Table 1's 25.10 / 75.31 GB at 7B. Sharded
     # over the GPUs under ZeRO-3. LoRA: AdamW moments of the adapters.
-    master = 4 if p < 4 else 0
-    lora_params = 0
-    if setting.method == "lora":
-        widths = {"q_proj": (h, h), "k_proj": (h, sizes["layer.k"] // h)}
-        widths |= {"v_proj": widths["k_proj"], "o_proj": (h, h)}
-        widths |= {"gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
-        unknown = [t for t in setting.lora_targets if t not in widths]
-        if unknown:
-            raise ValueError(f"unknown LoRA target(s) {unknown}: expected some of {list(widths)}")
-        per_layer = sum(setting.lora_r * sum(widths[t]) for t in setting.lora_targets)
-        lora_params = per_layer * shape.layers
-    if setting.method == "adalomo":
-        states = 4 * sum(count(k) * _factored(k, n, shape) for k, n in sizes.items())
-    elif setting.method == "sgd":
-        states = master * math.ceil(n_params / shard)
-    elif setting.method == "adamw":
-        states = (master + 8) * math.ceil(n_params / shard)
-    elif setting.method == "lora":
-        states = 8 * lora_params  # AdamW's two fp32 moments; the adapters are fp32 (below)
-    else:
-        states = 0
+    lora_params = lora_parameter_count(shape, setting, sizes) if setting.method == "lora" else 0
+    states = optimizer_state_bytes(shape, setting, sizes, shard, lora_params)
     adapters = 4 * lora_params * (1 + 1)  # fp32 adapter weights and their gradients
 
     # Activations. Without checkpointing every layer's saved tensors; with it each layer's
