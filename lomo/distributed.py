@@ -290,8 +290,15 @@ def zero3_model(
             if rank() == 0:
                 barrier()
         config = AutoConfig.from_pretrained(folder)
+        # DeepSpeed 0.19.8's zero.Init ignores `dtype` where the accelerator lacks fp16 (on CPU
+        # every partition would be bf16) but honours the config's precision flags: state it there.
+        init_config = {
+            **ds_config,
+            "fp16": {"enabled": dtype == torch.float16},
+            "bf16": {"enabled": dtype == torch.bfloat16},
+        }
         # No random init: it would run on empty partitions, and the checkpoint overwrites it.
-        with no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+        with no_init_weights(), deepspeed.zero.Init(config_dict_or_path=init_config):
             model = AutoModelForCausalLM.from_config(
                 config, dtype=dtype, attn_implementation=attn_implementation
             )

@@ -222,3 +222,32 @@ def test_deepspeed_without_torchrun_runs_as_one_rank_zero3(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     resources = json.loads((tmp_path / "resources.json").read_text())
     assert (resources["runtime"], resources["processes"]) == ("zero3", 1)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_zero3_checkpoint_partitions_keep_the_requested_dtype(tmp_path, dtype):
+    """A checkpoint folder is partitioned in --dtype (DeepSpeed 0.19.8 alone makes every CPU
+    partition bf16), with the checkpoint's values."""
+    model = tiny_llama()
+    model.save_pretrained(tmp_path / "model")
+    script = f"""
+import json, torch
+from lomo.distributed import init_process_group, zero3_model
+from lomo.runtime import deepspeed_config
+init_process_group()
+ds = deepspeed_config({str(TESTS.parent / "config/deepspeed/zero3.json")!r}, 4, 1)
+dtype = {{"fp32": torch.float32, "bf16": torch.bfloat16}}[{dtype!r}]
+model, _ = zero3_model({str(tmp_path / "model")!r}, dtype, "eager", ds)
+p = model.model.layers[0].mlp.up_proj.weight
+print(json.dumps([str(p.ds_tensor.dtype), p.ds_tensor[:4].float().tolist()]))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    kind, values = json.loads(done.stdout.strip().splitlines()[-1])
+    expected = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    assert kind == str(expected)
+    reference = model.model.layers[0].mlp.up_proj.weight.detach().reshape(-1)[:4].to(expected)
+    assert values == reference.float().tolist()
