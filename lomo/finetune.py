@@ -14,6 +14,7 @@ same command resume after a kill, and is removed when the run has finished.
 """
 
 import argparse
+import collections
 import csv
 import dataclasses
 import io
@@ -297,6 +298,10 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
+class NonFiniteWeightsError(FloatingPointError):
+    pass
+
+
 def check_finite(loss: torch.Tensor, step: int) -> torch.Tensor:
     if not torch.isfinite(loss):
         raise NonFiniteLossError(f"loss is {loss.item()} at step {step}")
@@ -490,9 +495,34 @@ def evaluate_epoch(
             )[1]
 
         scores[name], predictions[name] = runtime.evaluate(model, examples, score, task.metrics)
+        scores[name]["gold_nll"] = gold_nll(predictions[name], config.reduction)
         if runtime.main:
             print(f"epoch {epoch} {name}: {json.dumps(scores[name])}", flush=True)
     return {"epoch": epoch, **scores}, predictions
+
+
+def gold_nll(rows: list[dict], reduction: str) -> float:
+    """Mean over examples of the gold answer's negative log-likelihood per answer token: moves
+    with learning long before accuracy does."""
+    per_token = [
+        -row["scores"][row["gold"]] / (row["n_tokens"][row["gold"]] if reduction == "sum" else 1)
+        for row in rows
+    ]
+    return sum(per_token) / len(per_token)
+
+
+def health_flags(rows: list[dict]) -> list[str]:
+    """Warnings about a run's reported predictions: one class for >= 90% of the examples, or
+    examples whose options all scored the same (a collapsed model; ties go to option 0)."""
+    flags = []
+    counts = collections.Counter(row["pred"] for row in rows)
+    option, count = counts.most_common(1)[0]
+    if count >= 0.9 * len(rows):
+        flags.append(f"one class: {count} of {len(rows)} predictions are option {option}")
+    ties = sum(len(set(row["scores"])) == 1 for row in rows)
+    if ties:
+        flags.append(f"all options scored equal on {ties} of {len(rows)} examples")
+    return flags
 
 
 def resume(
@@ -622,6 +652,14 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
                     "peak_memory_bytes": peak_memory_bytes(runtime.device),
                 }
             )
+        # Checked before the epoch is evaluated or checkpointed: a checkpoint is always finite.
+        bad = runtime.non_finite(model, optimizers)
+        if bad:
+            kept = f"; the last good checkpoint is {checkpoint_path}" if epoch > 1 else ""
+            raise NonFiniteWeightsError(
+                f"{len(bad)} weight or optimizer-state tensor(s) hold inf/NaN after epoch "
+                f"{epoch} (e.g. {', '.join(bad[:3])}): lower the lr or clip the gradients{kept}"
+            )
         scores, predictions = run_eval(epoch)
         run["per_epoch"].append(scores)
         run["predictions"][epoch] = predictions
@@ -665,6 +703,7 @@ def finish(
         "n_train": n_train,
         **{f"n_{k}": len(v) for k, v in run["predictions"][reported["epoch"]].items()},
         "selection": rule,
+        "flags": health_flags(run["predictions"][reported["epoch"]]["eval"]),
         "reported": reported,
         "final": per_epoch[-1],
         "per_epoch": per_epoch,

@@ -43,6 +43,7 @@ COLUMNS = [
     "epoch",
     "grid_points",
     "chosen",
+    "flags",
     "paper",
 ]
 # Settings that do not change what a run measures: where the data lives, how it was launched.
@@ -157,6 +158,7 @@ def collect(paths: list[str], reference: dict, select_over: list[str] = ()) -> l
                 "epoch": reported["epoch"],
                 "grid_points": run["grid_points"],
                 "chosen": run["chosen"],
+                "flags": "; ".join(metrics.get("flags", [])),
                 "paper": paper / 100 if paper is not None and like_paper else None,
             }
         )
@@ -195,7 +197,8 @@ def pivot(rows: list[dict]) -> tuple[list[str], list[tuple[str, str, list[str]]]
                     if runs[0]["ci_low"] is not None
                     else None
                 )
-                cells.append(f"{100 * mean:.1f}" + (f" ± {100 * half:.1f}" if half else ""))
+                flag = "!" if any(r["flags"] for r in runs) else ""  # see the CSV's flags
+                cells.append(f"{100 * mean:.1f}" + (f" ± {100 * half:.1f}" if half else "") + flag)
             complete = averaged and all(t in values for t in averaged)
             cells.append(
                 f"{100 * sum(values[t] for t in averaged) / len(averaged):.1f}" if complete else "-"
@@ -209,6 +212,11 @@ def to_markdown(rows: list[dict]) -> str:
     header, table = pivot(rows)
     lines = ["| model | method | " + " | ".join(header) + " |", "|---|---|" + "---|" * len(header)]
     lines += [f"| {m} | {variant} | " + " | ".join(cells) + " |" for m, variant, cells in table]
+    if any(r["flags"] for r in rows):
+        lines += ["", "! flagged run (one class for >= 90% of predictions, or tied option scores):"]
+        lines += [
+            f"- {r['model']} {r['variant']} {r['task']}: {r['flags']}" for r in rows if r["flags"]
+        ]
     return "\n".join(lines) + "\n"
 
 

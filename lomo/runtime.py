@@ -125,6 +125,28 @@ class Runtime:
                 param.grad = torch.zeros_like(param)
             torch.distributed.all_reduce(param.grad, op=torch.distributed.ReduceOp.AVG)
 
+    def non_finite(self, model: nn.Module, optimizers: list) -> list[str]:
+        """Names of trainable weights (any rank's partition) and optimizer states holding inf
+        or NaN."""
+        bad = []
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                data = param.ds_tensor if is_partitioned(param) else param
+                if not bool(torch.isfinite(data).all()):
+                    bad.append(name)
+        names = {id(p): n for n, p in model.named_parameters()}
+        for opt in optimizers:
+            for param, state in opt.state.items():
+                for key, value in state.items():
+                    if torch.is_tensor(value) and value.is_floating_point():
+                        if not bool(torch.isfinite(value).all()):
+                            bad.append(f"{type(opt).__name__} {key} of {names.get(id(param))}")
+        if self.parallel:  # every rank learns of every rank's bad partitions
+            gathered: list[list[str]] = [[] for _ in range(self.world)]
+            torch.distributed.all_gather_object(gathered, bad)
+            bad = sorted({name for names in gathered for name in names})
+        return bad
+
     # --- batches -----------------------------------------------------------------------------
 
     def micro_batches(self, ids: list[int], micro_batch: int) -> list[list[int]]:

@@ -71,6 +71,9 @@ def test_each_method_runs_and_writes_outputs(tmp_path, method, overrides):
     assert on_disk == json.loads(json.dumps(metrics))
     assert len(on_disk["per_epoch"]) == (1 if method == "zero-shot" else 2)
     assert on_disk["n_eval"] == 4
+    assert isinstance(on_disk["flags"], list)
+    rows = [json.loads(r) for r in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert on_disk["reported"]["eval"]["gold_nll"] == pytest.approx(ft.gold_nll(rows, "sum"))
     predictions = (tmp_path / "predictions.jsonl").read_text().splitlines()
     assert len(predictions) == 4
     log = (tmp_path / "train_log.csv").read_text().splitlines()
@@ -291,3 +294,31 @@ def test_lora_lomo_step_unscales_the_adapter_gradients_under_fp16_loss_scaling()
     before = adapter.detach().clone()
     ft.lora_lomo_step(lomo, adapters, loss_fn, Runtime("single", torch.device("cpu")))
     assert torch.allclose(before - adapter.detach(), expected, rtol=1e-3, atol=1e-6)
+
+
+def test_non_finite_weights_stop_the_run_before_evaluation_or_checkpoint(tmp_path):
+    """lr 1e10 without clipping turns the weights to inf/NaN while every loss is still finite:
+    the run stops after the epoch, before that epoch is evaluated or checkpointed."""
+    config = tiny_config(method="lomo", lr=1e10, clip_mode="none", epochs=2)
+    with pytest.raises(ft.NonFiniteWeightsError, match=r"after epoch 1 \(e\.g\. model\.") as error:
+        ft.finetune(config, tmp_path)
+    assert "last good checkpoint" not in str(error.value)
+    assert not (tmp_path / "metrics.json").exists()
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_gold_nll_and_health_flags_by_hand():
+    rows = [
+        {"gold": 0, "pred": 1, "scores": [-2.0, -1.0], "n_tokens": [2, 1]},
+        {"gold": 1, "pred": 1, "scores": [-3.0, -3.0], "n_tokens": [1, 3]},
+    ]
+    # sum scores: (2/2 + 3/3) / 2 = 1.0; mean scores: (2 + 3) / 2 = 2.5
+    assert ft.gold_nll(rows, "sum") == pytest.approx(1.0)
+    assert ft.gold_nll(rows, "mean") == pytest.approx(2.5)
+    assert ft.health_flags(rows) == [
+        "one class: 2 of 2 predictions are option 1",
+        "all options scored equal on 1 of 2 examples",
+    ]
+    rows[0]["pred"] = 0
+    rows[1]["scores"] = [-3.0, -2.0]
+    assert ft.health_flags(rows) == []
