@@ -135,6 +135,17 @@ class FinetuneConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.epochs < 0 or not 0 <= self.warmup_ratio < 1 or self.weight_decay < 0:
             raise ValueError("need epochs >= 0, 0 <= warmup_ratio < 1 and weight_decay >= 0")
+        if self.epochs == 0 and self.method != "zero-shot":
+            raise ValueError(f"epochs must be >= 1 for {self.method} (zero-shot only evaluates)")
+        for name in ("limit_train", "limit_eval"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (or unset), got {getattr(self, name)}")
+        for name in ("train_size", "test_size"):
+            size = getattr(self, name)
+            if size is not None and (size <= 0 or size >= 1 and not float(size).is_integer()):
+                raise ValueError(
+                    f"{name} must be a fraction in (0, 1) or a whole count, got {size}"
+                )
         if self.global_batch % self.micro_batch:
             raise ValueError(
                 f"global_batch {self.global_batch} is not a multiple of micro_batch "
@@ -167,18 +178,65 @@ class FinetuneConfig:
         return self.global_batch // self.micro_batch if fused and self.sequential_updates else 1
 
 
+BOOLEANS = {"true": True, "yes": True, "on": True, "1": True}
+BOOLEANS |= {"false": False, "no": False, "off": False, "0": False}
+
+
+def coerce(name: str, value: Any, kind: Any) -> Any:
+    """One config value as its field's type, from YAML, a flag or Snakemake's --config: "3e-2"
+    (which PyYAML reads as a string) is a number, "no" a boolean, "q_proj" a one-item list.
+    Anything else is an error naming the key."""
+    allowed = get_args(kind) or (kind,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ValueError(f"{name}: a value is required, got null")
+    if bool in allowed:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in BOOLEANS:
+            return BOOLEANS[value.lower()]
+        raise ValueError(f"{name}: expected true or false, got {value!r}")
+    if kind == list[str]:
+        items = value.replace(",", " ").split() if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ValueError(f"{name}: expected a list of names, got {value!r}")
+        return items
+    if int in allowed and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if number.is_integer():
+            return int(number)
+        raise ValueError(f"{name}: expected a whole number, got {value!r}")
+    if float in allowed and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected a number, got {value!r}") from None
+    if str in allowed and isinstance(value, str):
+        return value
+    raise ValueError(f"{name}: expected {kind}, got {value!r}")
+
+
 def load_config(path: str | None, overrides: dict[str, Any]) -> FinetuneConfig:
-    """YAML file (optional) then command-line overrides; unknown keys are an error."""
+    """YAML file (optional) then command-line overrides; every value is coerced to its key's
+    type and checked once; unknown keys are an error."""
     values: dict[str, Any] = {}
     if path:
         with open(path) as f:
             values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise ValueError(
+                f"{path}: expected a mapping of settings, got a {type(values).__name__}"
+            )
     values.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    unknown = sorted(set(values) - known)
+    types = {f.name: f.type for f in dataclasses.fields(FinetuneConfig)}
+    unknown = sorted(set(values) - set(types))
     if unknown:
-        raise ValueError(f"unknown config key(s) {unknown}; known: {', '.join(sorted(known))}")
-    config = FinetuneConfig(**values)
+        raise ValueError(f"unknown config key(s) {unknown}; known: {', '.join(sorted(types))}")
+    config = FinetuneConfig(**{k: coerce(k, v, types[k]) for k, v in values.items()})
     config.validate()
     return config
 

@@ -322,3 +322,45 @@ def test_gold_nll_and_health_flags_by_hand():
     rows[0]["pred"] = 0
     rows[1]["scores"] = [-3.0, -2.0]
     assert ft.health_flags(rows) == []
+
+
+def test_yaml_values_are_coerced_by_key(tmp_path):
+    path = tmp_path / "run.yaml"
+    # PyYAML reads 3e-2 as a string and "no" stays a string when quoted.
+    path.write_text('lr: 3e-2\nactivation_checkpointing: "no"\nlora_targets: q_proj\nepochs: "2"\n')
+    config = ft.load_config(str(path), {})
+    assert (config.lr, config.activation_checkpointing) == (0.03, False)
+    assert (config.lora_targets, config.epochs) == (["q_proj"], 2)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("lr: fast\n", "lr: expected a number, got 'fast'"),
+        ("activation_checkpointing: maybe\n", "activation_checkpointing: expected true or false"),
+        ("epochs: 2.5\n", "epochs: expected a whole number, got 2.5"),
+        ("epochs: 0\n", "epochs must be >= 1 for lomo"),
+        ("limit_train: 0\n", "limit_train must be >= 1"),
+        ("limit_train: -3\n", "limit_train must be >= 1"),
+        (
+            "protocol: val-split\ntrain_size: 8.9\n",
+            "train_size must be a fraction in \\(0, 1\\) or a whole",
+        ),
+        ("- lr: 0.1\n", "expected a mapping of settings, got a list"),
+        ("lora_targets: [1, 2]\n", "lora_targets: expected a list of names"),
+    ],
+)
+def test_bad_yaml_values_name_their_key_before_anything_loads(tmp_path, text, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        ft.load_config(str(path), {})
+
+
+def test_the_command_reports_a_config_error_in_one_line(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: fast\n")
+    with pytest.raises(SystemExit) as exit:
+        main(["finetune", "--config", str(path), "--out", str(tmp_path / "out")])
+    assert str(exit.value) == "lomo finetune: lr: expected a number, got 'fast'"
+    assert not (tmp_path / "out").exists()
