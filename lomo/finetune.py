@@ -15,22 +15,27 @@ same command resume after a kill, and is removed when the run has finished.
 
 import argparse
 import collections
+import contextlib
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import math
+import os
 import random
 import resource
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
 import torch
 import yaml
+from filelock import FileLock, Timeout
 from torch import nn
 from tqdm import tqdm
 
@@ -39,7 +44,7 @@ from lomo.evaluate import IGNORE_INDEX, encode_train_example, evaluate
 from lomo.models import load_tokenizer
 from lomo.optim import LOMO, AdaLomo, FusedOptimizer
 from lomo.runtime import Runtime
-from tasks.superglue import PROTOCOLS, get_task, get_template, prepare
+from tasks.superglue import PROTOCOLS, DataError, get_task, get_template, prepare
 from tasks.superglue.data import write_atomic
 
 METHODS = ("zero-shot", "lomo", "adalomo", "sgd", "adamw", "lora", "lora+lomo")
@@ -513,6 +518,68 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class RunFolderError(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def claim_folder(out: Path, config: FinetuneConfig, main: bool) -> Iterator[None]:
+    """Hold `out` for this run: a second run on it stops at once (an OS lock, released on exit
+    and after kill -9), and a folder with another config's finished results is refused, so a
+    folder never mixes two runs."""
+    if not main:
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        holder = (out / ".lock.pid").read_text().strip() if (out / ".lock.pid").exists() else "?"
+        raise RunFolderError(f"{out} is in use by another lomo finetune (pid {holder})") from None
+    try:
+        (out / ".lock.pid").write_text(f"{os.getpid()}\n")
+        if (out / "metrics.json").exists() and (out / "config.yaml").exists():
+            finished = yaml.safe_load((out / "config.yaml").read_text())
+            changed = sorted(
+                k for k, v in dataclasses.asdict(config).items() if finished.get(k) != v
+            )
+            if changed:
+                raise RunFolderError(
+                    f"{out} holds the finished results of another run (it differs in "
+                    f"{', '.join(changed)}): use another --out, or delete that folder"
+                )
+        yield
+    finally:
+        lock.release()
+
+
+def fingerprint(out: Path, config: FinetuneConfig) -> dict[str, Any]:
+    """What the run's inputs were: the selected examples (hashes of the data files written for
+    the run) and the model, so a resume can check that nothing changed under it."""
+    data = {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted((out / "data").glob("*.jsonl"))
+    }
+    return {"model": config.model, "data": data}
+
+
+def check_fingerprint(checkpoint: dict, now: dict, path: Path) -> None:
+    before = checkpoint.get("fingerprint", {})
+    changed = [
+        k
+        for k in sorted(set(before.get("data", {})) | set(now["data"]))
+        if before.get("data", {}).get(k) != now["data"].get(k)
+    ]
+    if before.get("model") != now["model"]:
+        changed.append("the model")
+    if changed:
+        raise RunFolderError(
+            f"the inputs changed since {path} was written ({', '.join(changed)} differ): restore "
+            "them, or delete the checkpoint to start over"
+        )
+
+
 def read_checkpoint(path: Path, config: FinetuneConfig) -> dict | None:
     """The last finished epoch's checkpoint of this run, if any."""
     if not path.exists():
@@ -609,6 +676,12 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
             f"micro_batch {config.micro_batch} is not a multiple of the {runtime.world} processes"
         )
     out = Path(out_dir)
+    with claim_folder(out, config, runtime.main):
+        return run(config, runtime, out, invoked)
+
+
+def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> dict[str, Any]:
+    """The run in a folder this process holds: data, model, training, evaluation, results."""
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / "checkpoint.pt"
     checkpoint = read_checkpoint(checkpoint_path, config)
@@ -636,6 +709,11 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
             test_size=split_size(config.test_size),
         )
         tokenizer = load_tokenizer(config.model)
+    inputs = fingerprint(out, config)
+    if checkpoint is not None:
+        check_fingerprint(checkpoint, inputs, checkpoint_path)
+    if runtime.main:
+        write_atomic(out / "fingerprint.json", json.dumps(inputs, indent=1) + "\n")
     train_examples = data.train[: config.limit_train]
     eval_sets = {"eval": data.eval[: config.limit_eval]}
     if data.dev is not None:
@@ -723,6 +801,7 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
         run["predictions"][epoch] = predictions
         state = {
             "config": dataclasses.asdict(config),
+            "fingerprint": inputs,
             "schedulers": [s.state_dict() for s in schedulers],
             "rng": rng_state(),
             **run,
@@ -824,6 +903,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", help="YAML file with any of the keys below")
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--debug", action="store_true", help="tracebacks for anticipated errors")
     defaults = FinetuneConfig()
     for f in dataclasses.fields(FinetuneConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -848,5 +928,10 @@ def main(args: argparse.Namespace) -> None:
         sys.exit(f"lomo finetune: {error}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    metrics = finetune(config, args.out)
+    try:
+        metrics = finetune(config, args.out)
+    except (RunFolderError, DataError, FloatingPointError, FileNotFoundError) as error:
+        if args.debug:
+            raise
+        sys.exit(f"lomo finetune: {error}")  # anticipated: one line; --debug for the traceback
     print(json.dumps({"reported": metrics["reported"], "selection": metrics["selection"]}))

@@ -364,3 +364,55 @@ def test_the_command_reports_a_config_error_in_one_line(tmp_path, capsys):
         main(["finetune", "--config", str(path), "--out", str(tmp_path / "out")])
     assert str(exit.value) == "lomo finetune: lr: expected a number, got 'fast'"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_second_run_on_a_held_folder_stops_naming_the_holder(tmp_path):
+    from filelock import FileLock
+
+    holder = FileLock(tmp_path / ".lock")
+    holder.acquire()
+    (tmp_path / ".lock.pid").write_text("4242\n")
+    try:
+        with pytest.raises(
+            ft.RunFolderError, match=r"in use by another lomo finetune \(pid 4242\)"
+        ):
+            ft.finetune(tiny_config(method="zero-shot"), tmp_path)
+    finally:
+        holder.release()
+
+
+def test_a_folder_with_another_runs_results_is_refused(tmp_path):
+    ft.finetune(tiny_config(method="zero-shot"), tmp_path)
+    before = (tmp_path / "metrics.json").read_bytes()
+    with pytest.raises(ft.RunFolderError, match="differs in epochs, method"):
+        ft.finetune(tiny_config(method="lomo", epochs=1), tmp_path)
+    assert (tmp_path / "metrics.json").read_bytes() == before
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["method"] == "zero-shot"
+    ft.finetune(tiny_config(method="zero-shot"), tmp_path)  # the same run again is fine
+
+
+def test_resume_on_changed_data_names_what_changed(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    for task in ("RTE",):
+        (data / task).mkdir(parents=True)
+        for name in ("train.jsonl", "val.jsonl"):
+            (data / task / name).write_text((DATA / task / name).read_text())
+    config = tiny_config(method="lomo", epochs=2, data_dir=str(data))
+    real_step = ft.train_step
+
+    def dies_in_epoch_2(*args):
+        if args[5] == 3:
+            raise Killed
+        return real_step(*args)
+
+    monkeypatch.setattr(ft, "train_step", dies_in_epoch_2)
+    with pytest.raises(Killed):
+        ft.finetune(config, tmp_path / "run")
+    monkeypatch.setattr(ft, "train_step", real_step)
+    rows = (data / "RTE" / "val.jsonl").read_text().splitlines()
+    (data / "RTE" / "val.jsonl").write_text("\n".join(rows[1:] + rows[:1]) + "\n")  # reordered
+    with pytest.raises(
+        ft.RunFolderError, match=r"inputs changed since .*checkpoint.pt was written \(eval.jsonl"
+    ):
+        ft.finetune(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.json").exists()
