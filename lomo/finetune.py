@@ -522,6 +522,10 @@ class RunFolderError(RuntimeError):
     pass
 
 
+RUN_FILES = ("checkpoint.pt", "config.yaml", "metrics.json", "train_log.csv", "predictions.jsonl")
+RUN_FILES += ("resources.json", "fingerprint.json")
+
+
 @contextlib.contextmanager
 def claim_folder(out: Path, config: FinetuneConfig, main: bool) -> Iterator[None]:
     """Hold `out` for this run: a second run on it stops at once (an OS lock, released on exit
@@ -530,6 +534,8 @@ def claim_folder(out: Path, config: FinetuneConfig, main: bool) -> Iterator[None
     if not main:
         yield
         return
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {out} is a file; give a folder for the run")
     out.mkdir(parents=True, exist_ok=True)
     lock = FileLock(out / ".lock")
     try:
@@ -539,6 +545,10 @@ def claim_folder(out: Path, config: FinetuneConfig, main: bool) -> Iterator[None
         raise RunFolderError(f"{out} is in use by another lomo finetune (pid {holder})") from None
     try:
         (out / ".lock.pid").write_text(f"{os.getpid()}\n")
+        for stale in out.glob(".*.*-*"):  # write_atomic's temp files of an interrupted run
+            base = stale.name[1:].split("-")[0]
+            if stale.is_file() and (base in RUN_FILES or base.startswith("checkpoint.")):
+                stale.unlink()
         if (out / "metrics.json").exists() and (out / "config.yaml").exists():
             finished = yaml.safe_load((out / "config.yaml").read_text())
             changed = sorted(
@@ -584,7 +594,12 @@ def read_checkpoint(path: Path, config: FinetuneConfig) -> dict | None:
     """The last finished epoch's checkpoint of this run, if any."""
     if not path.exists():
         return None
-    checkpoint = torch.load(path, weights_only=False)
+    try:
+        checkpoint = torch.load(path, weights_only=False)
+    except Exception as error:  # truncated, empty, garbage: torch/pickle raise many kinds
+        raise RunFolderError(
+            f"{path} cannot be read ({type(error).__name__}): delete it to start the run over"
+        ) from error
     if checkpoint["config"] != dataclasses.asdict(config):
         raise ValueError(
             f"{path} was written by a different config; delete it (or use another output "

@@ -416,3 +416,29 @@ def test_resume_on_changed_data_names_what_changed(tmp_path, monkeypatch):
     ):
         ft.finetune(config, tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"PK\x03\x04truncated"])
+def test_an_unreadable_checkpoint_is_named_with_what_to_do(tmp_path, content):
+    (tmp_path / "checkpoint.pt").write_bytes(content)
+    with pytest.raises(ft.RunFolderError, match=r"checkpoint.pt cannot be read .*delete it"):
+        ft.finetune(tiny_config(method="lomo", epochs=1), tmp_path)
+
+
+def test_out_is_a_file_and_stale_temp_files_go(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ft.RunFolderError, match="is a file; give a folder"):
+        ft.finetune(tiny_config(method="zero-shot"), tmp_path / "file")
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = [
+        run / ".checkpoint.pt-k2j3h4",
+        run / ".checkpoint.rank1.epoch2.pt-abc1",
+        run / ".metrics.json-q",
+    ]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    (run / "notes.txt").write_text("mine")
+    ft.finetune(tiny_config(method="zero-shot"), run)
+    assert not any(path.exists() for path in stale)
+    assert (run / "notes.txt").exists()
