@@ -103,6 +103,51 @@ def test_hessian_top_eigenvalue_matches_full_hessian():
     assert len(result["history"]) == 300
 
 
+@pytest.mark.parametrize(
+    ("clip", "expected"),
+    [
+        # L = (2 x^2 + 4 y^2) / 2 at (1, 1): L0 = 3, g = (2, 4), |g|^2 = 20, g.A.g = 72.
+        # lr 0.1 clipped to norm 1: scale = 0.1 / sqrt(20), d = -scale g, |d| = 0.1,
+        # g.d = -scale 20 = -0.447214, d.A.d = scale^2 72 = 0.036, L(+d) = 3 - 0.447214 + 0.018.
+        (
+            1.0,
+            {
+                "first_order": -0.447214,
+                "curvature": 0.036,
+                "curvature_ratio": 0.040249,
+                "loss_step": 2.570786,
+                "step_norm": 0.1,
+            },
+        ),
+        # unclipped: d = -(0.2, 0.4), L(0.8, 0.6) = (1.28 + 1.44) / 2, g.d = -2, d.A.d = 0.72
+        (
+            100.0,
+            {
+                "first_order": -2.0,
+                "curvature": 0.72,
+                "curvature_ratio": 0.18,
+                "loss_step": 1.36,
+                "step_norm": math.sqrt(0.2),
+            },
+        ),
+    ],
+)
+def test_sgd_step_losses_on_a_quadratic_by_hand(clip, expected):
+    theta = nn.Parameter(torch.tensor([1.0, 1.0], dtype=torch.float64))
+    curvatures = torch.tensor([2.0, 4.0], dtype=torch.float64)
+
+    def loss():
+        return 0.5 * (curvatures * theta**2).sum()
+
+    (row,) = sc.sgd_step_losses([theta], loss, [0.1], clip_norm=clip, seed=0)
+    assert torch.equal(theta.detach(), torch.tensor([1.0, 1.0], dtype=torch.float64))
+    assert row["loss_start"] == pytest.approx(3.0)
+    for key, value in expected.items():
+        assert row[key] == pytest.approx(value, abs=1e-6), key
+    # a random direction of the same norm: its curvature r.A.r lies in [2, 4] |r|^2
+    assert 2 * row["step_norm"] ** 2 <= row["random_curvature"] <= 4 * row["step_norm"] ** 2 + 1e-12
+
+
 def test_random_directions_have_the_given_relative_norm():
     # At the minimum of sum |theta - theta*|^2 the loss change is exactly |d|^2, and
     # |d_p| = epsilon |theta*_p| for each tensor, so delta = epsilon^2 |theta*|^2.
@@ -204,6 +249,7 @@ def test_cli_writes_every_section(tmp_path):
     assert model["model"] == "tiny-llama" and not model["pretrained"]
     assert len(model["implicit_batch"]) == 2 * 2
     assert len(model["smoothness"]) == 2
+    assert [row["lr"] for row in model["sgd_steps"]] == [0.001, 0.01]
     assert len(model["hessian"]["history"]) == 3
     (distance,) = result["distance"]
     assert distance["method"] == "lomo" and distance["epochs"] == 1
