@@ -25,6 +25,7 @@ PAIRED_CELLS = ["both", "a_only", "b_only", "neither"]
 # the evaluation set (`lomo finetune --protocol paper`), the official LOMO prompts.
 PAPER_PROTOCOL = "paper"
 PAPER_TEMPLATE = "lomo"
+PAPER_LORA_R = 2  # Table 3's LoRA rank
 FIGURE3_MODEL, FIGURE3_HF_MODEL = "LLaMA-13B", "huggyllama/llama-13b"
 FIGURE3_METHODS = {"lora": "LoRA", "lora+lomo": "LoRA+LOMO", "lomo": "LOMO"}  # ours: paper's
 
@@ -75,6 +76,14 @@ def correctness(run_dir: str | Path) -> dict[str, bool]:
     lines = (Path(run_dir) / "predictions.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     return {json.dumps(r["idx"], sort_keys=True): r["pred"] == r["gold"] for r in records}
+
+
+def one_lora_rank(runs: pd.DataFrame, rank: int = PAPER_LORA_R) -> pd.DataFrame:
+    """`runs` with one LoRA rank per (model, method, task, seed, protocol, template): where a
+    cell holds several ranks (Figure 3's sweep), only the paper's Table 3 rank `rank`."""
+    cell = ["model", "method", "task", "seed", "protocol", "template"]
+    ranks = runs.groupby(cell, dropna=False).lora_r.transform("nunique")
+    return runs[(ranks <= 1) | (runs.lora_r == rank)]
 
 
 def paired_counts(runs: pd.DataFrame, model: str, method_a: str, method_b: str) -> pd.DataFrame:

@@ -90,6 +90,8 @@ def load_examples(
 
 
 def loss_closure(model: nn.Module, batch: dict[str, Tensor]) -> Closure:
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
     return lambda: model(**batch).loss
 
 
@@ -177,7 +179,7 @@ def random_direction_losses(
             for epsilon in epsilons:
                 generator = torch.Generator().manual_seed(seed * 1000 + direction)
                 for p, p0 in zip(params, start, strict=True):
-                    d = torch.randn(p0.shape, generator=generator, dtype=p0.dtype)
+                    d = torch.randn(p0.shape, generator=generator, dtype=p0.dtype).to(p0.device)
                     p.copy_(p0 + d * (epsilon * p0.norm() / d.norm()))
                 loss = loss_fn().item()
                 rows.append(
@@ -220,7 +222,10 @@ def sgd_step_losses(
             step = [-scale * g for g in grad]
             step_norm = scale * grad_norm
             generator = torch.Generator().manual_seed(seed)
-            noise = [torch.randn(p0.shape, generator=generator, dtype=p0.dtype) for p0 in start]
+            noise = [
+                torch.randn(p0.shape, generator=generator, dtype=p0.dtype).to(p0.device)
+                for p0 in start
+            ]
             # per tensor |r_p| = (|d| / |theta|) |theta_p|, so |r| = |d|
             random = [
                 r * (step_norm / param_norm * p0.norm() / r.norm())
@@ -260,7 +265,8 @@ def hessian_top_eigenvalue(
     """The Hessian eigenvalue of largest magnitude, by power iteration on exact
     Hessian-vector products (double backward); the estimate is the Rayleigh quotient v.Hv."""
     generator = torch.Generator().manual_seed(seed)
-    v = [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in params]
+    # drawn on the CPU generator, so a CUDA run starts from the same vector
+    v = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params]
     scale = norm(v)
     v = [x / scale for x in v]
     with torch.enable_grad():
@@ -335,7 +341,7 @@ def distance_travelled(run_dir: str | Path) -> dict:
 
 def measure_model(spec: str, args: argparse.Namespace) -> dict:
     name = spec.removesuffix(RANDOM_SUFFIX)
-    model = load_subject(spec, seed=args.seed)
+    model = load_subject(spec, seed=args.seed).to(args.device)
     model.eval()  # no dropout: the losses are deterministic functions of the weights
     params = trainable(model)
     tokenizer = load_tokenizer(name)
@@ -419,6 +425,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="fine-tuning run folders (with config.yaml) to rerun for the distance travelled",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the paper's models")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.set_defaults(func=run)
