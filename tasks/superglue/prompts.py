@@ -264,6 +264,16 @@ def lmeval_wsc(ex: dict, t: Template) -> tuple[str, list[str]]:
 
 
 TemplateFn = Callable[[dict, Template], tuple[str, list[str]]]
+LMEVAL: dict[str, TemplateFn] = {
+    "boolq": lmeval_boolq,
+    "cb": lmeval_cb,
+    "copa": lmeval_copa,
+    "multirc": lmeval_multirc,
+    "record": lmeval_record,
+    "rte": lmeval_rte,
+    "wic": lmeval_wic,
+    "wsc": lmeval_wsc,
+}
 TEMPLATES: dict[str, dict[str, TemplateFn]] = {
     "lomo": {
         "boolq": lomo_boolq,
@@ -285,26 +295,8 @@ TEMPLATES: dict[str, dict[str, TemplateFn]] = {
         "wic": mezo_wic,
         "wsc": mezo_wsc,
     },
-    "lm-eval": {
-        "boolq": lmeval_boolq,
-        "cb": lmeval_cb,
-        "copa": lmeval_copa,
-        "multirc": lmeval_multirc,
-        "record": lmeval_record,
-        "rte": lmeval_rte,
-        "wic": lmeval_wic,
-        "wsc": lmeval_wsc,
-    },
-    "lm-eval-clean": {
-        "boolq": lmeval_boolq,
-        "cb": lmeval_cb,
-        "copa": lmeval_copa,
-        "multirc": lmeval_multirc,
-        "record": lmeval_record,
-        "rte": lmeval_rte,
-        "wic": lmeval_wic,
-        "wsc": lmeval_wsc,
-    },
+    "lm-eval": LMEVAL,
+    "lm-eval-clean": LMEVAL,  # the functions tell the two apart by the template name
 }
 
 
