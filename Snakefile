@@ -4,6 +4,7 @@ memory and throughput, compare everything with the paper and run the analysis no
     snakemake --cores all                               # laptop profile (config/config.yaml)
     snakemake --cores all --configfile config/ci.yaml   # tiny end-to-end check
     snakemake --profile profiles/slurm --configfile config/paper.yaml
+    snakemake --cores all --configfile config/rehearsal.yaml   # the paper path on CPU ranks
     snakemake memory | throughput                       # only Tables 1 / 2
 
 Rules only orchestrate: each calls one `lomo` command or runs one notebook. Outputs live under
@@ -11,7 +12,12 @@ results/{profile}/ with every wildcard in the path, so `snakemake <path>` rebuil
 """
 
 
-configfile: "config/config.yaml"
+# A --configfile replaces the default profile instead of being merged into it, so no setting
+# of one profile leaks into another (Snakemake would merge them key by key).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
 
 
 report: "workflow/report/workflow.rst"

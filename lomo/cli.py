@@ -17,13 +17,17 @@ from lomo import (
 )
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lomo", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     modules = (demo, bench, finetune, evaluate, models, report, memory, throughput)
     for module in (*modules, sgd_claims, notebook, readme_results):
         module.add_parser(subparsers)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     args.func(args)
 
 

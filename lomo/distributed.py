@@ -115,7 +115,8 @@ class ZeRO3Sync(GradSync):
                 f"(deepspeed.initialize(model=..., config=...)); got {type(engine.optimizer)}"
             )
         self.offload = engine.optimizer
-        self.params = list(engine.module.parameters())
+        # Partitioned parameters only: LoRA adapters added after partitioning stay replicated.
+        self.params = [p for p in engine.module.parameters() if hasattr(p, "ds_tensor")]
         groups = {p.ds_process_group for p in self.params}
         if len(groups) != 1:
             raise ValueError("all parameters must be partitioned over one process group")
@@ -307,17 +308,6 @@ def load_partitions(model: nn.Module, folder: Path) -> None:
             full = f.get_tensor(name)
         start, end = ZeRO3Sync._range(param)
         param.ds_tensor[: end - start].copy_(full.reshape(-1)[start:end])
-
-
-def partition_state(model: nn.Module) -> dict[str, Tensor]:
-    """This rank's partitions, for a checkpoint (resume needs the same number of ranks)."""
-    return {name: p.ds_tensor.detach().cpu().clone() for name, p in model.named_parameters()}
-
-
-def load_partition_state(model: nn.Module, state: dict[str, Tensor]) -> None:
-    for name, param in model.named_parameters():
-        param.ds_tensor.copy_(state[name])
-        refresh_persistent(param)
 
 
 def gather_state_dict(model: nn.Module) -> dict[str, Tensor] | None:

@@ -1,12 +1,12 @@
-"""`lomo finetune`: train one (model, method, task, seed) on one process, evaluate every epoch.
+"""`lomo finetune`: train one (model, method, task, seed) and evaluate it every epoch.
 
 Methods: zero-shot (evaluation only), lomo, adalomo (fused updates, no gradients kept),
 sgd, adamw (torch optimizers, standard backward, gradient accumulation), lora (peft adapters
 trained with AdamW) and lora+lomo (adapters by AdamW, base weights by LOMO, in one backward).
 
-lomo and adalomo also run data-parallel on several processes (launched by torchrun): with
-`--deepspeed CONFIG` (ZeRO-3) each rank holds a partition of the weights, without it each rank
-holds the whole model; see README, "Multi-GPU and multi-node".
+One process, or several launched by torchrun: with `--deepspeed CONFIG` (ZeRO-3) each rank
+holds a partition of the weights, without it each rank holds the whole model (lomo.runtime
+says which method runs where); see README, "Multi-GPU and multi-node".
 
 The run folder gets config.yaml (resolved), train_log.csv, metrics.json and the reported
 epoch's predictions.jsonl, each written atomically; checkpoint.pt after every epoch lets the
@@ -35,8 +35,9 @@ from tqdm import tqdm
 
 from lomo import distributed
 from lomo.evaluate import IGNORE_INDEX, encode_train_example, evaluate
-from lomo.models import load_model, load_tokenizer
+from lomo.models import load_tokenizer
 from lomo.optim import LOMO, AdaLomo, FusedOptimizer
+from lomo.runtime import Runtime
 from tasks.superglue import PROTOCOLS, get_task, get_template, prepare
 from tasks.superglue.data import write_atomic
 
@@ -68,6 +69,10 @@ class FinetuneConfig:
     source: str = "local"
     data_dir: str | None = None
     protocol: str = "paper"
+    # paper: sample sizes of train and eval (random.seed(0)); heldout: train / dev / test rows
+    num_train: int = 1000
+    num_dev: int = 500
+    num_eval: int = 1000
     train_size: float = 0.5  # val-split only: count (>= 1) or fraction of validation
     test_size: float | None = None  # val-split only: default = the rest
     template: str = "lomo"
@@ -94,6 +99,7 @@ class FinetuneConfig:
     lora_dropout: float = 0.05
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     lora_lr: float = 5e-4
+    adam_eps: float = 1e-8  # AdamW (adamw, lora, lora+lomo); the official LoRA path used 1e-6
     # evaluation
     eval_batch: int = 16
     reduction: str = "sum"
@@ -118,6 +124,10 @@ class FinetuneConfig:
             "max_length",
             "clip_value",
             "lora_r",
+            "adam_eps",
+            "num_train",
+            "num_dev",
+            "num_eval",
         )
         for name in positive:
             if not getattr(self, name) > 0:
@@ -143,13 +153,11 @@ class FinetuneConfig:
                 "slow; use bf16 or fp32 on CPU"
             )
 
-        if (self.deepspeed or distributed.launched_distributed()) and (
-            self.method not in FUSED_METHODS or self.sequential_updates
-        ):
+        if self.deepspeed and self.method in ("sgd", "adamw"):
             raise ValueError(
-                f"several processes or --deepspeed: only {' and '.join(FUSED_METHODS)} with one "
-                f"update per global batch are supported, not {self.method}"
-                + (" with sequential_updates" if self.sequential_updates else "")
+                f"--deepspeed (ZeRO-3) runs zero-shot, lomo, adalomo, lora and lora+lomo, not "
+                f"{self.method}: it would need DeepSpeed's optimizer and its fp32 states; run "
+                "it in one process or data-parallel (torchrun without --deepspeed)"
             )
 
     @property
@@ -208,9 +216,12 @@ def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for name, p in model.named_parameters() if "lora_" in name]
 
 
-def build_model(config: FinetuneConfig, device: torch.device) -> nn.Module:
-    model = load_model(config.model, DTYPES[config.dtype], config.attn_implementation)
-    model.to(device)
+def build_model(config: FinetuneConfig, runtime: Runtime) -> nn.Module:
+    """The base model placed by the runtime, then activation checkpointing and LoRA adapters.
+    Under ZeRO-3 the adapters are added after partitioning, so they stay replicated."""
+    model = runtime.load_model(
+        config.model, DTYPES[config.dtype], config.attn_implementation, config.global_batch
+    )
     if config.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.method in ("lora", "lora+lomo"):
@@ -243,6 +254,7 @@ def build_optimizers(
     """The optimizers of a method; for lora+lomo, [LOMO on the base, AdamW on the adapters].
     `sync`: how lomo and adalomo average gradients over processes (lomo.distributed)."""
     method = config.method
+    adamw = dict(weight_decay=config.weight_decay, eps=config.adam_eps)
     if method in FUSED_METHODS:
         cls = LOMO if method == "lomo" else AdaLomo
         kwargs = dict(lr=config.lr, weight_decay=config.weight_decay, **clip_kwargs(config))
@@ -250,21 +262,21 @@ def build_optimizers(
     if method == "sgd":
         return [torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)]
     if method == "adamw":
-        return [
-            torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        ]
+        return [torch.optim.AdamW(model.parameters(), lr=config.lr, **adamw)]
     if method == "lora":
         trainable = [p for p in model.parameters() if p.requires_grad]
-        return [torch.optim.AdamW(trainable, lr=config.lora_lr, weight_decay=config.weight_decay)]
+        return [torch.optim.AdamW(trainable, lr=config.lora_lr, **adamw)]
     # lora+lomo: LOMO must hook the base weights only, so the adapters are frozen while it
     # registers its hooks; their gradients then accumulate normally for AdamW.
     adapters = lora_parameters(model)
     for p in adapters:
         p.requires_grad_(False)
-    base = LOMO(model, lr=config.lr, weight_decay=config.weight_decay, **clip_kwargs(config))
+    base = LOMO(
+        model, lr=config.lr, weight_decay=config.weight_decay, sync=sync, **clip_kwargs(config)
+    )
     for p in adapters:
         p.requires_grad_(True)
-    return [base, torch.optim.AdamW(adapters, lr=config.lora_lr)]
+    return [base, torch.optim.AdamW(adapters, lr=config.lora_lr, **adamw)]
 
 
 def warmup_then_linear(total_steps: int, warmup_ratio: float):
@@ -291,8 +303,12 @@ def check_finite(loss: torch.Tensor, step: int) -> torch.Tensor:
     return loss
 
 
-def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device):
-    return model(**{k: v.to(device) for k, v in batch.items()}).loss
+def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(**batch).loss
+
+
+def trainable_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def train_step(
@@ -300,30 +316,22 @@ def train_step(
     model: nn.Module,
     optimizers: list[torch.optim.Optimizer],
     micro_batches: list[dict[str, torch.Tensor]],
-    device: torch.device,
+    weights: list[float],
     step: int,
-    loss_weight: float = 1.0,
+    runtime: Runtime,
 ) -> dict[str, float]:
-    """One update (one optimizer step) on `micro_batches`; returns loss and grad norm.
-    `loss_weight` scales a fused method's loss (this rank's share of a data-parallel batch)."""
+    """One update on this rank's `micro_batches` (each mean loss scaled by its weight, see
+    Runtime.loss_weights); returns this rank's weighted loss, the grad norm and loss scale."""
     first = optimizers[0]
     if isinstance(first, FusedOptimizer):
-        (batch,) = micro_batches
+        (batch,), (weight,) = micro_batches, weights
 
         def closure() -> torch.Tensor:
             # Checked before any backward: a non-finite loss never reaches the weights.
-            return check_finite(batch_loss(model, batch, device), step) * loss_weight
+            return check_finite(batch_loss(model, batch), step) * weight
 
         if config.method == "lora+lomo":
-            adapters = optimizers[1]
-            loss = closure()
-            if first.norm_pass_required:
-                first.grad_norm(loss)
-                adapters.zero_grad(set_to_none=True)  # the norm pass's adapter gradients
-            first.fused_backward(loss)
-            if not first.overflow:
-                adapters.step()
-            adapters.zero_grad(set_to_none=True)
+            loss = lora_lomo_step(first, optimizers[1], closure, runtime)
         else:
             loss = first.step(closure)
         norm = first.last_grad_norm
@@ -332,15 +340,15 @@ def train_step(
             "grad_norm": norm.item() if norm is not None else float("nan"),
             "loss_scale": first.loss_scale,
         }
-    # Standard backward with accumulation: weight each micro batch by its share of the
-    # trained tokens, so the accumulated gradient is that of the global batch's mean loss.
-    tokens = [int((b["labels"] != IGNORE_INDEX).sum()) for b in micro_batches]
+    # Standard backward with accumulation over the micro batches.
     total_loss = 0.0
-    for batch, n in zip(micro_batches, tokens, strict=True):
-        loss = check_finite(batch_loss(model, batch, device), step) * (n / sum(tokens))
+    for batch, weight in zip(micro_batches, weights, strict=True):
+        loss = check_finite(batch_loss(model, batch), step) * weight
         loss.backward()
+        runtime.end_of_backward()
         total_loss += loss.item()
-    params = [p for group in first.param_groups for p in group["params"]]
+    params = trainable_parameters(first)
+    runtime.average_gradients(params)
     if config.clip_mode == "norm":
         norm = torch.nn.utils.clip_grad_norm_(params, config.clip_value)
     else:
@@ -350,6 +358,37 @@ def train_step(
     first.step()
     first.zero_grad(set_to_none=True)
     return {"loss": total_loss, "grad_norm": norm.item(), "loss_scale": 1.0}
+
+
+def lora_lomo_step(
+    base: FusedOptimizer, adapters: torch.optim.Optimizer, closure, runtime: Runtime
+) -> torch.Tensor:
+    """LOMO updates the base weights inside backward while the adapters' gradients accumulate
+    for AdamW; the norm pass (clipping, fp16) must not leave adapter gradients behind, and
+    under fp16 loss scaling the adapters' gradients are unscaled before AdamW. Where a
+    graph cannot be backpropagated twice (ZeRO-3) the update pass runs its own forward, with
+    the norm pass's random state (dropout masks)."""
+    fresh_forward = base.norm_pass_required and base.sync.fresh_forward_per_pass
+    state = rng_state() if fresh_forward else None
+    loss = closure()
+    if base.norm_pass_required:
+        base.grad_norm(loss, retain_graph=not fresh_forward)
+        adapters.zero_grad(set_to_none=True)
+        if fresh_forward and not base.overflow:
+            set_rng_state(state)
+            loss = closure()
+    scale = base.loss_scale  # fp16: the adapters' gradients come scaled by it, as LOMO's do
+    base.fused_backward(loss)
+    if not base.overflow:
+        params = trainable_parameters(adapters)
+        runtime.average_gradients(params)
+        if scale != 1.0:
+            for param in params:
+                if param.grad is not None:
+                    param.grad.div_(scale)
+        adapters.step()
+    adapters.zero_grad(set_to_none=True)
+    return loss
 
 
 # --- bookkeeping -----------------------------------------------------------------------------
@@ -395,190 +434,152 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def read_checkpoint(path: Path, config: FinetuneConfig) -> dict | None:
+    """The last finished epoch's checkpoint of this run, if any."""
+    if not path.exists():
+        return None
+    checkpoint = torch.load(path, weights_only=False)
+    if checkpoint["config"] != dataclasses.asdict(config):
+        raise ValueError(
+            f"{path} was written by a different config; delete it (or use another output "
+            "folder) to start over"
+        )
+    return checkpoint
+
+
 # --- the run ---------------------------------------------------------------------------------
 
 
 def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
     invoked = time.perf_counter()
     config.validate()
+    runtime = Runtime.start(config.deepspeed)
+    if config.micro_batch % runtime.world:
+        raise ValueError(
+            f"micro_batch {config.micro_batch} is not a multiple of the {runtime.world} processes"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    parallel = config.deepspeed is not None or distributed.launched_distributed()
-    if parallel:
-        device = distributed.init_process_group()
-    else:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rank, world = distributed.rank(), distributed.world_size()
-    main = rank == 0  # the rank that writes the run folder
-    config_yaml = yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
     checkpoint_path = out / "checkpoint.pt"
-    checkpoint = None
-    if checkpoint_path.exists():
-        checkpoint = torch.load(checkpoint_path, weights_only=False)
-        if checkpoint["config"] != dataclasses.asdict(config):
-            raise ValueError(
-                f"{checkpoint_path} was written by a different config; delete it (or use "
-                "another output folder) to start over"
-            )
-        if checkpoint.get("world_size", 1) != world:
-            raise ValueError(
-                f"{checkpoint_path} was written by {checkpoint.get('world_size', 1)} processes; "
-                f"resume with the same number, not {world}"
-            )
-    if main:
-        write_atomic(out / "config.yaml", config_yaml)
+    checkpoint = read_checkpoint(checkpoint_path, config)
+    if runtime.main:
+        write_atomic(
+            out / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
+        )
 
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     task = get_task(config.task)
     template = get_template(config.template)
-    if not main:
-        distributed.barrier()  # rank 0 prepares the data folder first, the others then read it
-    data = prepare(
-        config.task,
-        config.protocol,
-        config.source,
-        config.data_dir,
-        out / "data",
-        seed=0 if config.protocol == "paper" else config.seed,
-        train_size=split_size(config.train_size),
-        test_size=split_size(config.test_size),
-    )
-    if main:
-        distributed.barrier()
+    with runtime.main_first():  # rank 0 writes the data folder (and fetches), the others read it
+        data = prepare(
+            config.task,
+            config.protocol,
+            config.source,
+            config.data_dir,
+            out / "data",
+            seed=0 if config.protocol == "paper" else config.seed,
+            num_train=config.num_train,
+            num_dev=config.num_dev,
+            num_eval=config.num_eval,
+            train_size=split_size(config.train_size),
+            test_size=split_size(config.test_size),
+        )
+        tokenizer = load_tokenizer(config.model)
     train_examples = data.train[: config.limit_train]
     eval_sets = {"eval": data.eval[: config.limit_eval]}
     if data.dev is not None:
         eval_sets["dev"] = data.dev[: config.limit_eval]
-
-    tokenizer = load_tokenizer(config.model)
-    sync: distributed.GradSync | None = None
-    if config.deepspeed:
-        model, engine = distributed.zero3_model(
-            config.model,
-            DTYPES[config.dtype],
-            config.attn_implementation,
-            deepspeed_config(config.deepspeed, config.global_batch, world),
-        )
-        if config.activation_checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-        sync = distributed.ZeRO3Sync(engine)
-    else:
-        model = build_model(config, device)
-        if parallel:
-            distributed.broadcast_parameters(model)
-            sync = distributed.ReplicatedSync()
-    encoded = [
-        encode_train_example(task, ex, template, tokenizer, config.max_length)
-        for ex in train_examples
-    ]
+    model = build_model(config, runtime)
 
     def run_eval(epoch: int) -> tuple[dict, dict]:
         scores, predictions = {}, {}
         for name, examples in eval_sets.items():
 
-            def evaluate_on(examples: list[dict]) -> tuple[dict, list[dict]]:
+            def score(shard: list[dict]) -> list[dict]:
                 return evaluate(
                     model,
                     tokenizer,
                     task,
-                    examples,
+                    shard,
                     template,
                     config.eval_batch,
                     config.reduction,
                     config.max_length,
-                    progress=main,
-                )
+                    progress=runtime.main,
+                )[1]
 
-            if parallel:
-                metrics, rows = distributed.evaluate_sharded(
-                    model,
-                    examples,
-                    lambda shard: evaluate_on(shard)[1],
-                    task.metrics,
-                    zero3=config.deepspeed is not None,
-                )
-            else:
-                metrics, rows = evaluate_on(examples)
-            scores[name], predictions[name] = metrics, rows
-            if main:
-                print(f"epoch {epoch} {name}: {json.dumps(metrics)}", flush=True)
+            scores[name], predictions[name] = runtime.evaluate(model, examples, score, task.metrics)
+            if runtime.main:
+                print(f"epoch {epoch} {name}: {json.dumps(scores[name])}", flush=True)
         return {"epoch": epoch, **scores}, predictions
 
-    per_epoch: list[dict] = []
-    predictions_by_epoch: dict[int, dict] = {}
-    log_rows: list[dict] = []
-    start_epoch = 1
     if config.method == "zero-shot":
         scores, predictions = run_eval(0)
-        per_epoch.append(scores)
-        predictions_by_epoch[0] = predictions
-        optimizers: list[torch.optim.Optimizer] = []
-        epochs = 0
-    else:
-        epochs = config.epochs
-        optimizers = build_optimizers(config, model, sync)
-        micro_per_update = config.global_batch // config.micro_batch // config.updates_per_batch
-        batch_per_update = config.micro_batch * micro_per_update
-        updates_per_epoch = math.ceil(len(encoded) / batch_per_update)
-        factor = warmup_then_linear(epochs * updates_per_epoch, config.warmup_ratio)
-        schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers]
-        if checkpoint is not None:
-            if config.deepspeed:
-                partitions = torch.load(rank_checkpoint(out, rank, checkpoint["epoch"]))
-                distributed.load_partition_state(model, partitions)
-            else:
-                model.load_state_dict(checkpoint["model"])
-            for opt, state in zip(optimizers, checkpoint["optimizers"], strict=True):
-                opt.load_state_dict(state)
-            for scheduler, state in zip(schedulers, checkpoint["schedulers"], strict=True):
-                scheduler.load_state_dict(state)
-            set_rng_state(checkpoint["rng"])
-            per_epoch, log_rows = checkpoint["per_epoch"], checkpoint["log"]
-            predictions_by_epoch = checkpoint["predictions"]
-            start_epoch = checkpoint["epoch"] + 1
-            if main:
-                print(f"resuming from {checkpoint_path} after epoch {checkpoint['epoch']}")
+        run = {"per_epoch": [scores], "predictions": {0: predictions}, "log": []}
+        return finish(config, runtime, model, tokenizer, out, run, len(train_examples), invoked)
+
+    encoded = [
+        encode_train_example(task, ex, template, tokenizer, config.max_length)
+        for ex in train_examples
+    ]
+    optimizers = build_optimizers(config, model, runtime.sync)
+    batch_per_update = config.global_batch // config.updates_per_batch
+    micro_batch = min(config.micro_batch, batch_per_update)
+    updates_per_epoch = math.ceil(len(encoded) / batch_per_update)
+    factor = warmup_then_linear(config.epochs * updates_per_epoch, config.warmup_ratio)
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers]
+    run = {"per_epoch": [], "predictions": {}, "log": []}
+    start_epoch = 1
+    if checkpoint is not None:
+        runtime.load_checkpoint(checkpoint, checkpoint_path, model, optimizers)
+        for scheduler, state in zip(schedulers, checkpoint["schedulers"], strict=True):
+            scheduler.load_state_dict(state)
+        set_rng_state(checkpoint["rng"])
+        run = {key: checkpoint[key] for key in run}
+        start_epoch = checkpoint["epoch"] + 1
+        if runtime.main:
+            print(f"resuming from {checkpoint_path} after epoch {checkpoint['epoch']}")
 
     model.train()
-    step = len(log_rows)
-    started = time.perf_counter() - (log_rows[-1]["seconds"] if log_rows else 0.0)
-    for epoch in range(start_epoch, epochs + 1):
+    log = run["log"]
+    step = len(log)
+    started = time.perf_counter() - (log[-1]["seconds"] if log else 0.0)
+    for epoch in range(start_epoch, config.epochs + 1):
         order = epoch_order(len(encoded), config.seed, epoch)
         batches = [order[i : i + batch_per_update] for i in range(0, len(order), batch_per_update)]
-        progress = tqdm(batches, desc=f"epoch {epoch}/{epochs}", unit="step", disable=not main)
+        progress = tqdm(
+            batches, desc=f"epoch {epoch}/{config.epochs}", unit="step", disable=not runtime.main
+        )
         for batch_ids in progress:
-            weighting = {}  # keyword only when parallel: the one-process call stays as it was
-            if parallel:
-                # Rank r takes examples r, r + world, ... of the global batch, its loss weighted
-                # by its share of the batch's answer tokens, so that the gradient averaged over
-                # ranks is the single-process one. A rank left without an example (short last
-                # batch) runs one with weight 0: every rank must join the collectives.
-                mine = batch_ids[rank::world]
-                micro = [
-                    collate([encoded[i] for i in mine or batch_ids[:1]], tokenizer.pad_token_id)
-                ]
-                tokens = int((micro[0]["labels"] != IGNORE_INDEX).sum()) if mine else 0
-                weighting["loss_weight"] = world * tokens / distributed.all_sum(tokens)
-            else:
-                micro = [
-                    collate(
-                        [encoded[i] for i in batch_ids[j : j + config.micro_batch]],
-                        tokenizer.pad_token_id,
-                    )
-                    for j in range(0, len(batch_ids), config.micro_batch)
-                ]
+            # This rank's share of each micro batch; a rank left without an example runs the
+            # batch's first one with weight 0, since every rank must join the collectives.
+            shares = runtime.micro_batches(batch_ids, micro_batch)
+            micro = [
+                collate([encoded[i] for i in share or batch_ids[:1]], tokenizer.pad_token_id)
+                for share in shares
+            ]
+            tokens = [
+                int((m["labels"] != IGNORE_INDEX).sum()) if share else 0
+                for m, share in zip(micro, shares, strict=True)
+            ]
+            micro = [{k: v.to(runtime.device) for k, v in m.items()} for m in micro]
             lr = optimizers[0].param_groups[0]["lr"]  # the lr this step uses
             step_start = time.perf_counter()
             try:
-                stats = train_step(config, model, optimizers, micro, device, step + 1, **weighting)
+                stats = train_step(
+                    config,
+                    model,
+                    optimizers,
+                    micro,
+                    runtime.loss_weights(tokens),
+                    step + 1,
+                    runtime,
+                )
             except NonFiniteLossError as error:
                 kept = f"; the last good checkpoint is {checkpoint_path}" if epoch > 1 else ""
                 raise NonFiniteLossError(f"{error} (epoch {epoch}){kept}") from error
-            if parallel:
-                stats["loss"] = distributed.all_sum(stats["loss"]) / world
+            stats["loss"] = runtime.sum(stats["loss"]) / runtime.world
             with warnings.catch_warnings():
                 # lora+lomo updates the base weights in fused_backward, never through the
                 # .step() that torch's scheduler watches: the order is right, the warning wrong.
@@ -591,46 +592,44 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
                 loss=f"{stats['loss']:.4f}",
                 tok_s=f"{n_tokens / (time.perf_counter() - step_start):.0f}",
             )
-            log_rows.append(
+            log.append(
                 {
                     "step": step,
                     "epoch": epoch,
                     "lr": lr,
                     **stats,
                     "seconds": round(time.perf_counter() - started, 3),
-                    "peak_memory_bytes": peak_memory_bytes(device),
+                    "peak_memory_bytes": peak_memory_bytes(runtime.device),
                 }
             )
         scores, predictions = run_eval(epoch)
-        per_epoch.append(scores)
-        predictions_by_epoch[epoch] = predictions
-        if config.deepspeed:  # each rank saves its partitions, before rank 0 commits the epoch
-            buffer = io.BytesIO()
-            torch.save(distributed.partition_state(model), buffer)
-            write_atomic(rank_checkpoint(out, rank, epoch), buffer.getvalue())
-            distributed.barrier()
-        if main:
-            buffer = io.BytesIO()
-            torch.save(
-                {
-                    "config": dataclasses.asdict(config),
-                    "epoch": epoch,
-                    "world_size": world,
-                    "model": None if config.deepspeed else model.state_dict(),
-                    "optimizers": [opt.state_dict() for opt in optimizers],
-                    "schedulers": [s.state_dict() for s in schedulers],
-                    "rng": rng_state(),
-                    "per_epoch": per_epoch,
-                    "log": log_rows,
-                    "predictions": predictions_by_epoch,
-                },
-                buffer,
-            )
-            write_atomic(checkpoint_path, buffer.getvalue())
-        if config.deepspeed:
-            distributed.barrier()  # the epoch is committed: the older partitions can go
-            rank_checkpoint(out, rank, epoch - 1).unlink(missing_ok=True)
+        run["per_epoch"].append(scores)
+        run["predictions"][epoch] = predictions
+        state = {
+            "config": dataclasses.asdict(config),
+            "schedulers": [s.state_dict() for s in schedulers],
+            "rng": rng_state(),
+            **run,
+        }
+        runtime.save_checkpoint(checkpoint_path, epoch, model, optimizers, state)
+    metrics = finish(config, runtime, model, tokenizer, out, run, len(train_examples), invoked)
+    runtime.remove_checkpoints(checkpoint_path, config.epochs)
+    return metrics
 
+
+def finish(
+    config: FinetuneConfig,
+    runtime: Runtime,
+    model: nn.Module,
+    tokenizer,
+    out: Path,
+    run: dict,
+    n_train: int,
+    invoked: float,
+) -> dict[str, Any]:
+    """Select the reported epoch and write the run folder: metrics.json last, so a folder
+    with metrics.json is a finished run."""
+    per_epoch, log = run["per_epoch"], run["log"]
     rule, reported = (
         ("zero-shot: evaluation only", per_epoch[0])
         if config.method == "zero-shot"
@@ -642,9 +641,9 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
         "task": config.task,
         "seed": config.seed,
         "protocol": config.protocol,
-        "template": template.id,
-        "n_train": len(train_examples),
-        **{f"n_{k}": len(v) for k, v in eval_sets.items()},
+        "template": get_template(config.template).id,
+        "n_train": n_train,
+        **{f"n_{k}": len(v) for k, v in run["predictions"][reported["epoch"]].items()},
         "selection": rule,
         "reported": reported,
         "final": per_epoch[-1],
@@ -652,54 +651,29 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
     }
     # Wall time and memory vary between identical runs: kept out of metrics.json.
     resources = {
-        "train_seconds": log_rows[-1]["seconds"] if log_rows else 0.0,
+        "train_seconds": log[-1]["seconds"] if log else 0.0,
         # this invocation (a resumed run counts from the restart): data, model, train, eval
         "wall_seconds": round(time.perf_counter() - invoked, 3),
-        "peak_memory_bytes": peak_memory_bytes(device),
-        "device": str(device),
+        "peak_memory_bytes": peak_memory_bytes(runtime.device),
+        "device": str(runtime.device),
         "threads": torch.get_num_threads(),
-        "processes": world,
+        "processes": runtime.world,
+        "runtime": runtime.kind,
     }
-    if main:
+    if runtime.main:
         write_atomic(out / "resources.json", json.dumps(resources, indent=1) + "\n")
-        write_atomic(out / "train_log.csv", to_csv(log_rows))
-        rows = predictions_by_epoch[reported["epoch"]]["eval"]
+        write_atomic(out / "train_log.csv", to_csv(log))
+        rows = run["predictions"][reported["epoch"]]["eval"]
         write_atomic(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     if config.save_model:
-        # ZeRO-3: the full weights are gathered one parameter at a time onto rank 0's CPU.
-        state = distributed.gather_state_dict(model) if config.deepspeed else None
-        if main:
+        state = runtime.full_state_dict(model)
+        if runtime.main:
             model.save_pretrained(out / "model", state_dict=state)
             tokenizer.save_pretrained(out / "model")
-    if main:
+    if runtime.main:
         write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
-        checkpoint_path.unlink(missing_ok=True)
-    if config.deepspeed:
-        rank_checkpoint(out, rank, epochs).unlink(missing_ok=True)
-    distributed.barrier()
+    runtime.barrier()
     return metrics
-
-
-def rank_checkpoint(out: Path, rank: int, epoch: int) -> Path:
-    """ZeRO-3: one rank's partitions after `epoch`; checkpoint.pt names the committed epoch."""
-    return out / f"checkpoint.rank{rank}.epoch{epoch}.pt"
-
-
-def deepspeed_config(path: str, global_batch: int, world: int) -> dict[str, Any]:
-    """The DeepSpeed JSON config, with the batch sizes set from ours. Precision comes from
-    --dtype (the model is built in it), so the JSON must not enable fp16/bf16."""
-    with open(path) as f:
-        ds_config = json.load(f)
-    if ds_config.get("zero_optimization", {}).get("stage") != 3:
-        raise ValueError(f"{path}: lomo finetune --deepspeed supports ZeRO stage 3 only")
-    if any(ds_config.get(key, {}).get("enabled") for key in ("fp16", "bf16")):
-        raise ValueError(f"{path}: remove fp16/bf16; the precision is set by --dtype")
-    if global_batch % world:
-        raise ValueError(f"global_batch {global_batch} is not a multiple of {world} processes")
-    ds_config["train_batch_size"] = global_batch
-    ds_config["train_micro_batch_size_per_gpu"] = global_batch // world
-    ds_config["gradient_accumulation_steps"] = 1
-    return ds_config
 
 
 def to_csv(rows: list[dict]) -> str:

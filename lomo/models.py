@@ -174,12 +174,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "prepare-model", help="download or convert a model once, before parallel jobs use it"
     )
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--out", required=True, help="JSON file describing the prepared model")
-    parser.set_defaults(func=lambda args: write_json_atomic(args.out, prepare(args.model)))
+    parser.add_argument("--model", required=True, help="smollm2-135m, a folder or a hub id")
+    parser.add_argument("--out", help="JSON file describing the prepared model (default: print)")
+    parser.set_defaults(func=prepare_command)
 
 
-def write_json_atomic(path: str, value: dict) -> None:
+def prepare_command(args: argparse.Namespace) -> None:
     from tasks.superglue.data import write_atomic
 
-    write_atomic(path, json.dumps(value, indent=1, default=str) + "\n")
+    text = json.dumps(prepare(args.model), indent=1, default=str) + "\n"
+    if args.out:
+        write_atomic(args.out, text)
+    else:
+        print(text, end="")

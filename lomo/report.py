@@ -1,12 +1,21 @@
 """`lomo table`: collect the runs' metrics.json into one SuperGLUE table (CSV, Markdown, LaTeX)
-and a figure, with 95% confidence intervals and the paper's value where the model matches."""
+and a figure, with 95% confidence intervals and the paper's value where the model matches.
+
+Runs that differ only in the `--select-over` settings (the grid: lr, warmup_ratio, ...) and
+the seed form one grid; per seed the table keeps the run that the run's protocol selects
+(`paper`: the best reported eval score, the paper's rule; `heldout`: the best dev score, whose
+test score is reported), and says how many points the grid had and which one won. Runs that
+differ in any other setting (a LoRA rank, a protocol) are separate rows, labelled with it.
+"""
 
 import argparse
 import csv
 import io
 import json
+from collections import defaultdict
 from pathlib import Path
 
+import yaml
 from scipy.stats import binomtest
 
 from tasks.superglue.data import write_atomic
@@ -22,6 +31,7 @@ PAPER_METHOD_NAMES = {"zero-shot": "Zero-shot", "lora": "LoRA", "lomo": "LOMO"}
 COLUMNS = [
     "model",
     "method",
+    "variant",
     "task",
     "seed",
     "protocol",
@@ -31,8 +41,12 @@ COLUMNS = [
     "ci_low",
     "ci_high",
     "epoch",
+    "grid_points",
+    "chosen",
     "paper",
 ]
+# Settings that do not change what a run measures: where the data lives, how it was launched.
+NOT_SETTINGS = {"seed", "data_dir", "source", "eval_batch", "save_model", "deepspeed"}
 
 
 def load_reference(path: str | None) -> dict[tuple[str, str, str], float]:
@@ -51,69 +65,150 @@ def wilson_interval(accuracy: float, n: int) -> tuple[float, float]:
     return interval.low, interval.high
 
 
-def collect(paths: list[str], reference: dict) -> list[dict]:
+def load_run(path: str) -> dict:
+    """A finished run: its metrics.json and the config.yaml beside it."""
+    metrics_path = Path(path)
+    config_path = metrics_path.with_name("config.yaml")
+    try:
+        metrics = json.loads(metrics_path.read_text())
+        config = yaml.safe_load(config_path.read_text())
+    except (OSError, json.JSONDecodeError, yaml.YAMLError) as error:
+        raise SystemExit(
+            f"lomo table: cannot read the run {metrics_path.parent}: {error}"
+        ) from None
+    return {"path": str(metrics_path), "metrics": metrics, "config": config}
+
+
+def primary_value(run: dict, split: str) -> float:
+    metric = "f1" if run["metrics"]["task"] == "record" else "accuracy"
+    return run["metrics"]["reported"][split][metric]
+
+
+def select_grid(runs: list[dict], select_over: list[str]) -> list[dict]:
+    """Per grid and seed, the run the protocol's rule selects (first best on ties, in path
+    order), with `grid_points` and `chosen` (the winner's grid settings) added."""
+    grids = defaultdict(list)
+    for run in sorted(runs, key=lambda r: r["path"]):
+        settings = {
+            k: v for k, v in run["config"].items() if k not in NOT_SETTINGS and k not in select_over
+        }
+        grids[json.dumps([settings, run["config"]["seed"]], sort_keys=True)].append(run)
+    selected = []
+    for grid in grids.values():
+        split = "dev" if grid[0]["config"]["protocol"] == "heldout" else "eval"
+        best = max(grid, key=lambda r: primary_value(r, split))
+        chosen = ", ".join(f"{k}={best['config'][k]}" for k in select_over if k in best["config"])
+        selected.append({**best, "grid_points": len(grid), "chosen": chosen})
+    return selected
+
+
+def variant_labels(runs: list[dict], select_over: list[str]) -> dict[str, str]:
+    """Path -> row label: the method, plus the settings that tell apart the rows of one
+    (model, method) on one task (e.g. "lora (lora_r=4)", "lomo (protocol=heldout)")."""
+    by_cell = defaultdict(list)
+    for run in runs:
+        by_cell[(run["config"]["model"], run["config"]["method"], run["config"]["task"])].append(
+            run
+        )
+    label_keys = defaultdict(set)
+    for (model, method, _), cell in by_cell.items():
+        for key in cell[0]["config"]:
+            if key not in NOT_SETTINGS and key not in select_over:
+                if len({json.dumps(r["config"].get(key)) for r in cell}) > 1:
+                    label_keys[(model, method)].add(key)
+    labels = {}
+    for run in runs:
+        config = run["config"]
+        keys = sorted(label_keys[(config["model"], config["method"])])
+        extra = ", ".join(f"{k}={config[k]}" for k in keys)
+        labels[run["path"]] = config["method"] + (f" ({extra})" if extra else "")
+    return labels
+
+
+def collect(paths: list[str], reference: dict, select_over: list[str] = ()) -> list[dict]:
+    runs = select_grid([load_run(path) for path in paths], list(select_over))
+    labels = variant_labels(runs, list(select_over))
     rows = []
-    for path in paths:
-        run = json.loads(Path(path).read_text())
-        reported = run["reported"]
-        metric = "f1" if run["task"] == "record" else "accuracy"
+    for run in runs:
+        metrics = run["metrics"]
+        reported = metrics["reported"]
+        metric = "f1" if metrics["task"] == "record" else "accuracy"
         value = reported["eval"][metric]
-        n = run["n_eval"]
+        n = metrics["n_eval"]
         low, high = wilson_interval(value, n) if metric == "accuracy" else (None, None)
-        size = PAPER_MODEL_SIZES.get(run["model"])
-        paper = reference.get((size, PAPER_METHOD_NAMES.get(run["method"]), run["task"]))
+        size = PAPER_MODEL_SIZES.get(metrics["model"])
+        variant = labels[run["path"]]
+        # The paper's number only beside the same design: its protocol, its method as run.
+        like_paper = metrics["protocol"] == "paper" and variant == metrics["method"]
+        paper = reference.get((size, PAPER_METHOD_NAMES.get(metrics["method"]), metrics["task"]))
         rows.append(
             {
-                "model": run["model"],
-                "method": run["method"],
-                "task": run["task"],
-                "seed": run["seed"],
-                "protocol": run["protocol"],
+                "model": metrics["model"],
+                "method": metrics["method"],
+                "variant": variant,
+                "task": metrics["task"],
+                "seed": metrics["seed"],
+                "protocol": metrics["protocol"],
                 "metric": metric,
                 "value": value,
                 "n": n,
                 "ci_low": low,
                 "ci_high": high,
                 "epoch": reported["epoch"],
-                "paper": paper / 100 if paper is not None else None,
+                "grid_points": run["grid_points"],
+                "chosen": run["chosen"],
+                "paper": paper / 100 if paper is not None and like_paper else None,
             }
         )
-    rows.sort(key=lambda r: (r["model"], r["method"], r["task"], r["seed"]))
+    rows.sort(key=lambda r: (r["model"], r["variant"], r["task"], r["seed"]))
     return rows
 
 
+# The paper's Table 3 tasks: the "avg" column averages these (as the paper does), not CB.
+PAPER_TASKS = ("boolq", "copa", "multirc", "rte", "wic", "wsc")
+
+
 def pivot(rows: list[dict]) -> tuple[list[str], list[tuple[str, str, list[str]]]]:
-    """Rows (model, method) x task columns; a cell is 'mean ± CI half-width' in percent over
-    seeds (the CI of the first seed's run, which has the same n)."""
+    """Rows (model, variant) x task columns; a cell is 'mean ± CI half-width' in percent over
+    seeds (the CI of the first seed's run, which has the same n). The last columns are the
+    average over the paper's tasks present and the grid each cell was selected from."""
     tasks = sorted({r["task"] for r in rows})
+    averaged = [t for t in tasks if t in PAPER_TASKS]
     table = []
     for model in sorted({r["model"] for r in rows}):
-        for method in sorted({r["method"] for r in rows if r["model"] == model}):
-            cells, values = [], []
+        for variant in sorted({r["variant"] for r in rows if r["model"] == model}):
+            cells, values, points = [], {}, set()
             for task in tasks:
                 runs = [
-                    r for r in rows if (r["model"], r["method"], r["task"]) == (model, method, task)
+                    r
+                    for r in rows
+                    if (r["model"], r["variant"], r["task"]) == (model, variant, task)
                 ]
                 if not runs:
                     cells.append("-")
                     continue
                 mean = sum(r["value"] for r in runs) / len(runs)
-                values.append(mean)
+                values[task] = mean
+                points.add(runs[0]["grid_points"])
                 half = (
                     (runs[0]["ci_high"] - runs[0]["ci_low"]) / 2
                     if runs[0]["ci_low"] is not None
                     else None
                 )
                 cells.append(f"{100 * mean:.1f}" + (f" ± {100 * half:.1f}" if half else ""))
-            cells.append(f"{100 * sum(values) / len(values):.1f}" if values else "-")
-            table.append((model, method, cells))
-    return tasks + ["avg"], table
+            complete = averaged and all(t in values for t in averaged)
+            cells.append(
+                f"{100 * sum(values[t] for t in averaged) / len(averaged):.1f}" if complete else "-"
+            )
+            cells.append(" / ".join(str(n) for n in sorted(points)))
+            table.append((model, variant, cells))
+    return tasks + [f"avg ({' '.join(averaged)})", "grid points"], table
 
 
 def to_markdown(rows: list[dict]) -> str:
     header, table = pivot(rows)
     lines = ["| model | method | " + " | ".join(header) + " |", "|---|---|" + "---|" * len(header)]
-    lines += [f"| {m} | {meth} | " + " | ".join(cells) + " |" for m, meth, cells in table]
+    lines += [f"| {m} | {variant} | " + " | ".join(cells) + " |" for m, variant, cells in table]
     return "\n".join(lines) + "\n"
 
 
@@ -123,7 +218,7 @@ def to_latex(rows: list[dict]) -> str:
         r"\begin{tabular}{ll" + "r" * len(header) + "}",
         r"\toprule",
         "Model & Method & "
-        + " & ".join(h.upper() if h != "avg" else "Avg." for h in header)
+        + " & ".join(h if h.startswith(("avg", "grid")) else h.upper() for h in header)
         + r" \\",
         r"\midrule",
     ]
@@ -149,14 +244,14 @@ def plot(rows: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     tasks = sorted({r["task"] for r in rows})
-    series = sorted({(r["model"], r["method"]) for r in rows})
+    series = sorted({(r["model"], r["variant"]) for r in rows})
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks)), 4))
     for i, (model, method) in enumerate(series):
         xs, ys, errs = [], [], [[], []]
         for t, task in enumerate(tasks):
             run = next(
-                (r for r in rows if (r["model"], r["method"], r["task"]) == (model, method, task)),
+                (r for r in rows if (r["model"], r["variant"], r["task"]) == (model, method, task)),
                 None,
             )
             if run is None:
@@ -186,7 +281,7 @@ def models_in(rows: list[dict]) -> list[str]:
 
 
 def run_table(args: argparse.Namespace) -> None:
-    rows = collect(args.runs, load_reference(args.reference))
+    rows = collect(args.runs, load_reference(args.reference), args.select_over)
     if not rows:
         raise SystemExit("lomo table: no runs given")
     write_atomic(args.csv, to_csv(rows))
@@ -202,6 +297,13 @@ def run_table(args: argparse.Namespace) -> None:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("table", help="tabulate SuperGLUE runs (metrics.json files)")
     parser.add_argument("--runs", nargs="+", required=True, help="metrics.json files")
+    parser.add_argument(
+        "--select-over",
+        nargs="*",
+        default=[],
+        help="settings of a grid (e.g. lr warmup_ratio): runs differing only in these are one "
+        "cell, selected by the protocol's rule",
+    )
     parser.add_argument("--reference", help="the paper's Table 3 as CSV (size,method,task,...)")
     parser.add_argument("--csv", required=True)
     parser.add_argument("--markdown")

@@ -1,5 +1,14 @@
-"""Small helpers the Snakefile uses to build paths and commands (no heavy imports)."""
+"""What the Snakefile runs: the (model, variant, task) runs of a profile and their command
+flags. Imported at every Snakemake parse, so it imports nothing heavy.
 
+A run's settings are the profile's `finetune` settings, then its method's (`method_settings`),
+then its task's (`task_settings`), then the run's own: one point of the method's `grid`, an
+`extra_protocols` protocol, or a Figure 3 LoRA rank. The run's folder is named by its variant:
+the method, plus `@key=value,...` for each of the run's own settings that differs from the
+method's settings (so a Figure 3 run that equals a Table 3 run is the same run).
+"""
+
+import itertools
 from typing import Any
 
 
@@ -21,3 +30,58 @@ def settings_to_flags(settings: dict[str, Any]) -> str:
         elif value is not None:
             flags.append(f"--{flag} {value}")
     return " ".join(flags)
+
+
+def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
+    """Every combination of a method's grid, e.g. {lr: [a, b], warmup_ratio: [c]} ->
+    [{lr: a, warmup_ratio: c}, {lr: b, warmup_ratio: c}]; no grid is one empty point."""
+    keys = sorted(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+def variant_name(method: str, own: dict[str, Any]) -> str:
+    if not own:
+        return method
+    return method + "@" + ",".join(f"{key}={value}" for key, value in sorted(own.items()))
+
+
+def method_of(variant: str) -> str:
+    return variant.split("@")[0]
+
+
+def expand_runs(config: dict, tasks: list[str]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """(model slug, variant, task) -> the run's `lomo finetune` settings (seed excluded)."""
+    runs: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+    def add(model: str, method: str, task: str, own: dict[str, Any]) -> None:
+        base = {
+            **config["finetune"],
+            **config["method_settings"].get(method, {}),
+            **config["task_settings"].get(task, {}),
+        }
+        clash = sorted(set(own) & set(config["task_settings"].get(task, {})))
+        if clash:
+            raise ValueError(f"task_settings.{task} sets {clash}, which a grid or protocol varies")
+        changed = {key: value for key, value in own.items() if base.get(key) != value}
+        runs[(model_slug(model), variant_name(method, changed), task)] = {**base, **own}
+
+    for model, task, method in itertools.product(config["models"], tasks, config["methods"]):
+        for point in grid_points(config["grid"].get(method, {})):
+            add(model, method, task, point)
+            for protocol, protocol_tasks in config["extra_protocols"].items():
+                if task in protocol_tasks:
+                    add(model, method, task, {**point, "protocol": protocol})
+    figure3 = config.get("figure3")  # the paper's protocol only, as in the paper
+    if figure3:
+        for model, task, method, rank in itertools.product(
+            figure3["models"], figure3["tasks"], figure3["methods"], figure3["lora_r"]
+        ):
+            for point in grid_points(config["grid"].get(method, {})):
+                add(model, method, task, {**point, "lora_r": rank})
+    return runs
+
+
+def selection_keys(config: dict) -> list[str]:
+    """The settings the tables select over (the grid's keys): runs differing only in these
+    are one table cell, chosen by the protocol's rule."""
+    return sorted({key for grid in config["grid"].values() for key in grid})

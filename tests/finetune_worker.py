@@ -1,8 +1,11 @@
 """`lomo finetune` under torchrun, for tests/test_distributed.py.
 
-With LOMO_TEST_KILL_STEP=N, rank 1 kills itself (SIGKILL, as an out-of-memory kill or a lost
-node would) just before training step N."""
+`finetune_worker.py finetune ARGS...` runs one `lomo finetune`; with LOMO_TEST_KILL_STEP=N,
+rank 1 kills itself (SIGKILL, as an out-of-memory kill or a lost node would) just before
+training step N. `finetune_worker.py --runs RUNS.json` runs each argument list of the JSON
+list in turn in the same processes (one start-up for several runs)."""
 
+import json
 import os
 import signal
 import sys
@@ -23,4 +26,9 @@ def train_step_or_die(*args, **kwargs):
 
 if __name__ == "__main__":
     ft.train_step = train_step_or_die
-    main(sys.argv[1:])
+    if sys.argv[1] == "--runs":
+        with open(sys.argv[2]) as f:
+            for args in json.load(f):
+                main(args)
+    else:
+        main(sys.argv[1:])

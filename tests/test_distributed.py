@@ -152,3 +152,54 @@ def test_zero3_finetune_survives_a_killed_rank_and_equals_one_process(tmp_path):
     assert [json.loads(r)["idx"] for r in predictions[0].splitlines()] == [
         json.loads(r)["idx"] for r in predictions[1].splitlines()
     ]
+
+
+# --- every method on two ranks equals one process ----------------------------------------------
+
+# (method, launch, extra settings): ZeRO-3 runs zero-shot, LoRA (replicated adapters on the
+# partitioned base) and LoRA+LOMO; plain data parallelism runs the torch optimizers, here with
+# two micro batches per update (accumulation across ranks and micro batches).
+METHOD_RUNS = [
+    ("zero-shot", "zero3", {}),
+    ("lora+lomo", "zero3", {}),
+    ("lora", "zero3", {"clip_mode": "none", "adam_eps": 1e-6}),
+    ("adamw", "replicated", {"micro_batch": 2, "lr": 1e-3}),
+]
+
+
+@pytest.fixture(scope="module")
+def method_runs(tmp_path_factory) -> dict[str, Path]:
+    """Each METHOD_RUNS entry on two ranks, in one torchrun (one start-up for all)."""
+    root = tmp_path_factory.mktemp("methods")
+    zero3 = TESTS.parent / "config" / "deepspeed" / "zero3.json"
+    runs, outs = [], {}
+    for method, launch, extra in METHOD_RUNS:
+        settings = {**RUN, "method": method, "lora_dropout": 0.0, "lora_lr": 1e-2, **extra}
+        outs[method] = root / method
+        args = ["finetune", "--out", str(outs[method])]
+        args += [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+        runs.append(args + (["--deepspeed", str(zero3)] if launch == "zero3" else []))
+    (root / "runs.json").write_text(json.dumps(runs))
+    done = torchrun(["finetune_worker.py", "--runs", str(root / "runs.json")], 420, TESTS)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return outs
+
+
+@pytest.mark.parametrize("method, launch, extra", METHOD_RUNS, ids=[r[0] for r in METHOD_RUNS])
+def test_each_method_on_two_ranks_equals_one_process(method_runs, tmp_path, method, launch, extra):
+    from lomo import finetune as ft
+
+    settings = {**RUN, "method": method, "lora_dropout": 0.0, "lora_lr": 1e-2, **extra}
+    single = ft.finetune(ft.FinetuneConfig(**settings), tmp_path)
+    out = method_runs[method]
+    metrics = json.loads((out / "metrics.json").read_text())
+    resources = json.loads((out / "resources.json").read_text())
+    assert (resources["runtime"], resources["processes"]) == (launch, 2)
+    assert metrics["per_epoch"] == single["per_epoch"]
+    logs = [list(csv.DictReader((d / "train_log.csv").open())) for d in (out, tmp_path)]
+    assert len(logs[0]) == (0 if method == "zero-shot" else 4)
+    for ours, expected in zip(*logs, strict=True):
+        for key in ("loss", "grad_norm", "lr"):
+            assert float(ours[key]) == pytest.approx(float(expected[key]), rel=1e-4), key
+    if method != "zero-shot":  # the weights moved: the loss fell
+        assert float(logs[0][-1]["loss"]) < float(logs[0][0]["loss"])

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from lomo import LOMO
 from lomo import finetune as ft
 from lomo.cli import main
 from lomo.evaluate import encode_train_example
@@ -171,10 +172,10 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch, method):
 
     real_step = ft.train_step
 
-    def dies_in_epoch_3(config, model, optimizers, micro, device, step):
-        if step == 5:  # 2 updates per epoch: the first update of the third epoch
+    def dies_in_epoch_3(*args):
+        if args[5] == 5:  # the step; 2 updates per epoch: the first update of the third epoch
             raise Killed
-        return real_step(config, model, optimizers, micro, device, step)
+        return real_step(*args)
 
     monkeypatch.setattr(ft, "train_step", dies_in_epoch_3)
     with pytest.raises(Killed):
@@ -196,9 +197,9 @@ def test_nan_loss_stops_with_step_number(tmp_path, monkeypatch):
     real_loss = ft.batch_loss
     calls = []
 
-    def nan_at_second(model, batch, device):
+    def nan_at_second(model, batch):
         calls.append(1)
-        loss = real_loss(model, batch, device)
+        loss = real_loss(model, batch)
         return loss * float("nan") if len(calls) == 2 else loss
 
     monkeypatch.setattr(ft, "batch_loss", nan_at_second)
@@ -267,3 +268,26 @@ def test_fused_methods_follow_the_schedule_without_scheduler_warnings(tmp_path, 
         lrs = [float(row["lr"]) for row in csv.DictReader(f)]
     # 4 updates, warmup 0.25 -> 1 warmup step, then linear decay to 0 (by hand).
     assert lrs == pytest.approx([1e-2, 1e-2, 1e-2 * 2 / 3, 1e-2 / 3])
+
+
+def test_lora_lomo_step_unscales_the_adapter_gradients_under_fp16_loss_scaling():
+    """LOMO scales the loss for fp16; the adapters (fp32, trained by their own optimizer) must
+    see the true gradient. Plain SGD on the adapter makes the update lr * gradient, checked
+    against autograd on the unscaled loss."""
+    from lomo.runtime import Runtime
+
+    torch.manual_seed(0)
+    base = torch.nn.Linear(4, 4).half()
+    adapter = torch.nn.Parameter(torch.randn(4))
+    x = torch.randn(3, 4)
+
+    def loss_fn() -> torch.Tensor:
+        return ((base(x.half()).float() + adapter) ** 2).mean()
+
+    expected = torch.autograd.grad(loss_fn(), adapter)[0]
+    lomo = LOMO(base, lr=0.0, clip_grad_norm=1.0)
+    assert lomo.loss_scale > 1  # fp16 parameters: dynamic loss scaling is on
+    adapters = torch.optim.SGD([adapter], lr=1.0)
+    before = adapter.detach().clone()
+    ft.lora_lomo_step(lomo, adapters, loss_fn, Runtime("single", torch.device("cpu")))
+    assert torch.allclose(before - adapter.detach(), expected, rtol=1e-3, atol=1e-6)

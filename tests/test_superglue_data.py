@@ -1,11 +1,12 @@
 import json
+import re
 
-import datasets
 import pytest
 from superglue_paths import DATA_DIR
 
-from tasks.superglue import TASKS, DataError, get_task
-from tasks.superglue.data import load_split
+from tasks.superglue import TASKS, DataError, get_task, prepare
+from tasks.superglue.data import DataNotFoundError, load_split
+from tasks.superglue.source import SourceError, local_tasks, resolve_source
 
 
 @pytest.mark.parametrize(
@@ -50,101 +51,6 @@ def test_multirc_and_record_are_flattened():
         "Shane Reeves",
     ]
     assert record["answers"] == ["Shane Reeves"]
-
-
-# Hand-written rows in the Hugging Face `aps/super_glue` format for real examples of the local
-# files, with the label ids of the hub's ClassLabel features.
-HUB_ROWS = {
-    ("cb", 14): {
-        "premise": "A: Your turn. B: Okay. Uh, I don't think they should abolish it.",
-        "hypothesis": "they should abolish it",
-        "idx": 14,
-        "label": 1,
-    },
-    ("copa", 32): {
-        "premise": "I coughed.",
-        "choice1": "I inhaled smoke.",
-        "choice2": "I lowered my voice.",
-        "question": "cause",
-        "idx": 32,
-        "label": 0,
-    },
-    ("rte", 208): {
-        "premise": "The girl was found in Drummondville.",
-        "hypothesis": "Drummondville contains the girl.",
-        "idx": 208,
-        "label": 1,
-    },
-    ("wic", 239): {
-        "word": "curd",
-        "sentence1": "Bean curd.",
-        "sentence2": "Lemon curd.",
-        "start1": 5,
-        "start2": 6,
-        "end1": 9,
-        "end2": 10,
-        "idx": 239,
-        "label": 1,
-    },
-    ("wsc", 10): {
-        "text": "Jane gave Joan candy because she was hungry.",
-        "span1_index": 0,
-        "span2_index": 5,
-        "span1_text": "Jane",
-        "span2_text": "she",
-        "idx": 10,
-        "label": 0,
-    },
-}
-
-
-@pytest.mark.parametrize(("task", "position"), list(HUB_ROWS))
-def test_hub_rows_give_the_same_records_as_local_files(task, position, monkeypatch):
-    calls = []
-
-    def fake_load_dataset(path, name, split):
-        calls.append((path, name, split))
-        return [HUB_ROWS[(task, position)]]
-
-    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    (hub,) = load_split(task, "val", "hub")
-    assert calls == [("aps/super_glue", task, "validation")]
-    assert hub == load_split(task, "val", "local", DATA_DIR)[position]
-
-
-def test_hub_multirc_and_record_rows(monkeypatch):
-    local_multirc = load_split("multirc", "val", "local", DATA_DIR)[2147]
-    local_record = load_split("record", "train", "local", DATA_DIR)[12]
-    hub_rows = {
-        "multirc": {
-            "paragraph": local_multirc["paragraph"],
-            "question": "How many people did Susan call?",
-            "answer": "5",
-            "idx": {"paragraph": 36, "question": 425, "answer": 2147},
-            "label": 1,
-        },
-        "record": {
-            "passage": local_record["passage"],
-            "query": "After undergoing surgery, Mr @placeholder spent a month recovering from "
-            "his injuries.",
-            # The hub lists an entity once per mention, unsorted.
-            "entities": ["Leon Watson", "Peter Roberts", "Northampton", "Shane Reeves", "Roberts"]
-            + ["Peter Roberts", "Northampton", "Shane Reeves"],
-            "entity_spans": {"text": [], "start": [], "end": []},
-            "answers": ["Shane Reeves"],
-            "idx": {"passage": 29280, "query": 45067},
-        },
-    }
-    monkeypatch.setattr(datasets, "load_dataset", lambda path, name, split: [hub_rows[name]])
-    assert load_split("multirc", "val", "hub") == [local_multirc]
-    assert load_split("record", "train", "hub") == [local_record]
-
-
-def test_hub_label_outside_the_label_set(monkeypatch):
-    row = {**HUB_ROWS[("rte", 208)], "label": -1}  # what unlabeled test rows carry
-    monkeypatch.setattr(datasets, "load_dataset", lambda path, name, split: [row])
-    with pytest.raises(DataError, match=r"aps/super_glue/rte validation row 0: label -1"):
-        load_split("rte", "val", "hub")
 
 
 def write_task(root, folder, split, lines):
@@ -214,3 +120,218 @@ def test_unknown_task_source_and_split():
     with pytest.raises(ValueError, match="unknown split 'test'"):
         load_split("cb", "test", "local", DATA_DIR)
     assert sorted(TASKS) == ["boolq", "cb", "copa", "multirc", "record", "rte", "wic", "wsc"]
+
+
+# --- data checks: every error a one-line DataError naming file:line, ids or field ----------
+
+
+def raises_data_error(match, error_type=DataError):
+    """pytest.raises for a one-line data error."""
+
+    class OneLine:
+        def __enter__(self):
+            self.context = pytest.raises(error_type, match=match)
+            self.info = self.context.__enter__()
+            return self.info
+
+        def __exit__(self, *exc):
+            suppressed = self.context.__exit__(*exc)
+            assert "\n" not in str(self.info.value)
+            return suppressed
+
+    return OneLine()
+
+
+RTE_ROW = {"premise": "p", "hypothesis": "h", "label": "entailment", "idx": 0}
+
+
+def test_rows_sharing_an_idx_are_named(tmp_path):
+    rows = [json.dumps({**RTE_ROW, "premise": f"p{i}"}) for i in range(40)]
+    path = write_task(tmp_path, "RTE", "val", rows)
+    with raises_data_error(
+        rf"^{path}: rows sharing an idx: idx 0 on lines 1, 2, 3, 4 \(\+36 more\)$"
+    ):
+        load_split("rte", "val", "local", tmp_path)
+
+
+def test_duplicated_rows_are_named(tmp_path):
+    lines = (DATA_DIR / "RTE/val.jsonl").read_text().splitlines()
+    path = write_task(tmp_path, "RTE", "val", lines + lines[:50])
+    with raises_data_error(
+        rf"^{path}: duplicated rows: idx 0 on lines 1, 278; idx 1 on lines 2, 279; "
+        r"idx 2 on lines 3, 280; 47 more repeated ids$"
+    ):
+        load_split("rte", "val", "local", tmp_path)
+
+
+def test_duplicated_multirc_paragraph_names_the_answer_ids(tmp_path):
+    lines = (DATA_DIR / "MultiRC/train.jsonl").read_text().splitlines()
+    path = write_task(tmp_path, "MultiRC", "train", lines[:3] + lines[1:2])
+    first = json.loads(lines[1])
+    question = first["passage"]["questions"][0]
+    idx = {
+        "paragraph": first["idx"],
+        "question": question["idx"],
+        "answer": question["answers"][0]["idx"],
+    }
+    with raises_data_error(rf"^{path}: duplicated rows: idx {re.escape(str(idx))} on lines 2, 4;"):
+        load_split("multirc", "train", "local", tmp_path)
+
+
+def test_real_files_have_unique_ids():
+    # Repeated content under distinct ids stays (WSC's official validation set has 3 such
+    # pairs, MultiRC's one): they are separate examples of the benchmark.
+    for task, split in (("wsc", "val"), ("multirc", "val"), ("record", "train")):
+        records = load_split(task, split, "local", DATA_DIR)
+        assert len({json.dumps(r["idx"], sort_keys=True) for r in records}) == len(records)
+
+
+@pytest.mark.parametrize(
+    ("task", "folder", "row", "message"),
+    [
+        (
+            "rte",
+            "RTE",
+            {**RTE_ROW, "hypothesis": None},
+            "field 'hypothesis' is null, expected a string",
+        ),
+        (
+            "rte",
+            "RTE",
+            {**RTE_ROW, "premise": 3},
+            r"field 'premise' is 3 \(int\), expected a string",
+        ),
+        ("rte", "RTE", {**RTE_ROW, "idx": None}, "idx is null, expected an integer"),
+        ("rte", "RTE", {**RTE_ROW, "idx": "7"}, r"idx is '7' \(str\), expected an integer"),
+        (
+            "wic",
+            "WiC",
+            {
+                "word": "w",
+                "sentence1": "a",
+                "sentence2": "b",
+                "start1": "0",
+                "end1": 1,
+                "start2": 0,
+                "end2": 1,
+                "idx": 0,
+                "label": True,
+            },
+            r"field 'start1' is '0' \(str\), expected an integer",
+        ),
+        (
+            "wsc",
+            "WSC",
+            {
+                "text": "t",
+                "target": {
+                    "span1_index": True,
+                    "span2_index": 0,
+                    "span1_text": "a",
+                    "span2_text": "b",
+                },
+                "idx": 0,
+                "label": True,
+            },
+            r"field 'span1_index' is True \(bool\), expected an integer",
+        ),
+        (
+            "multirc",
+            "MultiRC",
+            {
+                "idx": 0,
+                "passage": {
+                    "text": "t",
+                    "questions": [
+                        {
+                            "idx": 0,
+                            "question": "q",
+                            "answers": [{"idx": 0, "text": None, "label": 1}],
+                        }
+                    ],
+                },
+            },
+            "field 'answer' is null, expected a string",
+        ),
+        (
+            "record",
+            "ReCoRD",
+            {
+                "idx": 0,
+                "passage": {"text": "Ann met Bob.", "entities": [{"start": 0, "end": 2}]},
+                "qas": [{"idx": 1, "query": None, "answers": [{"text": "Ann"}]}],
+            },
+            "field 'query' is null, expected a string",
+        ),
+    ],
+)
+def test_field_types_are_checked(tmp_path, task, folder, row, message):
+    path = write_task(tmp_path, folder, "train", [json.dumps(row)])
+    with raises_data_error(rf"^{path}:1: {message}$"):
+        load_split(task, "train", "local", tmp_path)
+
+
+def test_null_hypothesis_never_reaches_a_prompt(tmp_path):
+    write_task(tmp_path, "CB", "val", [json.dumps({**CB_ROW, "hypothesis": None})])
+    with raises_data_error("field 'hypothesis' is null"):
+        prepare("cb", "val-split", "local", tmp_path, train_size=0.5)
+
+
+def test_non_utf8_byte_names_file_and_line(tmp_path):
+    path = write_task(tmp_path, "CB", "val", [json.dumps(CB_ROW), json.dumps({**CB_ROW, "idx": 1})])
+    path.write_bytes(path.read_bytes() + b'{"premise": "caf\xe9"}\n')  # Latin-1 e-acute
+    with raises_data_error(rf"^{path}:3: not UTF-8 \(byte 0xe9 at column 17\)"):
+        load_split("cb", "val", "local", tmp_path)
+
+
+@pytest.mark.parametrize("folder", ["rte", "Rte", "rTE"])
+def test_task_folder_in_another_letter_case(tmp_path, folder):
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / "val.jsonl").write_bytes((DATA_DIR / "RTE/val.jsonl").read_bytes())
+    assert load_split("rte", "val", "local", tmp_path) == load_split(
+        "rte", "val", "local", DATA_DIR
+    )
+    assert local_tasks(tmp_path) == []  # no train.jsonl
+    (tmp_path / folder / "train.jsonl").write_bytes((DATA_DIR / "RTE/train.jsonl").read_bytes())
+    assert local_tasks(tmp_path) == ["rte"]
+
+
+def test_two_folders_for_one_task(tmp_path):
+    for folder in ("rte", "Rte"):
+        write_task(tmp_path, folder, "val", [json.dumps(RTE_ROW)])
+    with raises_data_error(
+        rf"^{tmp_path}: several folders could hold rte: \['Rte', 'rte'\]; keep one$"
+    ):
+        load_split("rte", "val", "local", tmp_path)
+    with pytest.raises(SourceError, match="several folders could hold rte"):
+        resolve_source(str(tmp_path), ["rte"])
+
+
+def test_missing_task_folder_names_what_was_looked_for_and_found(tmp_path):
+    write_task(tmp_path, "CB", "val", [json.dumps(CB_ROW)])
+    (tmp_path / "notes").mkdir()
+    with raises_data_error(
+        rf"^{tmp_path}: no RTE/ folder for rte \(in any letter case\); found: \['CB', 'notes'\]$",
+        DataNotFoundError,
+    ):
+        load_split("rte", "val", "local", tmp_path)
+    with raises_data_error(rf"^data folder {tmp_path / 'nope'} does not exist", FileNotFoundError):
+        load_split("rte", "val", "local", tmp_path / "nope")
+
+
+def test_split_file_that_is_a_folder(tmp_path):
+    (tmp_path / "RTE" / "val.jsonl").mkdir(parents=True)
+    with raises_data_error(rf"^{tmp_path / 'RTE' / 'val.jsonl'} is a folder, not a file") as info:
+        load_split("rte", "val", "local", tmp_path)
+    assert "does not exist" not in str(info.value)
+
+
+def test_unreadable_split_file(tmp_path, monkeypatch):
+    path = write_task(tmp_path, "RTE", "val", [json.dumps(RTE_ROW)])
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(path), "open", refuse)
+    with raises_data_error(rf"^{path}: cannot be read \(Permission denied\)$"):
+        load_split("rte", "val", "local", tmp_path)

@@ -2,15 +2,21 @@
 profile end to end (tiny model, real data), including a partial rerun."""
 
 import csv
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import yaml
 
+from lomo import finetune as ft
+from lomo.cli import build_parser
 from lomo.workflow import settings_to_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,32 +55,93 @@ def test_lint_is_clean():
     assert "Congratulations" in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize(
-    "configfile", ["config/config.yaml", "config/ci.yaml", "config/paper.yaml"]
-)
-def test_dry_run_of_every_profile(configfile, full_superglue):
-    done = snakemake(
-        "-n", "--configfile", configfile, "--config", f"superglue_dir={full_superglue}"
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "finetune" in done.stdout
+PROFILES = {
+    "laptop": "config/config.yaml",
+    "ci": "config/ci.yaml",
+    "paper": "config/paper.yaml",
+    "rehearsal": "config/rehearsal.yaml",
+}
+# Flags of a finetune job that say where and how it runs, not what it is.
+PLACEMENT = {"model", "method", "task", "seed", "source", "data_dir", "deepspeed", "config"}
 
 
-def test_paper_profile_launches_through_torchrun_with_deepspeed(full_superglue):
-    target = "results/paper/superglue/huggyllama--llama-65b/lomo/rte/seed42/metrics.json"
-    done = snakemake(
-        target,
-        "-n",
-        "-p",
-        "--configfile",
-        "config/paper.yaml",
-        "--config",
-        f"superglue_dir={full_superglue}",
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "torch.distributed.run --nproc_per_node 8 -m lomo.cli finetune" in done.stdout
-    assert "--deepspeed config/deepspeed/zero3.json" in done.stdout
-    assert "--dtype fp16" in done.stdout
+def planned_finetune_jobs(profile: str, superglue: Path) -> list[tuple[Path, dict, str]]:
+    """(run folder, the flags given to lomo finetune, launcher) of every finetune job of a
+    profile's dry run; the laptop profile is the default (no --configfile)."""
+    args = ["-n", "-p", "--forceall", "--config", f"superglue_dir={superglue}"]
+    if profile != "laptop":
+        args += ["--configfile", PROFILES[profile]]
+    done = snakemake(*args)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    jobs = []
+    for line in done.stdout.splitlines():
+        if "lomo.cli finetune" not in line:
+            continue
+        launcher, rest = line.split(" finetune ", 1)
+        words = shlex.split(rest.split(" > ")[0])
+        args = vars(build_parser().parse_args(["finetune", *words]))
+        given = {k: v for k, v in args.items() if k in ft.FinetuneConfig.__annotations__}
+        jobs.append(
+            (Path(args["out"]), {k: v for k, v in given.items() if v is not None}, launcher)
+        )
+    return jobs
+
+
+def variant_settings(variant: str) -> dict:
+    """`lomo@lr=0.05,warmup_ratio=0.1` -> {"lr": 0.05, "warmup_ratio": 0.1} (YAML scalars)."""
+    _, _, own = variant.partition("@")
+    return {k: yaml.safe_load(v) for k, v in (item.split("=") for item in own.split(",") if item)}
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_job_runs_exactly_what_its_profile_file_says(profile, full_superglue):
+    """No setting leaks from one profile into another: each job's settings are the profile
+    file's finetune + method + task settings + the run's own grid point / protocol / rank."""
+    with open(ROOT / PROFILES[profile]) as f:
+        said = yaml.safe_load(f)
+    jobs = planned_finetune_jobs(profile, full_superglue)
+    assert jobs
+    variants = defaultdict(set)
+    for out, given, launcher in jobs:
+        model, variant, task, seed = out.parts[-4:]
+        assert out.parts[:3] == ("results", said["profile"], "superglue")
+        method = variant.split("@")[0]
+        assert (given["method"], given["task"], f"seed{given['seed']}") == (method, task, seed)
+        expected = {
+            **said["finetune"],
+            **said.get("method_settings", {}).get(method, {}),
+            **said.get("task_settings", {}).get(task, {}),
+            **variant_settings(variant),
+        }
+        assert {k: v for k, v in given.items() if k not in PLACEMENT} == expected, out
+        ds = said.get("deepspeed_config")
+        assert given.get("deepspeed") == ds
+        gpus = said.get("model_gpus", {}).get(given["model"], said["resources"]["gpus"])
+        assert launcher.endswith(said["launcher"].format(python=sys.executable, gpus=gpus)), (
+            launcher
+        )
+        variants[(model, method, task)].add(variant)
+    # Every grid point ran: Table 3's grid (times its extra protocols) for every method.
+    for (model, method, task), names in variants.items():
+        points = 1
+        for values in said.get("grid", {}).get(method, {}).values():
+            points *= len(values)
+        protocols = 1 + sum(task in t for t in said.get("extra_protocols", {}).values())
+        figure3 = said.get("figure3") or {}
+        if method in figure3.get("methods", []) and task in figure3["tasks"]:
+            continue  # Figure 3 adds LoRA ranks (checked below)
+        assert len(names) == points * protocols, (model, method, task, names)
+    if said.get("figure3"):
+        figure3 = said["figure3"]
+        for task in figure3["tasks"]:
+            for method in figure3["methods"]:
+                ranks = {
+                    variant_settings(v).get("lora_r", said["method_settings"][method]["lora_r"])
+                    for (_, m, t), names in variants.items()
+                    if (m, t) == (method, task)
+                    for v in names
+                }
+                assert ranks == set(figure3["lora_r"]), (method, task)
 
 
 def test_invalid_config_value_stops_before_any_work(tmp_path):
@@ -165,4 +232,43 @@ def test_ci_profile_end_to_end_and_partial_rerun():
         "all": 1,
         "total": 6,
     }
+    shutil.rmtree(results)
+
+
+def test_rehearsal_profile_end_to_end():
+    """The paper profile's path on 2 CPU ranks: every job through torchrun under ZeRO-3, the
+    grid selected in the table, the held-out column, Figure 3's ranks, notebooks, report."""
+    profile = "rehearsal-test"
+    results = ROOT / "results" / profile
+    shutil.rmtree(results, ignore_errors=True)
+    args = (
+        "--cores",
+        "2",
+        "--configfile",
+        "config/rehearsal.yaml",
+        "--config",
+        f"profile={profile}",
+    )
+    done = snakemake(*args, timeout=1800)  # a hang guard, not a benchmark
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = sorted((results / "superglue").glob("*/*/*/seed42/resources.json"))
+    assert len(runs) == 17
+    for path in runs:
+        resources = json.loads(path.read_text())
+        assert (resources["runtime"], resources["processes"]) == ("zero3", 2), path
+    with open(results / "tables" / "superglue.csv") as f:
+        rows = {(r["variant"], r["task"]): r for r in csv.DictReader(f)}
+    lomo = rows[("lomo (protocol=paper)", "rte")]
+    assert lomo["grid_points"] == "2" and lomo["chosen"] in ("lr=0.05", "lr=0.03")
+    assert rows[("lomo (protocol=heldout)", "rte")]["grid_points"] == "2"
+    assert rows[("lomo (protocol=paper)", "copa")]["grid_points"] == "2"  # no held-out COPA run
+    assert {v for v, t in rows if t == "rte" and v.startswith("lora+lomo")} == {
+        "lora+lomo (lora_r=1)",
+        "lora+lomo (lora_r=2)",
+    }
+    for notebook in ("compare_to_paper", "sgd_claims", "memory_throughput"):
+        assert (results / "analysis" / "notebooks" / f"{notebook}.ipynb").stat().st_size > 0
+    report = results / "report.html"
+    done = snakemake(*args, "--report", str(report))
+    assert done.returncode == 0, done.stderr[-3000:]
     shutil.rmtree(results)

@@ -13,15 +13,27 @@ that the official LOMO code, MeZO and lm-evaluation-harness read):
 - rte:     idx, premise, hypothesis, label (0 entailment, 1 not_entailment)
 - wic:     idx, word, sentence1, sentence2, start1, end1, start2, end2, label (0/1)
 - wsc:     idx, text, span1_index, span2_index, span1_text, span2_text, label (0/1)
+
+Rows are checked as they load, each error a one-line `DataError` naming the file:line (or hub
+row) and the field or ids: field types (no nulls), labels, UTF-8, and ids unique in a split.
 """
 
 import json
 import os
 import tempfile
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
+# The hub copy we read: `aps/super_glue` at a pinned commit, so a later change to the repository
+# cannot change the data under finished runs. At this revision the repository is the parquet
+# conversion of the old loading script: one folder per config holding
+# `{config}/{split}-00000-of-00001.parquet`, declared by the `configs:` YAML of its README.md
+# (`path: rte/validation-*`), with the script's features (ClassLabel labels, MultiRC's and
+# ReCoRD's `idx` structs). tests/superglue_hub.py writes ../shared/superglue in this layout and
+# tests/test_superglue_hub.py loads it through `load_hub` with only HUB_DATASET changed.
 HUB_DATASET = "aps/super_glue"
+HUB_REVISION = "3de24cf8022e94f4ee4b9d55a6f539891524d646"
 SPLITS = {"train": "train", "val": "validation"}  # our name -> hub split name
 
 # Label names in the official jsonl files, in the hub's ClassLabel order (index = label id).
@@ -35,7 +47,8 @@ LABEL_NAMES = {
     "wsc": (False, True),
 }
 
-# Official folder name and the fields copied unchanged from each official jsonl row.
+# Official folder name, and the fields of each record with their types (ReCoRD's entities and
+# answers are lists of strings). All but MultiRC's and ReCoRD's are copied from the jsonl row.
 FOLDERS = {
     "boolq": "BoolQ",
     "cb": "CB",
@@ -47,17 +60,40 @@ FOLDERS = {
     "wsc": "WSC",
 }
 FIELDS = {
-    "boolq": ("question", "passage"),
-    "cb": ("premise", "hypothesis"),
-    "copa": ("premise", "choice1", "choice2", "question"),
-    "rte": ("premise", "hypothesis"),
-    "wic": ("word", "sentence1", "sentence2", "start1", "end1", "start2", "end2"),
-    "wsc": ("text", "span1_index", "span2_index", "span1_text", "span2_text"),
+    "boolq": {"question": str, "passage": str},
+    "cb": {"premise": str, "hypothesis": str},
+    "copa": {"premise": str, "choice1": str, "choice2": str, "question": str},
+    "multirc": {"paragraph": str, "question": str, "answer": str},
+    "record": {"passage": str, "query": str, "entities": list, "answers": list},
+    "rte": {"premise": str, "hypothesis": str},
+    "wic": {
+        "word": str,
+        "sentence1": str,
+        "sentence2": str,
+        "start1": int,
+        "end1": int,
+        "start2": int,
+        "end2": int,
+    },
+    "wsc": {
+        "text": str,
+        "span1_index": int,
+        "span2_index": int,
+        "span1_text": str,
+        "span2_text": str,
+    },
 }
+# Keys of the struct ids; the other tasks' idx is an integer.
+IDX_KEYS = {"multirc": ("paragraph", "question", "answer"), "record": ("passage", "query")}
+TYPE_NAMES = {str: "a string", int: "an integer", list: "a list of strings"}
 
 
 class DataError(ValueError):
     """A malformed or out-of-schema input row; the message names where it came from."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A task folder or split file that is not there; the message says what was looked for."""
 
 
 def label_id(task: str, value: object, where: str) -> int:
@@ -82,6 +118,37 @@ def require(row: dict, keys: tuple[str, ...], where: str) -> None:
         raise DataError(f"{where}: missing field(s) {missing}")
 
 
+def has_type(value: object, kind: type) -> bool:
+    if kind is int:
+        return type(value) is int  # not bool
+    if kind is list:
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    return isinstance(value, kind)
+
+
+def describe(value: object) -> str:
+    return "null" if value is None else f"{value!r:.40} ({type(value).__name__})"
+
+
+def check_fields(task: str, record: dict, where: str) -> dict:
+    """Every field of `record` has its schema type (so no null or number renders as text in a
+    prompt), and a ReCoRD query's answers are among its entities."""
+    for field, kind in FIELDS[task].items():
+        value = record[field]
+        if not has_type(value, kind):
+            expected = TYPE_NAMES[kind]
+            raise DataError(f"{where}: field {field!r} is {describe(value)}, expected {expected}")
+    idx = record["idx"]
+    if task in IDX_KEYS:
+        ok = isinstance(idx, dict) and all(type(idx.get(key)) is int for key in IDX_KEYS[task])
+        expected = f"{{{', '.join(f'{key}: integer' for key in IDX_KEYS[task])}}}"
+    else:
+        ok, expected = type(idx) is int, "an integer"
+    if not ok:
+        raise DataError(f"{where}: idx is {describe(idx)}, expected {expected}")
+    return check_record(record, where) if task == "record" else record
+
+
 def unique_sorted(values: list[str]) -> list[str]:
     return sorted(set(values))
 
@@ -93,6 +160,29 @@ def check_record(record: dict, where: str) -> dict:
     if outside:
         raise DataError(f"{where}: ReCoRD answers {outside} are not among the passage entities")
     return record
+
+
+def check_unique(records: list[dict], numbers: list[int], unit: str, where: str) -> None:
+    """Refuse a split in which two records share an id (record i comes from `unit` numbers[i]):
+    a repeated row would be trained on and scored twice, and a val-split could put its copies
+    on both sides."""
+    by_id = defaultdict(list)
+    for i, record in enumerate(records):
+        by_id[json.dumps(record["idx"], sort_keys=True)].append(i)
+    repeated = [group for group in by_id.values() if len(group) > 1]
+    if not repeated:
+        return
+    identical = all(records[i] == records[group[0]] for group in repeated for i in group)
+    what = "duplicated rows" if identical else "rows sharing an idx"
+
+    def show(group: list[int]) -> str:
+        places = ", ".join(str(numbers[i]) for i in group[:4])
+        more = f" (+{len(group) - 4} more)" if len(group) > 4 else ""
+        return f"idx {records[group[0]]['idx']} on {unit} {places}{more}"
+
+    shown = "; ".join(show(group) for group in repeated[:3])
+    more = f"; {len(repeated) - 3} more repeated ids" if len(repeated) > 3 else ""
+    raise DataError(f"{where}: {what}: {shown}{more}")
 
 
 # --- official jsonl rows -> records ----------------------------------------------------------
@@ -126,16 +216,13 @@ def local_rows(task: str, row: dict, where: str) -> list[dict]:
         spans = row["passage"]["entities"]
         entities = unique_sorted([text[span["start"] : span["end"] + 1] for span in spans])
         return [
-            check_record(
-                {
-                    "idx": {"passage": row["idx"], "query": qa["idx"]},
-                    "passage": text,
-                    "query": qa["query"],
-                    "entities": entities,
-                    "answers": unique_sorted([a["text"] for a in qa.get("answers", [])]),
-                },
-                where,
-            )
+            {
+                "idx": {"passage": row["idx"], "query": qa["idx"]},
+                "passage": text,
+                "query": qa["query"],
+                "entities": entities,
+                "answers": unique_sorted([a["text"] for a in qa.get("answers", [])]),
+            }
             for qa in row["qas"]
         ]
     fields = FIELDS[task]
@@ -148,8 +235,15 @@ def local_rows(task: str, row: dict, where: str) -> list[dict]:
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"{path}:{lineno}: not UTF-8 (byte 0x{raw[error.start]:02x} at column "
+                    f"{error.start + 1}); save the file as UTF-8"
+                ) from error
             if not line.strip():
                 continue
             try:
@@ -161,20 +255,50 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             yield lineno, row
 
 
+def task_folder(data_dir: str | Path, task: str) -> Path:
+    """The task's folder in `data_dir`: the official name (RTE/) or that name in another letter
+    case (rte/, Rte/), as unpacked archives and hand-made copies name it."""
+    data_dir = Path(data_dir)
+    name = FOLDERS[task]
+    if (data_dir / name).is_dir():
+        return data_dir / name
+    if not data_dir.is_dir():
+        raise DataNotFoundError(f"data folder {data_dir} does not exist or is not a folder")
+    folders = sorted(p.name for p in data_dir.iterdir() if p.is_dir())
+    matches = [folder for folder in folders if folder.lower() == name.lower()]
+    if len(matches) > 1:
+        raise DataError(f"{data_dir}: several folders could hold {task}: {matches}; keep one")
+    if not matches:
+        raise DataNotFoundError(
+            f"{data_dir}: no {name}/ folder for {task} (in any letter case); "
+            f"found: {folders or 'no folders'}"
+        )
+    return data_dir / matches[0]
+
+
 def load_local(task: str, split: str, data_dir: str | Path) -> list[dict]:
-    folder = Path(data_dir) / FOLDERS[task]
+    folder = task_folder(data_dir, task)
     path = folder / f"{split}.jsonl"
-    if not path.is_file():
-        present = sorted(p.name for p in folder.glob("*.jsonl")) if folder.is_dir() else []
-        raise FileNotFoundError(
+    if path.exists() and not path.is_file():
+        raise DataError(f"{path} is a folder, not a file: the {split} split must be a jsonl file")
+    if not path.exists():
+        present = sorted(p.name for p in folder.glob("*.jsonl") if p.is_file())
+        raise DataNotFoundError(
             f"no {split} split for {task}: {path} does not exist (found: {present or 'nothing'})"
         )
-    records = []
-    for lineno, row in read_jsonl(path):
-        try:
-            records.extend(local_rows(task, row, f"{path}:{lineno}"))
-        except (KeyError, TypeError, AttributeError) as error:
-            raise DataError(f"{path}:{lineno}: unexpected {task} structure ({error!r})") from error
+    records, lines = [], []
+    try:
+        for lineno, row in read_jsonl(path):
+            where = f"{path}:{lineno}"
+            try:
+                rows = local_rows(task, row, where)
+            except (KeyError, TypeError, AttributeError) as error:
+                raise DataError(f"{where}: unexpected {task} structure ({error!r})") from error
+            records.extend(check_fields(task, record, where) for record in rows)
+            lines.extend([lineno] * len(rows))
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({error.strerror or error})") from error
+    check_unique(records, lines, "lines", str(path))
     return records
 
 
@@ -183,33 +307,32 @@ def load_local(task: str, split: str, data_dir: str | Path) -> list[dict]:
 
 def hub_record(task: str, row: dict, where: str) -> dict:
     if task == "record":
-        return check_record(
-            {
-                "idx": dict(row["idx"]),
-                "passage": row["passage"],
-                "query": row["query"],
-                "entities": unique_sorted(row["entities"]),
-                "answers": unique_sorted(row["answers"]),
-            },
-            where,
-        )
-    fields = ("paragraph", "question", "answer") if task == "multirc" else FIELDS[task]
+        return {
+            "idx": dict(row["idx"]),
+            "passage": row["passage"],
+            "query": row["query"],
+            # The hub lists the entity texts unsorted (a set in the old loading script).
+            "entities": unique_sorted(row["entities"]),
+            "answers": unique_sorted(row["answers"]),
+        }
     idx = dict(row["idx"]) if task == "multirc" else row["idx"]
     label = hub_label(task, row["label"], where)
-    return {"idx": idx, **{f: row[f] for f in fields}, "label": label}
+    return {"idx": idx, **{f: row[f] for f in FIELDS[task]}, "label": label}
 
 
 def load_hub(task: str, split: str) -> list[dict]:
     import datasets  # heavy import, only needed with network access
 
-    rows = datasets.load_dataset(HUB_DATASET, task, split=SPLITS[split])
+    rows = datasets.load_dataset(HUB_DATASET, task, split=SPLITS[split], revision=HUB_REVISION)
     where = f"{HUB_DATASET}/{task} {SPLITS[split]}"
     records = []
     for i, row in enumerate(rows):
         try:
-            records.append(hub_record(task, row, f"{where} row {i}"))
-        except KeyError as error:
-            raise DataError(f"{where} row {i}: missing field {error}") from error
+            record = hub_record(task, row, f"{where} row {i}")
+        except (KeyError, TypeError) as error:
+            raise DataError(f"{where} row {i}: unexpected {task} structure ({error!r})") from error
+        records.append(check_fields(task, record, f"{where} row {i}"))
+    check_unique(records, list(range(len(records))), "rows", where)
     return records
 
 

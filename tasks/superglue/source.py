@@ -7,7 +7,14 @@ says exactly what to set, instead of failing hours later inside a training job.
 import os
 from pathlib import Path
 
-from tasks.superglue.data import FOLDERS, HUB_DATASET
+from tasks.superglue.data import (
+    FOLDERS,
+    HUB_DATASET,
+    HUB_REVISION,
+    DataError,
+    DataNotFoundError,
+    task_folder,
+)
 
 ENV_VAR = "LOMO_SUPERGLUE_DIR"
 
@@ -22,19 +29,26 @@ def hub_reachable(timeout: float = 10.0) -> bool:
     import huggingface_hub
 
     try:
-        huggingface_hub.HfApi().dataset_info(HUB_DATASET, timeout=timeout)
+        huggingface_hub.HfApi().dataset_info(HUB_DATASET, revision=HUB_REVISION, timeout=timeout)
     except Exception:  # no network, DNS failure, proxy, hub outage: all mean "not reachable"
         return False
     return True
 
 
 def local_tasks(folder: Path) -> list[str]:
-    """Tasks whose train and validation files are both present in `folder`."""
-    return [
-        task
-        for task, name in FOLDERS.items()
-        if (folder / name / "train.jsonl").is_file() and (folder / name / "val.jsonl").is_file()
-    ]
+    """Tasks whose train and validation files are both present in `folder` (task folders in
+    any letter case, as `load_split` finds them)."""
+    present = []
+    for task in FOLDERS:
+        try:
+            task_dir = task_folder(folder, task)
+        except DataNotFoundError:
+            continue
+        except DataError as error:  # two folders for one task
+            raise SourceError(str(error)) from error
+        if (task_dir / "train.jsonl").is_file() and (task_dir / "val.jsonl").is_file():
+            present.append(task)
+    return present
 
 
 def resolve_source(

@@ -24,11 +24,17 @@ else:
     )
 # Distance travelled: the workflow's own full-parameter runs of one (model, task, seed), rerun.
 DISTANCE_TASK = "rte" if "rte" in TASKS else TASKS[0]
-DISTANCE_RUNS = [
-    f"{RESULTS}/superglue/{next(iter(MODELS))}/{method}/{DISTANCE_TASK}/seed{config['seeds'][0]}"
-    for method in ("lomo", "adamw")
-    if method in config["methods"]
-]
+
+
+def distance_variant(method):
+    """The first run of `method` (its first grid point) on the distance task, if any."""
+    first = next(iter(MODELS))
+    for model, variant, task in RUN_SETTINGS:
+        if (model, task, method_of(variant)) == (first, DISTANCE_TASK, method):
+            return f"{RESULTS}/superglue/{model}/{variant}/{task}/seed{config['seeds'][0]}"
+
+
+DISTANCE_RUNS = [run for run in map(distance_variant, ("lomo", "adamw")) if run]
 MEASUREMENTS = json.dumps({"memory_tables": MEMORY_TABLES, "throughput_tables": THROUGHPUT_TABLES})
 NOTEBOOK_PARAMS = f"-p results_dir {RESULTS} -p profile {PROFILE} -p out_dir {ARTIFACTS}"
 

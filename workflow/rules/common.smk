@@ -6,12 +6,13 @@ stops with what to set when there is none) and names the runs.
 
 import json
 import os
+import re
 import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from lomo.workflow import model_slug, settings_to_flags
+from lomo.workflow import expand_runs, method_of, model_slug, selection_keys, settings_to_flags
 from tasks.superglue.source import SourceError, resolve_source
 
 
@@ -31,30 +32,42 @@ ARTIFACTS = "paper" if PUBLISHED else f"{RESULTS}/analysis"
 MEMORY = {entry["name"]: entry for entry in config["memory"]}
 THROUGHPUT = {entry["name"]: entry for entry in config["throughput"]}
 
+FIGURE3_TASKS = config["figure3"]["tasks"] if config.get("figure3") else []
 try:
     SOURCE, DATA_DIR, TASKS = resolve_source(
-        config.get("superglue_dir"), config["tasks"], config["optional_tasks"]
+        config.get("superglue_dir"),
+        config["tasks"] + [t for t in FIGURE3_TASKS if t not in config["tasks"]],
+        config["optional_tasks"],
     )
 except SourceError as error:
     raise WorkflowError(f"SuperGLUE data: {error}")
+TABLE3_TASKS = [t for t in TASKS if t in config["tasks"] or t in config["optional_tasks"]]
+if config.get("figure3") and set(config["figure3"]["models"]) - set(config["models"]):
+    raise WorkflowError("figure3.models must be among models")
+if config.get("deepspeed_config") and {"sgd", "adamw"} & set(config["methods"]):
+    raise WorkflowError(
+        "deepspeed_config (ZeRO-3) runs zero-shot, lomo, adalomo, lora and lora+lomo; "
+        "sgd and adamw need a profile without it"
+    )
+
+# (model slug, variant, task) -> the run's settings: grid points, extra protocols, Figure 3.
+try:
+    RUN_SETTINGS = expand_runs({**config, "tasks": TABLE3_TASKS}, TABLE3_TASKS)
+except ValueError as error:
+    raise WorkflowError(str(error))
+VARIANTS = sorted({variant for _, variant, _ in RUN_SETTINGS})
 
 
 wildcard_constraints:
     model="|".join(MODELS),
-    method="|".join(m.replace("+", r"\+") for m in config["methods"]),
+    variant="|".join(re.escape(v) for v in VARIANTS),
     task="|".join(TASKS),
     seed=r"\d+",
 
 
-def run_settings(wildcards):
-    """Command-line flags of one run: shared settings, then the method's, then the task's."""
-    return settings_to_flags(
-        {
-            **config["finetune"],
-            **config["method_settings"].get(wildcards.method, {}),
-            **config["task_settings"].get(wildcards.task, {}),
-        }
-    )
+def run_flags(wildcards):
+    """Command-line flags of one run (lomo.workflow.expand_runs)."""
+    return settings_to_flags(RUN_SETTINGS[(wildcards.model, wildcards.variant, wildcards.task)])
 
 
 def measurement_flags(entry):
@@ -76,19 +89,18 @@ def launcher(wildcards):
 
 def deepspeed_flag(wildcards):
     ds = config.get("deepspeed_config")
-    return f"--deepspeed {ds}" if ds and wildcards.method != "zero-shot" else ""
+    return f"--deepspeed {ds}" if ds else ""
 
 
 def data_flags():
     return f"--source {SOURCE}" + (f" --data-dir {DATA_DIR}" if DATA_DIR else "")
 
 
-RUNS = expand(
-    f"{RESULTS}/superglue/{{model}}/{{method}}/{{task}}/seed{{seed}}/metrics.json",
-    model=MODELS,
-    method=config["methods"],
-    task=TASKS,
-    seed=config["seeds"],
-)
+RUNS = [
+    f"{RESULTS}/superglue/{model}/{variant}/{task}/seed{seed}/metrics.json"
+    for (model, variant, task) in RUN_SETTINGS
+    for seed in config["seeds"]
+]
+SELECT_OVER = " ".join(selection_keys(config))
 MEMORY_TABLES = expand(f"{ARTIFACTS}/tables/memory_{{name}}.csv", name=MEMORY)
 THROUGHPUT_TABLES = expand(f"{ARTIFACTS}/tables/throughput_{{name}}.csv", name=THROUGHPUT)

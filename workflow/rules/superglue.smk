@@ -1,5 +1,5 @@
-"""Table 3: prepare each model once, fine-tune and evaluate every (model, method, task,
-seed), then tabulate against the paper."""
+"""Table 3 (and Figure 3): prepare each model once, fine-tune and evaluate every (model,
+variant, task, seed), then tabulate against the paper, selecting over each method's grid."""
 
 
 rule prepare_model:
@@ -23,18 +23,19 @@ rule finetune:
     input:
         f"{RESULTS}/models/{{model}}.json",
     output:
-        metrics=f"{RESULTS}/superglue/{{model}}/{{method}}/{{task}}/seed{{seed}}/metrics.json",
+        metrics=f"{RESULTS}/superglue/{{model}}/{{variant}}/{{task}}/seed{{seed}}/metrics.json",
     params:
         name=lambda w: MODELS[w.model],
+        method=lambda w: method_of(w.variant),
         launcher=launcher,
-        settings=run_settings,
+        settings=run_flags,
         data=data_flags(),
         deepspeed=deepspeed_flag,
         out=lambda w, output: os.path.dirname(output.metrics),
     conda:
         "../../environment.yml"
     log:
-        f"{RESULTS}/logs/finetune/{{model}}/{{method}}/{{task}}/seed{{seed}}.log",
+        f"{RESULTS}/logs/finetune/{{model}}/{{variant}}/{{task}}/seed{{seed}}.log",
     threads: config["resources"]["threads"]
     resources:
         # `gpus` schedules local runs (--resources gpus=N); the SLURM plugin reads `gpu`.
@@ -43,7 +44,7 @@ rule finetune:
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
     shell:
-        "{params.launcher} finetune --model {params.name} --method {wildcards.method}"
+        "{params.launcher} finetune --model {params.name} --method {params.method}"
         " --task {wildcards.task} --seed {wildcards.seed} {params.data} {params.settings}"
         " {params.deepspeed} --threads {threads} --out {params.out} > {log} 2>&1"
 
@@ -53,6 +54,7 @@ rule superglue_table:
         RUNS,
     params:
         lomo=LOMO,
+        select_over=SELECT_OVER,
     output:
         csv=report(
             f"{RESULTS}/tables/superglue.csv",
@@ -71,6 +73,7 @@ rule superglue_table:
     log:
         f"{RESULTS}/logs/superglue_table.log",
     shell:
-        "{params.lomo} table --runs {input} --reference paper/reference/table3_superglue.csv"
+        "{params.lomo} table --runs {input} --select-over {params.select_over}"
+        " --reference paper/reference/table3_superglue.csv"
         " --csv {output.csv} --markdown {output.md} --latex {output.tex} --figure {output.png}"
         " > {log} 2>&1"

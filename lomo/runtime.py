@@ -1,0 +1,264 @@
+"""Where a run executes: one process, replicated data parallelism, or DeepSpeed ZeRO-3.
+
+`lomo finetune` asks its `Runtime` for everything that depends on the number of processes, so
+the training loop reads the same in all three cases:
+
+- `single`: one process holds the whole model.
+- `replicated` (torchrun without --deepspeed): every rank holds the whole model; gradients are
+  averaged over ranks (inside LOMO's hooks, or by `average_gradients` for torch optimizers).
+- `zero3` (--deepspeed CONFIG): every rank holds 1/world of each base weight
+  (`lomo.distributed`). LOMO/AdaLomo update their partitions inside backward; zero-shot only
+  evaluates; LoRA trains replicated adapters on the partitioned, frozen base (the adapters are
+  added after DeepSpeed partitioned the model, so they stay ordinary tensors, and their
+  gradients are averaged like plain data parallelism). sgd/adamw would need DeepSpeed's own
+  optimizer and its fp32 state, which is what LOMO avoids: they are refused.
+
+A global batch is cut into micro batches of `micro_batch` examples; rank r takes examples
+r, r + world, ... of each micro batch, its loss weighted by its share of the global batch's
+answer tokens, so the gradient averaged over ranks is the one-process gradient of the global
+batch's mean token loss. Every rank runs the same number of forwards (ZeRO-3 gathers weights
+collectively): a rank left without an example runs one with weight 0.
+"""
+
+import contextlib
+import io
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lomo import distributed
+from tasks.superglue.data import write_atomic
+
+KINDS = ("single", "replicated", "zero3")
+
+
+def is_partitioned(param: Tensor) -> bool:
+    """A ZeRO-3 parameter (its data lives in `ds_tensor`, one slice per rank)."""
+    return hasattr(param, "ds_tensor")
+
+
+class Runtime:
+    def __init__(self, kind: str, device: torch.device, deepspeed_config: str | None = None):
+        if kind not in KINDS:
+            raise ValueError(f"unknown runtime {kind!r}: expected one of {', '.join(KINDS)}")
+        self.kind, self.device, self.deepspeed_config = kind, device, deepspeed_config
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.engine: Any = None  # the ZeRO-3 engine, once the model is loaded
+        self.sync: distributed.GradSync = distributed.GradSync()  # set by load_model
+
+    @classmethod
+    def start(cls, deepspeed_config: str | None) -> "Runtime":
+        """The runtime this process was launched for: ZeRO-3 with a DeepSpeed config, replicated
+        under torchrun (WORLD_SIZE > 1), else one process."""
+        if deepspeed_config is not None:
+            return cls("zero3", distributed.init_process_group(), deepspeed_config)
+        if distributed.launched_distributed():
+            return cls("replicated", distributed.init_process_group())
+        return cls("single", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+    @property
+    def main(self) -> bool:
+        """The rank that writes the run folder."""
+        return self.rank == 0
+
+    @property
+    def parallel(self) -> bool:
+        return self.kind != "single"
+
+    def barrier(self) -> None:
+        distributed.barrier()
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block first (a download, a conversion, a data folder), the others
+        then find its result."""
+        if not self.main:
+            self.barrier()
+        yield
+        if self.main:
+            self.barrier()
+
+    def sum(self, value: float) -> float:
+        return distributed.all_sum(value)
+
+    # --- the model ---------------------------------------------------------------------------
+
+    def load_model(
+        self, name: str, dtype: torch.dtype, attn_implementation: str, global_batch: int
+    ) -> nn.Module:
+        """The base model placed for this runtime: on the device, the same on every rank, or
+        partitioned over the ranks from the start (ZeRO-3)."""
+        from lomo.models import load_model
+
+        if self.kind == "zero3":
+            ds_config = deepspeed_config(self.deepspeed_config, global_batch, self.world)
+            model, self.engine = distributed.zero3_model(
+                name, dtype, attn_implementation, ds_config
+            )
+            self.sync = distributed.ZeRO3Sync(self.engine)
+            return model
+        with self.main_first():  # rank 0 converts or downloads, the others read its cache
+            model = load_model(name, dtype, attn_implementation)
+        model.to(self.device)
+        if self.kind == "replicated":
+            distributed.broadcast_parameters(model)
+            self.sync = distributed.ReplicatedSync()
+        return model
+
+    def end_of_backward(self) -> None:
+        """After a plain backward (torch optimizers): ZeRO-3 releases the weights it left
+        gathered. LOMO and AdaLomo do this inside their own backward."""
+        self.sync.end_of_backward()
+
+    def average_gradients(self, params: list[Tensor]) -> None:
+        """Average the accumulated `.grad` of replicated parameters over ranks (torch
+        optimizers; LOMO does this inside its hooks). A missing gradient counts as zero, so
+        every rank joins the same collectives."""
+        if not self.parallel:
+            return
+        for param in params:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            torch.distributed.all_reduce(param.grad, op=torch.distributed.ReduceOp.AVG)
+
+    # --- batches -----------------------------------------------------------------------------
+
+    def micro_batches(self, ids: list[int], micro_batch: int) -> list[list[int]]:
+        """This rank's examples of each micro batch of the global batch `ids` (maybe empty)."""
+        return [
+            ids[start : start + micro_batch][self.rank :: self.world]
+            for start in range(0, len(ids), micro_batch)
+        ]
+
+    def loss_weights(self, tokens: list[int]) -> list[float]:
+        """Weights of this rank's micro-batch mean losses (answer tokens per micro batch), so
+        the sum over micro batches, averaged over ranks, is the global mean token loss."""
+        total = self.sum(sum(tokens))
+        return [self.world * n / total for n in tokens]
+
+    # --- evaluation --------------------------------------------------------------------------
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        examples: list[dict],
+        score: Callable[[list[dict]], list[dict]],
+        metrics: Callable[[list[dict], list[int]], dict[str, float]],
+    ) -> tuple[dict[str, float], list[dict]]:
+        """Task metrics and per-example rows; sharded over ranks and gathered in order."""
+        if not self.parallel:
+            rows = score(examples)
+            return metrics(examples, [row["pred"] for row in rows]), rows
+        return distributed.evaluate_sharded(
+            model, examples, score, metrics, zero3=self.kind == "zero3"
+        )
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def save_checkpoint(
+        self, path: Path, epoch: int, model: nn.Module, optimizers: list, state: dict
+    ) -> None:
+        """One epoch's checkpoint: `state` (the loop's own: schedulers, RNG, logs) and the
+        trainable weights and optimizer states. Under ZeRO-3 each rank writes its partitions
+        and optimizer state first; `path` (rank 0) then commits the epoch."""
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if self.kind == "zero3":
+            shard = {
+                "partitions": {
+                    n: p.ds_tensor.detach().cpu().clone()
+                    for n, p in trainable.items()
+                    if is_partitioned(p)
+                },
+                "optimizers": [opt.state_dict() for opt in optimizers],
+            }
+            write_atomic(rank_file(path, self.rank, epoch), to_bytes(shard))
+            self.barrier()
+        if self.main:
+            weights = {
+                n: p.detach().cpu().clone() for n, p in trainable.items() if not is_partitioned(p)
+            }
+            optimizer_states = (
+                None if self.kind == "zero3" else [o.state_dict() for o in optimizers]
+            )
+            checkpoint = {
+                **state,
+                "epoch": epoch,
+                "world_size": self.world,
+                "runtime": self.kind,
+                "weights": weights,
+                "optimizers": optimizer_states,
+            }
+            write_atomic(path, to_bytes(checkpoint))
+        if self.kind == "zero3":
+            self.barrier()  # the epoch is committed: the older partitions can go
+            rank_file(path, self.rank, epoch - 1).unlink(missing_ok=True)
+
+    def load_checkpoint(
+        self, checkpoint: dict, path: Path, model: nn.Module, optimizers: list
+    ) -> None:
+        """Restore the trainable weights and optimizer states saved by `save_checkpoint`."""
+        if checkpoint.get("world_size") != self.world or checkpoint.get("runtime") != self.kind:
+            raise ValueError(
+                f"{path} was written by {checkpoint.get('world_size')} process(es) "
+                f"({checkpoint.get('runtime')}); resume with the same launch, not {self.world} "
+                f"({self.kind})"
+            )
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in checkpoint["weights"].items():
+                params[name].copy_(value)
+        optimizer_states = checkpoint["optimizers"]
+        if self.kind == "zero3":
+            shard = torch.load(rank_file(path, self.rank, checkpoint["epoch"]), weights_only=False)
+            with torch.no_grad():
+                for name, value in shard["partitions"].items():
+                    params[name].ds_tensor.copy_(value)
+                    distributed.refresh_persistent(params[name])
+            optimizer_states = shard["optimizers"]
+        for opt, opt_state in zip(optimizers, optimizer_states, strict=True):
+            opt.load_state_dict(opt_state)
+
+    def remove_checkpoints(self, path: Path, epoch: int) -> None:
+        if self.kind == "zero3":
+            rank_file(path, self.rank, epoch).unlink(missing_ok=True)
+        self.barrier()
+        if self.main:
+            path.unlink(missing_ok=True)
+
+    def full_state_dict(self, model: nn.Module) -> dict[str, Tensor] | None:
+        """Every weight, for `--save-model`: None means the model's own state dict (one
+        process or replicated); under ZeRO-3 the partitions are gathered one parameter at a
+        time onto rank 0's CPU."""
+        return distributed.gather_state_dict(model) if self.kind == "zero3" else None
+
+
+def rank_file(path: Path, rank: int, epoch: int) -> Path:
+    """ZeRO-3: one rank's partitions and optimizer state after `epoch`."""
+    return path.with_name(f"{path.stem}.rank{rank}.epoch{epoch}.pt")
+
+
+def to_bytes(value: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def deepspeed_config(path: str, global_batch: int, world: int) -> dict[str, Any]:
+    """The DeepSpeed JSON config, with the batch sizes set from ours. Precision comes from
+    --dtype (the model is built in it), so the JSON must not enable fp16/bf16."""
+    with open(path) as f:
+        ds_config = json.load(f)
+    if ds_config.get("zero_optimization", {}).get("stage") != 3:
+        raise ValueError(f"{path}: lomo finetune --deepspeed supports ZeRO stage 3 only")
+    if any(ds_config.get(key, {}).get("enabled") for key in ("fp16", "bf16")):
+        raise ValueError(f"{path}: remove fp16/bf16; the precision is set by --dtype")
+    if global_batch % world:
+        raise ValueError(f"global_batch {global_batch} is not a multiple of {world} processes")
+    ds_config["train_batch_size"] = global_batch
+    ds_config["train_micro_batch_size_per_gpu"] = global_batch // world
+    ds_config["gradient_accumulation_steps"] = 1
+    return ds_config
