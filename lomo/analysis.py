@@ -14,12 +14,13 @@ import pandas as pd
 import yaml
 from scipy.stats import binomtest
 
-from lomo.report import PAPER_METHOD_NAMES, PAPER_MODEL_SIZES, wilson_interval
+from lomo import report
+from lomo.report import NOT_SETTINGS, PAPER_METHOD_NAMES, PAPER_MODEL_SIZES, wilson_interval
 from tasks.superglue.data import write_atomic
 
 CLAIM_COLUMNS = ["claim", "verdict", "evidence"]
 RUN_COLUMNS = ["model", "method", "task", "seed", "protocol", "template", "lora_r", "n"]
-RUN_COLUMNS += ["accuracy", "ci_low", "ci_high", "run"]
+RUN_COLUMNS += ["accuracy", "ci_low", "ci_high", "grid_points", "chosen", "run"]
 PAIRED_CELLS = ["both", "a_only", "b_only", "neither"]
 # The paper's Table 3 setting: 1000/1000 examples sampled with random.seed(0), best epoch on
 # the evaluation set (`lomo finetune --protocol paper`), the official LOMO prompts.
@@ -31,35 +32,59 @@ FIGURE3_METHODS = {"lora": "LoRA", "lora+lomo": "LoRA+LOMO", "lomo": "LOMO"}  # 
 
 
 def load_runs(results_dir: str | Path) -> pd.DataFrame:
-    """One row per fine-tuning run: model, method, task, seed, the data protocol and prompt
-    template that produced it, the LoRA rank (None unless the run's config.yaml sets one for a
-    LoRA method), n, accuracy (reported epoch), its 95% Wilson interval, and the run folder."""
+    """One row per fine-tuning cell (model, method, task, seed, data protocol, prompt template,
+    LoRA rank): n, accuracy (reported epoch), its 95% Wilson interval and the run folder.
+    Where a cell holds several runs (the points of an lr x warmup grid), the one the protocol's
+    rule selects (`lomo.report.select_grid`, as the workflow's tables), with the number of
+    points and the chosen settings. `lora_r` is None for methods without LoRA."""
+    runs = [
+        report.load_run(str(path))
+        for path in sorted(Path(results_dir).glob("superglue/*/*/*/seed*/metrics.json"))
+    ]
+    runs = [r for r in runs if "accuracy" in r["metrics"]["reported"]["eval"]]  # not ReCoRD
     rows = []
-    for path in sorted(Path(results_dir).glob("superglue/*/*/*/seed*/metrics.json")):
-        run = json.loads(path.read_text())
-        accuracy = run["reported"]["eval"].get("accuracy")
-        if accuracy is None:  # ReCoRD reports F1 only
-            continue
-        config_path = path.parent / "config.yaml"
-        config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
-        low, high = wilson_interval(accuracy, run["n_eval"])
+    for run in report.select_grid(runs, grid_keys(runs)):
+        metrics, config = run["metrics"], run["config"]
+        accuracy = metrics["reported"]["eval"]["accuracy"]
+        low, high = wilson_interval(accuracy, metrics["n_eval"])
         rows.append(
             {
-                "model": run["model"],
-                "method": run["method"],
-                "task": run["task"],
-                "seed": run["seed"],
-                "protocol": run.get("protocol", config.get("protocol")),
-                "template": run.get("template", config.get("template")),
-                "lora_r": config.get("lora_r") if "lora" in run["method"] else None,
-                "n": run["n_eval"],
+                "model": metrics["model"],
+                "method": metrics["method"],
+                "task": metrics["task"],
+                "seed": metrics["seed"],
+                "protocol": metrics.get("protocol", config.get("protocol")),
+                "template": metrics.get("template", config.get("template")),
+                "lora_r": config.get("lora_r") if "lora" in metrics["method"] else None,
+                "n": metrics["n_eval"],
                 "accuracy": accuracy,
                 "ci_low": low,
                 "ci_high": high,
-                "run": str(path.parent),
+                "grid_points": run["grid_points"],
+                "chosen": run["chosen"],
+                "run": str(Path(run["path"]).parent),
             }
         )
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def grid_keys(runs: list[dict]) -> list[str]:
+    """The settings that differ between runs of one cell (model, method, task, seed,
+    protocol, template, LoRA rank): the grid the selection rule chooses over."""
+    cells = {}
+    for run in runs:
+        config = run["config"]
+        lora_r = config.get("lora_r") if "lora" in config["method"] else None
+        cell = (config["model"], config["method"], config["task"], config["seed"])
+        cells.setdefault((*cell, config["protocol"], config.get("template"), lora_r), []).append(
+            config
+        )
+    keys = set()
+    for configs in cells.values():
+        for key in set().union(*configs) - NOT_SETTINGS:
+            if len({json.dumps(c.get(key), sort_keys=True) for c in configs}) > 1:
+                keys.add(key)
+    return sorted(keys)
 
 
 def read_measurements(paths: list[str] | None, default: str) -> pd.DataFrame:

@@ -255,12 +255,14 @@ def write_run(
     protocol: str = "val-split",
     template: str = "lomo",
     lora_r: int | None = None,
+    **settings,
 ) -> Path:
     """A run folder as `lomo finetune` leaves it: metrics.json, predictions.jsonl (pred, gold)
-    and config.yaml (with `lora_r` for a LoRA method)."""
-    run = root / "superglue" / model.replace("/", "--") / method / task / f"seed{seed}"
-    if lora_r is not None:
-        run = run.parent.parent / f"{task}-r{lora_r}" / f"seed{seed}"
+    and config.yaml (with `lora_r` for a LoRA method, and any further `settings`), in a
+    variant folder named after the rank and settings."""
+    extra = "".join(f"_{k}{v}" for k, v in settings.items())
+    extra += "" if lora_r is None else f"_r{lora_r}"
+    run = root / "superglue" / model.replace("/", "--") / (method + extra) / task / f"seed{seed}"
     run.mkdir(parents=True)
     correct = sum(p == g for p, g in predictions)
     metrics = {
@@ -276,8 +278,9 @@ def write_run(
     (run / "metrics.json").write_text(json.dumps(metrics))
     rows = [{"idx": i, "gold": g, "pred": p} for i, (p, g) in enumerate(predictions)]
     (run / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = {"model": model, "method": method, "task": task, "protocol": protocol}
+    config = {"model": model, "method": method, "task": task, "seed": seed, "protocol": protocol}
     config |= {"template": template, "lora_r": 2 if lora_r is None else lora_r}  # 2: the default
+    config |= settings
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     return run
 
@@ -403,6 +406,21 @@ def test_pooled_difference_over_tasks_and_seeds(tmp_path):
     )
     none = analysis.method_claim(runs, "m", "a", "c", SETTINGS, noninferiority=True)
     assert none["verdict"] == "not measured"
+
+
+def test_load_runs_selects_the_grid_point_the_protocol_reports(tmp_path):
+    # Two lr grid points of one LOMO cell (the paper protocol selects the best on eval), and
+    # LoRA at two ranks (not a grid: two cells).
+    write_run(tmp_path, "lomo", "rte", [(1, 1)] * 6 + [(0, 1)] * 4, lr=0.05)
+    write_run(tmp_path, "lomo", "rte", [(1, 1)] * 7 + [(0, 1)] * 3, lr=0.03)
+    for r in (1, 2):
+        write_run(tmp_path, "lora", "rte", [(1, 1)] * 5 + [(0, 1)] * 5, lora_r=r)
+    runs = analysis.load_runs(tmp_path)
+    lomo = runs[runs.method == "lomo"].iloc[0]
+    assert (lomo.accuracy, lomo.grid_points, lomo.chosen) == (0.7, 2, "lr=0.03")
+    assert lomo.run.endswith("lomo_lr0.03/rte/seed1")
+    lora = runs[runs.method == "lora"]
+    assert sorted(lora.lora_r) == [1, 2] and set(lora.grid_points) == {1}
 
 
 def test_claim_settings_from_the_profile_config(tmp_path):
