@@ -293,9 +293,10 @@ def method_claim(
 
 
 def claim_settings(profile: str, config_dir: str | Path = "config") -> dict:
-    """The `claims` block (confidence, noninferiority_margin_points) declared for `profile`
-    before its runs: config/config.yaml's, updated by config/{profile}.yaml's where that file
-    exists and sets one (profile files merge into config.yaml, as in the workflow)."""
+    """The `claims` block (confidence, noninferiority_margin_points, ...) declared for
+    `profile` before its runs: config/{profile}.yaml's (config/config.yaml is the laptop
+    profile); keys it lacks, or a profile without a file of its own (a renamed copy such as
+    `--config profile=rehearsal-test`), take config/config.yaml's."""
     config_dir = Path(config_dir)
     settings = dict(yaml.safe_load((config_dir / "config.yaml").read_text()).get("claims") or {})
     profile_file = config_dir / f"{profile}.yaml"
