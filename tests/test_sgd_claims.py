@@ -1,11 +1,13 @@
 """`lomo sgd-claims` against independent hand computations on tiny models."""
 
 import copy
+import dataclasses
 import json
 import math
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from lomo import finetune as ft
@@ -257,3 +259,22 @@ def test_cli_writes_every_section(tmp_path):
     assert {t["layer"] for t in distance["tensors"]} >= {"layers.0", "layers.1", "embed_tokens"}
     assert all(t["distance"] > 0 for t in distance["tensors"] if "layers" in t["layer"])
     assert not list(tmp_path.glob(".claims.json*")), "no temporary file left behind"
+
+
+def test_distance_reruns_a_zero3_run_in_one_process(tmp_path, monkeypatch):
+    """A ZeRO-3 run's config.yaml names its DeepSpeed config; the rerun runs without it."""
+    config = ft.FinetuneConfig(model="tiny-llama", method="lomo", task="rte", protocol="paper")
+    values = {**dataclasses.asdict(config), "deepspeed": "config/deepspeed/zero3.json"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(values))
+    seen = []
+
+    def fake_finetune(config, out):
+        seen.append(config)
+        raise RuntimeError("stop after the config")
+
+    monkeypatch.setattr(sc, "finetune", fake_finetune)
+    with pytest.raises(RuntimeError, match="stop after the config"):
+        sc.distance_travelled(tmp_path)
+    (rerun,) = seen
+    assert rerun.deepspeed is None and rerun.save_model
+    assert (rerun.method, rerun.lr, rerun.protocol) == (config.method, config.lr, "paper")
