@@ -261,15 +261,20 @@ def method_claim(
     label: str = "",
 ) -> dict:
     """The claim "method_a beats method_b" (or, with `noninferiority`, "method_a is not worse
-    than method_b by more than the margin") on `model`, from the paired runs: verdict by
-    `claim_verdict` on the pooled interval (`pooled_paired_difference`), with `settings` the
-    config's `claims` block (confidence, noninferiority_margin_points); evidence names the
-    protocol, tasks, seeds and examples."""
+    than method_b by more than the margin") on `model` under one data protocol (`runs` of one
+    protocol; the claim names it), from the paired runs: verdict by `claim_verdict` on the
+    pooled interval (`pooled_paired_difference`), with `settings` the config's `claims` block
+    (confidence, noninferiority_margin_points); evidence names the tasks, seeds and examples."""
     confidence, margin_points = settings["confidence"], settings["noninferiority_margin_points"]
+    cells = runs[(runs.model == model) & runs.method.isin([method_a, method_b])]
+    protocols = sorted(set(cells.protocol.dropna()))
+    if len(protocols) > 1:
+        raise ValueError(f"runs of several protocols {protocols}: one claim per protocol")
+    setting = f"{model}, {protocols[0]} protocol" if protocols else model
     claim = (
-        f"{method_a} not worse than {method_b} (margin {margin_points:g} points, {model})"
+        f"{method_a} not worse than {method_b} (margin {margin_points:g} points, {setting})"
         if noninferiority
-        else f"{method_a} beats {method_b} ({model})"
+        else f"{method_a} beats {method_b} ({setting})"
     )
     claim = f"{label}{claim}"
     counts = paired_counts(runs, model, method_a, method_b)
@@ -278,11 +283,9 @@ def method_claim(
         return {"claim": claim, "verdict": "not measured", "evidence": "no paired runs"}
     margin = margin_points / 100 if noninferiority else None
     verdict = claim_verdict(c["low"], c["high"], margin)
-    cells = runs[(runs.model == model) & runs.method.isin([method_a, method_b])]
-    protocols = " ".join(sorted(set(cells.protocol.dropna()))) or "unknown"
     boundary = f"-{margin_points:g}" if noninferiority else "0"
     evidence = (
-        f"{protocols} protocol, {len(c['tasks'])} tasks ({' '.join(c['tasks'])}), "
+        f"{len(c['tasks'])} tasks ({' '.join(c['tasks'])}), "
         f"{len(c['seeds'])} seed(s), {c['examples']} paired examples: {method_a} - {method_b} = "
         f"{100 * c['diff']:+.1f} points, {100 * confidence:g}% CI [{100 * c['low']:+.1f}, "
         f"{100 * c['high']:+.1f}] (Newcombe paired per task and seed, MOVER over tasks); "

@@ -155,8 +155,8 @@ def test_notebooks_produce_their_tables_and_figures(ci_results, tmp_path):
         for r in csv.DictReader(open(out / "tables" / "claims_compare.csv"))
     }
     for claim, boundary in (
-        ("lomo beats zero-shot (tiny-llama)", 0.0),
-        ("lomo not worse than lora (margin 2 points, tiny-llama)", -2.0),
+        ("lomo beats zero-shot (tiny-llama, val-split protocol)", 0.0),
+        ("lomo not worse than lora (margin 2 points, tiny-llama, val-split protocol)", -2.0),
     ):
         low, high = map(float, re.search(r"95% CI \[(\S+), (\S+)\]", evidence[claim]).groups())
         expected = "supported" if low > boundary else "inconclusive"
@@ -273,7 +273,11 @@ def write_run(
         "protocol": protocol,
         "template": template,
         "n_eval": len(predictions),
-        "reported": {"epoch": 1, "eval": {"accuracy": correct / len(predictions)}},
+        # heldout runs are selected on dev: the same score here
+        "reported": {
+            "epoch": 1,
+            **{split: {"accuracy": correct / len(predictions)} for split in ("eval", "dev")},
+        },
     }
     (run / "metrics.json").write_text(json.dumps(metrics))
     rows = [{"idx": i, "gold": g, "pred": p} for i, (p, g) in enumerate(predictions)]
@@ -365,10 +369,12 @@ def test_method_claim_verdicts_on_hand_computed_intervals(tmp_path, table, nonin
         (diff, low, high), abs=1e-6
     )
     assert claim["claim"] == (
-        "a not worse than b (margin 2 points, m)" if noninferiority else "a beats b (m)"
+        "a not worse than b (margin 2 points, m, val-split protocol)"
+        if noninferiority
+        else "a beats b (m, val-split protocol)"
     )
     assert f"CI [{100 * low:+.1f}, {100 * high:+.1f}]" in claim["evidence"]
-    assert "val-split protocol" in claim["evidence"] and "McNemar" in claim["evidence"]
+    assert "McNemar" in claim["evidence"]
 
 
 def test_pooled_difference_over_tasks_and_seeds(tmp_path):
@@ -421,6 +427,18 @@ def test_load_runs_selects_the_grid_point_the_protocol_reports(tmp_path):
     assert lomo.run.endswith("lomo_lr0.03/rte/seed1")
     lora = runs[runs.method == "lora"]
     assert sorted(lora.lora_r) == [1, 2] and set(lora.grid_points) == {1}
+
+
+def test_a_claim_is_per_protocol(tmp_path):
+    a, b = paired_predictions(5, 9, 1, 0)
+    for protocol in ("paper", "heldout"):
+        write_run(tmp_path / protocol, "a", "rte", a, protocol=protocol)
+        write_run(tmp_path / protocol, "b", "rte", b, protocol=protocol)
+    runs = pd.concat([analysis.load_runs(tmp_path / d) for d in ("paper", "heldout")])
+    with pytest.raises(ValueError, match="one claim per protocol"):
+        analysis.method_claim(runs, "m", "a", "b", SETTINGS, noninferiority=False)
+    paper = analysis.method_claim(runs[runs.protocol == "paper"], "m", "a", "b", SETTINGS, False)
+    assert paper["claim"] == "a beats b (m, paper protocol)" and paper["examples"] == 15
 
 
 def test_claim_settings_from_the_profile_config(tmp_path):
