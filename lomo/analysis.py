@@ -285,7 +285,7 @@ def method_claim(
     verdict = claim_verdict(c["low"], c["high"], margin)
     boundary = f"-{margin_points:g}" if noninferiority else "0"
     evidence = (
-        f"{len(c['tasks'])} tasks ({' '.join(c['tasks'])}), "
+        f"{len(c['tasks'])} task(s) ({' '.join(c['tasks'])}), "
         f"{len(c['seeds'])} seed(s), {c['examples']} paired examples: {method_a} - {method_b} = "
         f"{100 * c['diff']:+.1f} points, {100 * confidence:g}% CI [{100 * c['low']:+.1f}, "
         f"{100 * c['high']:+.1f}] (Newcombe paired per task and seed, MOVER over tasks); "
