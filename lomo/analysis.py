@@ -9,40 +9,82 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import yaml
 from scipy.stats import binomtest
 
-from lomo.report import wilson_interval
+from lomo import report
+from lomo.report import NOT_SETTINGS, PAPER_METHOD_NAMES, PAPER_MODEL_SIZES, wilson_interval
 from tasks.superglue.data import write_atomic
 
 CLAIM_COLUMNS = ["claim", "verdict", "evidence"]
+RUN_COLUMNS = ["model", "method", "task", "seed", "protocol", "template", "lora_r", "n"]
+RUN_COLUMNS += ["accuracy", "ci_low", "ci_high", "grid_points", "chosen", "run"]
+PAIRED_CELLS = ["both", "a_only", "b_only", "neither"]
+# The paper's Table 3 setting: 1000/1000 examples sampled with random.seed(0), best epoch on
+# the evaluation set (`lomo finetune --protocol paper`), the official LOMO prompts.
+PAPER_PROTOCOL = "paper"
+PAPER_TEMPLATE = "lomo"
+PAPER_LORA_R = 2  # Table 3's LoRA rank
+FIGURE3_MODEL, FIGURE3_HF_MODEL = "LLaMA-13B", "huggyllama/llama-13b"
+FIGURE3_METHODS = {"lora": "LoRA", "lora+lomo": "LoRA+LOMO", "lomo": "LOMO"}  # ours: paper's
 
 
 def load_runs(results_dir: str | Path) -> pd.DataFrame:
-    """One row per fine-tuning run: model, method, task, seed, n, accuracy (reported epoch),
-    its 95% Wilson interval, and the run folder."""
+    """One row per fine-tuning cell (model, method, task, seed, data protocol, prompt template,
+    LoRA rank): n, accuracy (reported epoch), its 95% Wilson interval and the run folder.
+    Where a cell holds several runs (the points of an lr x warmup grid), the one the protocol's
+    rule selects (`lomo.report.select_grid`, as the workflow's tables), with the number of
+    points and the chosen settings. `lora_r` is None for methods without LoRA."""
+    runs = [
+        report.load_run(str(path))
+        for path in sorted(Path(results_dir).glob("superglue/*/*/*/seed*/metrics.json"))
+    ]
+    runs = [r for r in runs if "accuracy" in r["metrics"]["reported"]["eval"]]  # not ReCoRD
     rows = []
-    for path in sorted(Path(results_dir).glob("superglue/*/*/*/seed*/metrics.json")):
-        run = json.loads(path.read_text())
-        accuracy = run["reported"]["eval"].get("accuracy")
-        if accuracy is None:  # ReCoRD reports F1 only
-            continue
-        low, high = wilson_interval(accuracy, run["n_eval"])
+    for run in report.select_grid(runs, grid_keys(runs)):
+        metrics, config = run["metrics"], run["config"]
+        accuracy = metrics["reported"]["eval"]["accuracy"]
+        low, high = wilson_interval(accuracy, metrics["n_eval"])
         rows.append(
             {
-                "model": run["model"],
-                "method": run["method"],
-                "task": run["task"],
-                "seed": run["seed"],
-                "n": run["n_eval"],
+                "model": metrics["model"],
+                "method": metrics["method"],
+                "task": metrics["task"],
+                "seed": metrics["seed"],
+                "protocol": metrics.get("protocol", config.get("protocol")),
+                "template": metrics.get("template", config.get("template")),
+                "lora_r": config.get("lora_r") if "lora" in metrics["method"] else None,
+                "n": metrics["n_eval"],
                 "accuracy": accuracy,
                 "ci_low": low,
                 "ci_high": high,
-                "run": str(path.parent),
+                "grid_points": run["grid_points"],
+                "chosen": run["chosen"],
+                "run": str(Path(run["path"]).parent),
             }
         )
-    columns = ["model", "method", "task", "seed", "n", "accuracy", "ci_low", "ci_high", "run"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def grid_keys(runs: list[dict]) -> list[str]:
+    """The settings that differ between runs of one cell (model, method, task, seed,
+    protocol, template, LoRA rank): the grid the selection rule chooses over."""
+    cells = {}
+    for run in runs:
+        config = run["config"]
+        lora_r = config.get("lora_r") if "lora" in config["method"] else None
+        cell = (config["model"], config["method"], config["task"], config["seed"])
+        cells.setdefault((*cell, config["protocol"], config.get("template"), lora_r), []).append(
+            config
+        )
+    keys = set()
+    for configs in cells.values():
+        for key in set().union(*configs) - NOT_SETTINGS:
+            if len({json.dumps(c.get(key), sort_keys=True) for c in configs}) > 1:
+                keys.add(key)
+    return sorted(keys)
 
 
 def read_measurements(paths: list[str] | None, default: str) -> pd.DataFrame:
@@ -61,52 +103,337 @@ def correctness(run_dir: str | Path) -> dict[str, bool]:
     return {json.dumps(r["idx"], sort_keys=True): r["pred"] == r["gold"] for r in records}
 
 
-def paired_comparison(runs: pd.DataFrame, model: str, method_a: str, method_b: str) -> dict:
-    """method_a against method_b on the examples both evaluated (same model, task and seed),
-    pooled over tasks and seeds: mean accuracy difference over the (task, seed) cells and an
-    exact McNemar test on the discordant examples (a right and b wrong, or the reverse)."""
+def one_lora_rank(runs: pd.DataFrame, rank: int = PAPER_LORA_R) -> pd.DataFrame:
+    """`runs` with one LoRA rank per (model, method, task, seed, protocol, template): where a
+    cell holds several ranks (Figure 3's sweep), only the paper's Table 3 rank `rank`."""
+    cell = ["model", "method", "task", "seed", "protocol", "template"]
+    ranks = runs.groupby(cell, dropna=False).lora_r.transform("nunique")
+    return runs[(ranks <= 1) | (runs.lora_r == rank)]
+
+
+def paired_counts(runs: pd.DataFrame, model: str, method_a: str, method_b: str) -> pd.DataFrame:
+    """One row per (task, seed) that both methods ran on `model` with the same protocol and
+    template: the paired 2x2 table over the examples both evaluated (`both` right, `a_only`,
+    `b_only`, `neither`)."""
     runs = runs[runs["model"] == model]
-    a = runs[runs["method"] == method_a].set_index(["task", "seed"])
-    b = runs[runs["method"] == method_b].set_index(["task", "seed"])
-    cells = sorted(set(a.index) & set(b.index))
-    a_only = b_only = both = 0
-    for cell in cells:
-        right_a, right_b = correctness(a.loc[cell, "run"]), correctness(b.loc[cell, "run"])
-        for key in right_a.keys() & right_b.keys():
-            a_only += right_a[key] and not right_b[key]
-            b_only += right_b[key] and not right_a[key]
-            both += 1
-    discordant = a_only + b_only
-    diff = (
-        sum(a.loc[c, "accuracy"] - b.loc[c, "accuracy"] for c in cells) / len(cells)
-        if cells
-        else float("nan")
+    cell = ["task", "seed", "protocol", "template"]
+    a = runs[runs["method"] == method_a].set_index(cell)
+    b = runs[runs["method"] == method_b].set_index(cell)
+    for method, frame in ((method_a, a), (method_b, b)):
+        if frame.index.duplicated().any():
+            raise ValueError(
+                f"several {method} runs of {model} on one (task, seed, protocol, template), e.g. "
+                f"{list(frame.index[frame.index.duplicated()][0])}: pass the runs of one setting"
+            )
+    rows = []
+    for key in sorted(set(a.index) & set(b.index), key=str):
+        right_a, right_b = correctness(a.loc[key, "run"]), correctness(b.loc[key, "run"])
+        shared = right_a.keys() & right_b.keys()
+        ra = [right_a[example] for example in shared]
+        rb = [right_b[example] for example in shared]
+        table = {
+            "both": sum(x and y for x, y in zip(ra, rb, strict=True)),
+            "a_only": sum(x and not y for x, y in zip(ra, rb, strict=True)),
+            "b_only": sum(y and not x for x, y in zip(ra, rb, strict=True)),
+            "neither": sum(not (x or y) for x, y in zip(ra, rb, strict=True)),
+        }
+        rows.append({"task": key[0], "seed": key[1], **table})
+    return pd.DataFrame(rows, columns=["task", "seed", *PAIRED_CELLS])
+
+
+def newcombe_paired_interval(
+    both: int, a_only: int, b_only: int, neither: int, confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """Difference p_a - p_b of two accuracies measured on the same n examples, and its
+    confidence interval by Newcombe's hybrid score method for paired data (method 10 of
+    R. G. Newcombe, "Improved confidence intervals for the difference between binomial
+    proportions based on paired data", Statistics in Medicine 17:2635-2650, 1998; as in
+    Fagerland, Lydersen and Laake, "Statistical Analysis of Contingency Tables", 2017, ch. 8):
+    Wilson score limits of each accuracy, combined with the continuity-corrected correlation
+    phi of the paired table. Returns (difference, low, high)."""
+    n = both + a_only + b_only + neither
+    if n == 0:
+        raise ValueError("a paired interval needs at least one example")
+    right_a, right_b = both + a_only, both + b_only
+    p_a, p_b = right_a / n, right_b / n
+    l_a, u_a = wilson_limits(right_a, n, confidence)
+    l_b, u_b = wilson_limits(right_b, n, confidence)
+    margins = right_a * (n - right_a) * right_b * (n - right_b)
+    cross = both * neither - a_only * b_only
+    if margins == 0 or 0 <= cross <= n / 2:
+        phi = 0.0
+    else:
+        phi = (cross - n / 2 if cross > n / 2 else cross) / np.sqrt(margins)
+    below = np.sqrt((p_a - l_a) ** 2 - 2 * phi * (p_a - l_a) * (u_b - p_b) + (u_b - p_b) ** 2)
+    above = np.sqrt((u_a - p_a) ** 2 - 2 * phi * (u_a - p_a) * (p_b - l_b) + (p_b - l_b) ** 2)
+    diff = p_a - p_b
+    return float(diff), float(diff - below), float(diff + above)
+
+
+def wilson_limits(successes: int, n: int, confidence: float) -> tuple[float, float]:
+    interval = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return interval.low, interval.high
+
+
+def pooled_paired_difference(counts: pd.DataFrame, confidence: float = 0.95) -> dict:
+    """Method A minus method B, pooled over tasks and seeds, with a `confidence` interval.
+
+    The estimate is the unweighted mean over tasks (as the paper's Avg. column) of each
+    task's mean over seeds of the paired accuracy difference. Its interval is built from the
+    Newcombe paired interval of every (task, seed) table (`newcombe_paired_interval`):
+    within a task, the seeds' distances from estimate to limit are averaged, which is
+    conservative whatever the correlation between seeds (they may evaluate the same examples,
+    and the spread of a mean is at most the mean of the spreads); across tasks, whose examples
+    are independent, the distances are combined by root sum of squares, the MOVER method of
+    G. Y. Zou and A. Donner, "Construction of confidence limits about effect measures: a
+    general approach", Statistics in Medicine 27:1693-1702, 2008. With one task and one seed
+    this is Newcombe's interval. McNemar's exact test on the pooled discordant examples is
+    reported as a secondary statistic (`p_value`); verdicts do not use it.
+    """
+    if counts.empty:
+        return {
+            "tasks": [],
+            "seeds": [],
+            "examples": 0,
+            "diff": np.nan,
+            "low": np.nan,
+            "high": np.nan,
+            "a_only": 0,
+            "b_only": 0,
+            "p_value": np.nan,
+        }
+    per_cell = [
+        newcombe_paired_interval(*(int(r[c]) for c in PAIRED_CELLS), confidence)
+        for r in counts.to_dict("records")
+    ]
+    cells = counts.assign(
+        diff=[d for d, _, _ in per_cell],
+        below=[d - low for d, low, _ in per_cell],
+        above=[high - d for d, _, high in per_cell],
     )
+    tasks = cells.groupby("task")[["diff", "below", "above"]].mean()
+    diff = tasks["diff"].mean()
+    a_only, b_only = int(counts.a_only.sum()), int(counts.b_only.sum())
+    discordant = a_only + b_only
     return {
-        "cells": len(cells),
-        "tasks": sorted({task for task, _ in cells}),
-        "examples": both,
-        "mean_diff": float(diff),
+        "tasks": sorted(tasks.index),
+        "seeds": sorted(counts.seed.unique().tolist()),
+        "examples": int(counts[PAIRED_CELLS].to_numpy().sum()),
+        "diff": float(diff),
+        "low": float(diff - np.sqrt((tasks.below**2).sum()) / len(tasks)),
+        "high": float(diff + np.sqrt((tasks.above**2).sum()) / len(tasks)),
         "a_only": a_only,
         "b_only": b_only,
         "p_value": binomtest(a_only, discordant).pvalue if discordant else 1.0,
     }
 
 
-def comparison_verdict(comparison: dict, at_least: bool, alpha: float = 0.05) -> str:
-    """'a beats b' (at_least=False) or 'a >= b' (at_least=True), from a paired comparison."""
-    if comparison["cells"] == 0:
+def claim_verdict(low: float, high: float, margin: float | None) -> str:
+    """The verdict on a comparative claim from the confidence interval [low, high] of the
+    difference A - B (same units as `margin`).
+
+    The claim "A beats B" (superiority, `margin` None) holds where the difference is > 0;
+    "A is not worse than B" (non-inferiority, `margin` m > 0) holds where it is > -m. With
+    that boundary b (0 or -m): "supported" when low > b (the whole interval lies where the
+    claim holds); "not supported" when high <= b (the interval excludes the claim);
+    "inconclusive" otherwise, i.e. low <= b < high (the interval straddles the boundary: the
+    data cannot tell). A missing interval (no paired runs) is "not measured".
+    """
+    if np.isnan(low) or np.isnan(high):
         return "not measured"
-    better, significant = comparison["mean_diff"] > 0, comparison["p_value"] < alpha
-    if at_least:
-        if comparison["mean_diff"] >= 0:
-            return "supported"
-        return "not supported" if significant else "inconclusive"
-    if better and significant:
+    if margin is not None and margin <= 0:
+        raise ValueError(f"a non-inferiority margin must be > 0, got {margin}")
+    boundary = 0.0 if margin is None else -margin
+    if low > boundary:
         return "supported"
-    if not better and significant:
+    if high <= boundary:
         return "not supported"
     return "inconclusive"
+
+
+def method_claim(
+    runs: pd.DataFrame,
+    model: str,
+    method_a: str,
+    method_b: str,
+    settings: dict,
+    noninferiority: bool,
+    label: str = "",
+) -> dict:
+    """The claim "method_a beats method_b" (or, with `noninferiority`, "method_a is not worse
+    than method_b by more than the margin") on `model` under one data protocol (`runs` of one
+    protocol; the claim names it), from the paired runs: verdict by `claim_verdict` on the
+    pooled interval (`pooled_paired_difference`), with `settings` the config's `claims` block
+    (confidence, noninferiority_margin_points); evidence names the tasks, seeds and examples."""
+    confidence, margin_points = settings["confidence"], settings["noninferiority_margin_points"]
+    cells = runs[(runs.model == model) & runs.method.isin([method_a, method_b])]
+    protocols = sorted(set(cells.protocol.dropna()))
+    if len(protocols) > 1:
+        raise ValueError(f"runs of several protocols {protocols}: one claim per protocol")
+    setting = f"{model}, {protocols[0]} protocol" if protocols else model
+    claim = (
+        f"{method_a} not worse than {method_b} (margin {margin_points:g} points, {setting})"
+        if noninferiority
+        else f"{method_a} beats {method_b} ({setting})"
+    )
+    claim = f"{label}{claim}"
+    counts = paired_counts(runs, model, method_a, method_b)
+    c = pooled_paired_difference(counts, confidence)
+    if not c["tasks"]:
+        return {"claim": claim, "verdict": "not measured", "evidence": "no paired runs"}
+    margin = margin_points / 100 if noninferiority else None
+    verdict = claim_verdict(c["low"], c["high"], margin)
+    boundary = f"-{margin_points:g}" if noninferiority else "0"
+    evidence = (
+        f"{len(c['tasks'])} task(s) ({' '.join(c['tasks'])}), "
+        f"{len(c['seeds'])} seed(s), {c['examples']} paired examples: {method_a} - {method_b} = "
+        f"{100 * c['diff']:+.1f} points, {100 * confidence:g}% CI [{100 * c['low']:+.1f}, "
+        f"{100 * c['high']:+.1f}] (Newcombe paired per task and seed, MOVER over tasks); "
+        f"supported if the lower limit > {boundary}; secondary: only {method_a} right on "
+        f"{c['a_only']}, only {method_b} on {c['b_only']} (McNemar p = {c['p_value']:.2g})"
+    )
+    return {"claim": claim, "verdict": verdict, "evidence": evidence, **c}
+
+
+def claim_settings(profile: str, config_dir: str | Path = "config") -> dict:
+    """The `claims` block (confidence, noninferiority_margin_points, ...) declared for
+    `profile` before its runs: config/{profile}.yaml's (config/config.yaml is the laptop
+    profile); keys it lacks, or a profile without a file of its own (a renamed copy such as
+    `--config profile=rehearsal-test`), take config/config.yaml's."""
+    config_dir = Path(config_dir)
+    settings = dict(yaml.safe_load((config_dir / "config.yaml").read_text()).get("claims") or {})
+    profile_file = config_dir / f"{profile}.yaml"
+    if profile_file.exists():
+        settings.update(yaml.safe_load(profile_file.read_text()).get("claims") or {})
+    missing = {"confidence", "noninferiority_margin_points"} - set(settings)
+    if missing:
+        raise ValueError(
+            f"config: the claims block for profile {profile!r} lacks {sorted(missing)}"
+        )
+    return settings
+
+
+def paper_counterpart(model: str) -> tuple[str, str]:
+    """(size, name) of the paper's LLaMA that a run's numbers are set beside: the model itself
+    for huggyllama/llama-*, else LLaMA-7B, the nearest size."""
+    size = PAPER_MODEL_SIZES.get(model)
+    return (size, f"LLaMA-{size}") if size else ("7B", "LLaMA-7B")
+
+
+def unlike_paper(
+    model: str, protocol: str | None, template: str | None, paper_model: str | None = None
+) -> str:
+    """What makes a run unlike the paper's number it is set beside ('' when like for like):
+    another model than `paper_model` (default: any of the paper's LLaMAs), another data
+    protocol than the paper's 1000/1000 sampling with the best epoch, or another prompt
+    template than the official LOMO one (quirks allowed)."""
+    differs = []
+    if (model != paper_model) if paper_model else (model not in PAPER_MODEL_SIZES):
+        differs.append(f"model {model}")
+    if protocol != PAPER_PROTOCOL:
+        differs.append(f"protocol {protocol}")
+    if template is None or template.split("+")[0] != PAPER_TEMPLATE:
+        differs.append(f"template {template}")
+    return ", ".join(differs)
+
+
+def pool_seeds(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Runs grouped by `keys` with their seeds pooled: seeds, n, correct, accuracy (correct
+    over evaluated examples) and its 95% Wilson interval."""
+    pooled = (
+        runs.assign(correct=runs.accuracy * runs.n)
+        .groupby(keys, as_index=False)
+        .agg(seeds=("seed", "count"), n=("n", "sum"), correct=("correct", "sum"))
+    )
+    pooled["accuracy"] = pooled.correct / pooled.n
+    intervals = [wilson_interval(a, n) for a, n in zip(pooled.accuracy, pooled.n, strict=True)]
+    pooled["ci_low"], pooled["ci_high"] = zip(*intervals, strict=True)
+    return pooled
+
+
+def superglue_comparison(runs: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """Our accuracy per (model, protocol, template, method, task), seeds pooled (correct over
+    evaluated examples, 95% Wilson interval), beside the paper's Table 3 value (`reference`:
+    size, method, task, accuracy in percent) of the named LLaMA. `ours_minus_paper` is filled
+    only where the run is like for like (the paper's model, protocol and template); elsewhere
+    `unlike_paper` says what differs. `avg` rows: the unweighted mean over the tasks the
+    paper reports (else all tasks run), the same task set for every method of a model."""
+    keys = ["model", "protocol", "template", "method", "task"]
+    paper_value = {
+        (r.size, r.method, r.task): r.accuracy / 100 for r in reference.itertuples(index=False)
+    }
+    runs = runs.assign(
+        protocol=runs.protocol.fillna("unknown"), template=runs.template.fillna("unknown")
+    )
+    pooled = pool_seeds(runs, keys)
+    pooled["paper_model"] = [paper_counterpart(m)[1] for m in pooled.model]
+    pooled["paper"] = [
+        paper_value.get((paper_counterpart(m)[0], PAPER_METHOD_NAMES.get(meth), t), np.nan)
+        for m, meth, t in zip(pooled.model, pooled.method, pooled.task, strict=True)
+    ]
+    paper_tasks = set(reference.task) - {"avg"}
+    averages = []
+    for key, group in pooled.groupby(keys[:4]):
+        shared = group[group.task.isin(paper_tasks)]
+        part = shared if len(shared) else group
+        averages.append(
+            {
+                **dict(zip(keys[:4], key, strict=True)),
+                "task": "avg",
+                "seeds": group.seeds.max(),
+                "n": part.n.sum(),
+                "accuracy": part.accuracy.mean(),
+                "paper_model": group.paper_model.iloc[0],
+                "paper": shared.paper.mean()
+                if len(shared) and shared.paper.notna().all()
+                else np.nan,
+            }
+        )
+    table = pd.concat([pooled.drop(columns="correct"), pd.DataFrame(averages)], ignore_index=True)
+    table["paper_protocol"] = PAPER_PROTOCOL
+    table["unlike_paper"] = [
+        unlike_paper(m, p, t)
+        for m, p, t in zip(table.model, table.protocol, table.template, strict=True)
+    ]
+    like = (table.unlike_paper == "") & table.paper.notna()
+    table["ours_minus_paper"] = (table.accuracy - table.paper).where(like)
+    columns = [*keys, "seeds", "n", "accuracy", "ci_low", "ci_high", "paper_model"]
+    columns += ["paper_protocol", "paper", "unlike_paper", "ours_minus_paper"]
+    return table[columns].sort_values(keys, ignore_index=True)
+
+
+def figure3_comparison(runs: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """The paper's Figure 3 (LoRA and LoRA+LOMO by rank r, and LOMO alone, LLaMA-13B, BoolQ
+    and MultiRC; `reference`: model, task, method, lora_r, accuracy in percent) beside our runs
+    of those methods and tasks on any model: LoRA runs need a `lora_r` in their config.yaml.
+    Seeds pooled; `ours_minus_paper` only where the run is like for like (LLaMA-13B, the
+    paper's protocol and template), else `unlike_paper` says what differs. Empty when no run
+    matches."""
+    runs = runs[runs.method.isin(list(FIGURE3_METHODS)) & runs.task.isin(set(reference.task))]
+    runs = runs[(runs.method == "lomo") | runs.lora_r.notna()]
+    keys = ["model", "protocol", "template", "method", "task", "lora_r"]
+    columns = [*keys, "seeds", "n", "accuracy", "ci_low", "ci_high", "paper_model", "paper"]
+    columns += ["unlike_paper", "ours_minus_paper"]
+    if runs.empty:
+        return pd.DataFrame(columns=columns)
+    runs = runs.assign(lora_r=runs.lora_r.fillna(0).astype(int))  # 0: LOMO alone, no LoRA
+    pooled = pool_seeds(runs, keys)
+    paper = {
+        (r.task, r.method, 0 if pd.isna(r.lora_r) else int(r.lora_r)): r.accuracy / 100
+        for r in reference.itertuples(index=False)
+    }
+    pooled["paper_model"] = FIGURE3_MODEL
+    pooled["paper"] = [
+        paper.get((t, FIGURE3_METHODS[m], r), np.nan)
+        for t, m, r in zip(pooled.task, pooled.method, pooled.lora_r, strict=True)
+    ]
+    pooled["unlike_paper"] = [
+        unlike_paper(m, p, t, FIGURE3_HF_MODEL)
+        for m, p, t in zip(pooled.model, pooled.protocol, pooled.template, strict=True)
+    ]
+    like = (pooled.unlike_paper == "") & pooled.paper.notna()
+    pooled["ours_minus_paper"] = (pooled.accuracy - pooled.paper).where(like)
+    return pooled[columns].sort_values(keys, ignore_index=True)
 
 
 def inference_memory_claims(memory: pd.DataFrame, paper_overhead: float) -> list[dict]:

@@ -30,17 +30,37 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def superglue_lines(rows: list[dict[str, str]]) -> list[str]:
+    """One line per row of compare_superglue.csv. Our number names the model, protocol and
+    template that produced it; "ours - paper" is shown only for a like-for-like row (an empty
+    `unlike_paper`), every other row says what differs instead."""
+    columns = set(rows[0]) if rows else set()
+    missing = {"protocol", "template", "unlike_paper", "ours_minus_paper"} - columns
+    if missing:
+        raise ValueError(
+            f"{SUPERGLUE} lacks the columns {sorted(missing)}: "
+            "rerun analysis/compare_to_paper.ipynb"
+        )
     lines = [
-        "| model | method | task | n | ours % [95% CI] | paper % | paper model | ours - paper |",
+        "| model | protocol (template) | method | task | n | ours % [95% CI] "
+        "| paper % (model, protocol) | ours - paper |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ours = percent(r["accuracy"])
         if r["ci_low"]:  # averages over tasks have no interval
             ours += f" [{percent(r['ci_low'])}, {percent(r['ci_high'])}]"
+        paper = "-"
+        if r["paper"]:
+            paper = f"{percent(r['paper'])} ({r['paper_model']}, {r['paper_protocol']})"
+        if r["ours_minus_paper"]:
+            gap = percent(r["ours_minus_paper"])
+        elif r["paper"]:
+            gap = f"not like for like: {r['unlike_paper']}"
+        else:
+            gap = "-"
         lines.append(
-            f"| {r['model']} | {r['method']} | {r['task']} | {r['n']} | {ours} "
-            f"| {percent(r['paper'])} | {r['paper_model'] or '-'} | {percent(r['diff'])} |"
+            f"| {r['model']} | {r['protocol']} ({r['template']}) | {r['method']} | {r['task']} "
+            f"| {r['n']} | {ours} | {paper} | {gap} |"
         )
     return lines
 
@@ -66,8 +86,11 @@ def render(tables_dir: Path) -> str:
         lines.append(f"No results yet: `{tables_dir}` has neither {SUPERGLUE} nor {CLAIMS}.")
     if superglue.exists():
         lines += [
-            f"SuperGLUE accuracy (source: `{superglue}`). The paper's column is its LLaMA row "
-            "of the nearest size; runs on other models and protocols are not like for like.",
+            f"SuperGLUE accuracy (source: `{superglue}`). Each of our numbers names the model, "
+            "data protocol and prompt template that produced it; the paper's column is Table 3 "
+            "for the LLaMA of that size (LLaMA-7B for other models), under the paper's protocol. "
+            "`ours - paper` is given only where model, protocol and template all match the "
+            "paper's; other rows say what differs.",
             "",
             *superglue_lines(read_csv(superglue)),
             "",

@@ -10,7 +10,9 @@ for the same architecture with random weights):
   one step on the pair with the same total lr. gap = |theta_seq - theta_batch|
   = lr |g_b(theta_0 - lr g_a) - g_b(theta_0)|, relative to the update lr |g_a + g_b|;
 - smoothness: the loss change along random directions whose norm, per tensor, is a fixed
-  fraction epsilon of that tensor's norm;
+  fraction epsilon of that tensor's norm; and, like for like on the same model, the loss
+  along the clipped SGD step of each lr and along a random direction of the same norm, both
+  ways, which gives the step's first-order decrease and its curvature term;
 - sharpness: the top Hessian eigenvalue by power iteration on Hessian-vector products
   (plain SGD with lr is stable along that direction only while lr < 2 / eigenvalue);
 - distance travelled (`--distance-runs`): rerun a workflow fine-tuning run (its config.yaml)
@@ -21,6 +23,7 @@ every backend).
 """
 
 import argparse
+import dataclasses
 import json
 import random
 import re
@@ -88,6 +91,8 @@ def load_examples(
 
 
 def loss_closure(model: nn.Module, batch: dict[str, Tensor]) -> Closure:
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
     return lambda: model(**batch).loss
 
 
@@ -175,7 +180,7 @@ def random_direction_losses(
             for epsilon in epsilons:
                 generator = torch.Generator().manual_seed(seed * 1000 + direction)
                 for p, p0 in zip(params, start, strict=True):
-                    d = torch.randn(p0.shape, generator=generator, dtype=p0.dtype)
+                    d = torch.randn(p0.shape, generator=generator, dtype=p0.dtype).to(p0.device)
                     p.copy_(p0 + d * (epsilon * p0.norm() / d.norm()))
                 loss = loss_fn().item()
                 rows.append(
@@ -191,13 +196,78 @@ def random_direction_losses(
     return rows
 
 
+def sgd_step_losses(
+    params: list[Tensor], loss_fn: Closure, lrs: list[float], clip_norm: float, seed: int
+) -> list[dict]:
+    """Smoothness where SGD moves, compared like with like on the same model: for each lr,
+    the step d = -lr * min(1, clip_norm / |g|) * g of clipped SGD (the paper's LOMO, global
+    norm clipping), and one random direction r of the same norm (scaled per tensor as in
+    `random_direction_losses`). Both are evaluated at theta + d and theta - d (the same for
+    r), so that L(+) - L(-) = 2 g.d and L(+) + L(-) - 2 L(0) = d.H.d up to third order.
+    `curvature_ratio` = d.H.d / (2 |g.d|): below 1 a step still lowers the loss, near 0 the
+    loss is linear over the step (smooth at that scale). The parameters are restored."""
+    start = [p.detach().clone() for p in params]
+    grad = gradient(loss_fn, params)
+    grad_norm, param_norm = norm(grad), norm(start)
+    rows = []
+    with torch.no_grad():
+        base = loss_fn().item()
+
+        def loss_at(direction: list[Tensor], sign: float) -> float:
+            for p, p0, d in zip(params, start, direction, strict=True):
+                p.copy_(p0).add_(d, alpha=sign)
+            return loss_fn().item()
+
+        for lr in lrs:
+            scale = lr * min(1.0, clip_norm / grad_norm)
+            step = [-scale * g for g in grad]
+            step_norm = scale * grad_norm
+            generator = torch.Generator().manual_seed(seed)
+            noise = [
+                torch.randn(p0.shape, generator=generator, dtype=p0.dtype).to(p0.device)
+                for p0 in start
+            ]
+            # per tensor |r_p| = (|d| / |theta|) |theta_p|, so |r| = |d|
+            random = [
+                r * (step_norm / param_norm * p0.norm() / r.norm())
+                for r, p0 in zip(noise, start, strict=True)
+            ]
+            losses = {
+                name: (loss_at(d, 1.0), loss_at(d, -1.0))
+                for name, d in (("step", step), ("random", random))
+            }
+            first_order = -scale * grad_norm**2  # g.d
+            plus, minus = losses["step"]
+            random_plus, random_minus = losses["random"]
+            rows.append(
+                {
+                    "lr": lr,
+                    "step_norm": step_norm,
+                    "relative_step": step_norm / param_norm,
+                    "grad_norm": grad_norm,
+                    "loss_start": base,
+                    "loss_step": plus,
+                    "loss_back": minus,
+                    "first_order": first_order,
+                    "curvature": plus + minus - 2 * base,
+                    "curvature_ratio": (plus + minus - 2 * base) / (2 * abs(first_order)),
+                    "random_loss_plus": random_plus,
+                    "random_loss_minus": random_minus,
+                    "random_curvature": random_plus + random_minus - 2 * base,
+                }
+            )
+    set_params(params, start)
+    return rows
+
+
 def hessian_top_eigenvalue(
     params: list[Tensor], loss_fn: Closure, iterations: int, seed: int
 ) -> dict:
     """The Hessian eigenvalue of largest magnitude, by power iteration on exact
     Hessian-vector products (double backward); the estimate is the Rayleigh quotient v.Hv."""
     generator = torch.Generator().manual_seed(seed)
-    v = [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in params]
+    # drawn on the CPU generator, so a CUDA run starts from the same vector
+    v = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params]
     scale = norm(v)
     v = [x / scale for x in v]
     with torch.enable_grad():
@@ -241,9 +311,12 @@ def parameter_distances(start: nn.Module, end: nn.Module) -> list[dict]:
 
 def distance_travelled(run_dir: str | Path) -> dict:
     """Rerun the fine-tuning run in `run_dir` (from its config.yaml) with the model saved, in
-    a temporary folder, and measure how far each tensor moved from its initial value."""
+    a temporary folder, and measure how far each tensor moved from its initial value. A
+    multi-rank ZeRO-3 run is rerun in this one process: the same global batches and updates
+    (the distributed tests hold them equal to 1e-5), so the distance differs by rounding only."""
     run_dir = Path(run_dir)
     config = load_config(str(run_dir / "config.yaml"), {"save_model": True})
+    config = dataclasses.replace(config, deepspeed=None)
     if config.method not in ("lomo", "adalomo", "sgd", "adamw"):
         raise ValueError(f"{run_dir}: distance needs a full-parameter method, not {config.method}")
     with tempfile.TemporaryDirectory(prefix="lomo-distance-") as tmp:
@@ -272,7 +345,7 @@ def distance_travelled(run_dir: str | Path) -> dict:
 
 def measure_model(spec: str, args: argparse.Namespace) -> dict:
     name = spec.removesuffix(RANDOM_SUFFIX)
-    model = load_subject(spec, seed=args.seed)
+    model = load_subject(spec, seed=args.seed).to(args.device)
     model.eval()  # no dropout: the losses are deterministic functions of the weights
     params = trainable(model)
     tokenizer = load_tokenizer(name)
@@ -294,6 +367,7 @@ def measure_model(spec: str, args: argparse.Namespace) -> dict:
             implicit.append({"pair": pair, **row})
     batch_loss = loss_closure(model, collate(examples[: args.batch_size], tokenizer.pad_token_id))
     smooth = random_direction_losses(params, batch_loss, args.epsilons, args.directions, args.seed)
+    steps = sgd_step_losses(params, batch_loss, args.lrs, args.clip_norm, args.seed)
     hessian = hessian_top_eigenvalue(params, batch_loss, args.power_iterations, args.seed)
     print(f"[sgd-claims] {spec}: top Hessian eigenvalue {hessian['eigenvalue']:.4g}", flush=True)
     return {
@@ -303,6 +377,7 @@ def measure_model(spec: str, args: argparse.Namespace) -> dict:
         "param_norm": norm(p.detach() for p in params),
         "implicit_batch": implicit,
         "smoothness": smooth,
+        "sgd_steps": steps,
         "hessian": hessian,
     }
 
@@ -342,6 +417,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--batch-size", type=int, default=4, help="examples in the smoothness/Hessian batch"
     )
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1e-3, 1e-2, 5e-2])
+    parser.add_argument(
+        "--clip-norm", type=float, default=1.0, help="global norm clipping of the SGD steps"
+    )
     parser.add_argument("--directions", type=int, default=3, help="random directions")
     parser.add_argument("--power-iterations", type=int, default=10)
     parser.add_argument(
@@ -351,6 +429,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="fine-tuning run folders (with config.yaml) to rerun for the distance travelled",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the paper's models")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.set_defaults(func=run)

@@ -1,11 +1,13 @@
 """`lomo sgd-claims` against independent hand computations on tiny models."""
 
 import copy
+import dataclasses
 import json
 import math
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from lomo import finetune as ft
@@ -101,6 +103,51 @@ def test_hessian_top_eigenvalue_matches_full_hessian():
     assert result["eigenvalue"] == pytest.approx(expected, rel=1e-3)
     assert result["loss"] == pytest.approx(loss().item())
     assert len(result["history"]) == 300
+
+
+@pytest.mark.parametrize(
+    ("clip", "expected"),
+    [
+        # L = (2 x^2 + 4 y^2) / 2 at (1, 1): L0 = 3, g = (2, 4), |g|^2 = 20, g.A.g = 72.
+        # lr 0.1 clipped to norm 1: scale = 0.1 / sqrt(20), d = -scale g, |d| = 0.1,
+        # g.d = -scale 20 = -0.447214, d.A.d = scale^2 72 = 0.036, L(+d) = 3 - 0.447214 + 0.018.
+        (
+            1.0,
+            {
+                "first_order": -0.447214,
+                "curvature": 0.036,
+                "curvature_ratio": 0.040249,
+                "loss_step": 2.570786,
+                "step_norm": 0.1,
+            },
+        ),
+        # unclipped: d = -(0.2, 0.4), L(0.8, 0.6) = (1.28 + 1.44) / 2, g.d = -2, d.A.d = 0.72
+        (
+            100.0,
+            {
+                "first_order": -2.0,
+                "curvature": 0.72,
+                "curvature_ratio": 0.18,
+                "loss_step": 1.36,
+                "step_norm": math.sqrt(0.2),
+            },
+        ),
+    ],
+)
+def test_sgd_step_losses_on_a_quadratic_by_hand(clip, expected):
+    theta = nn.Parameter(torch.tensor([1.0, 1.0], dtype=torch.float64))
+    curvatures = torch.tensor([2.0, 4.0], dtype=torch.float64)
+
+    def loss():
+        return 0.5 * (curvatures * theta**2).sum()
+
+    (row,) = sc.sgd_step_losses([theta], loss, [0.1], clip_norm=clip, seed=0)
+    assert torch.equal(theta.detach(), torch.tensor([1.0, 1.0], dtype=torch.float64))
+    assert row["loss_start"] == pytest.approx(3.0)
+    for key, value in expected.items():
+        assert row[key] == pytest.approx(value, abs=1e-6), key
+    # a random direction of the same norm: its curvature r.A.r lies in [2, 4] |r|^2
+    assert 2 * row["step_norm"] ** 2 <= row["random_curvature"] <= 4 * row["step_norm"] ** 2 + 1e-12
 
 
 def test_random_directions_have_the_given_relative_norm():
@@ -204,6 +251,7 @@ def test_cli_writes_every_section(tmp_path):
     assert model["model"] == "tiny-llama" and not model["pretrained"]
     assert len(model["implicit_batch"]) == 2 * 2
     assert len(model["smoothness"]) == 2
+    assert [row["lr"] for row in model["sgd_steps"]] == [0.001, 0.01]
     assert len(model["hessian"]["history"]) == 3
     (distance,) = result["distance"]
     assert distance["method"] == "lomo" and distance["epochs"] == 1
@@ -211,3 +259,22 @@ def test_cli_writes_every_section(tmp_path):
     assert {t["layer"] for t in distance["tensors"]} >= {"layers.0", "layers.1", "embed_tokens"}
     assert all(t["distance"] > 0 for t in distance["tensors"] if "layers" in t["layer"])
     assert not list(tmp_path.glob(".claims.json*")), "no temporary file left behind"
+
+
+def test_distance_reruns_a_zero3_run_in_one_process(tmp_path, monkeypatch):
+    """A ZeRO-3 run's config.yaml names its DeepSpeed config; the rerun runs without it."""
+    config = ft.FinetuneConfig(model="tiny-llama", method="lomo", task="rte", protocol="paper")
+    values = {**dataclasses.asdict(config), "deepspeed": "config/deepspeed/zero3.json"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(values))
+    seen = []
+
+    def fake_finetune(config, out):
+        seen.append(config)
+        raise RuntimeError("stop after the config")
+
+    monkeypatch.setattr(sc, "finetune", fake_finetune)
+    with pytest.raises(RuntimeError, match="stop after the config"):
+        sc.distance_travelled(tmp_path)
+    (rerun,) = seen
+    assert rerun.deepspeed is None and rerun.save_model
+    assert (rerun.method, rerun.lr, rerun.protocol) == (config.method, config.lr, "paper")

@@ -1,9 +1,18 @@
 """Rendered prompts for one real example per task and template, against hand-written strings."""
 
+import functools
+import importlib
+import json
+import sys
+import types
+import warnings
+from pathlib import Path
+
 import pytest
 from superglue_paths import DATA_DIR
 
 from tasks.superglue import get_task, get_template
+from tasks.superglue.prompts import wsc_fixed
 
 # (task, split, position in the loaded split) of the real examples used below.
 EXAMPLES = {
@@ -123,7 +132,7 @@ GOLDEN = {
             YES_NO,
         ),
     },
-    "lm-eval": {
+    "lm-eval-clean": {
         "boolq": (
             BOOLQ_PASSAGE
             + "\nQuestion: is northwest florida state college a 4 year college?\nAnswer:",
@@ -162,6 +171,20 @@ GOLDEN = {
         ),
     },
 }
+# lm-eval itself: its " " target delimiter before COPA's and ReCoRD's choices, which start with
+# spaces already, and MultiRC's (yes, no) choice order.
+GOLDEN["lm-eval"] = {
+    **GOLDEN["lm-eval-clean"],
+    "copa": ("I coughed because", ["  i inhaled smoke.", "  i lowered my voice."]),
+    "multirc": (
+        GOLDEN["lm-eval-clean"]["multirc"][0],
+        [" 5\nIs the answer correct? yes", " 5\nIs the answer correct? no"],
+    ),
+    "record": (
+        GOLDEN["lm-eval-clean"]["record"][0],
+        ["   - " + RECORD_QUERY.format(entity) for entity in ENTITIES],
+    ),
+}
 GOLD = {"boolq": 1, "cb": 1, "copa": 0, "multirc": 1, "record": 4, "rte": 1, "wic": 1, "wsc": 0}
 
 
@@ -194,7 +217,7 @@ def test_copa_choice_casing_per_template():
     assert mezo.text == "The chandelier shattered on the floor because "
     assert mezo.candidates[0] == "the chandelier dropped from the ceiling."
     assert lm_eval.text == "The chandelier shattered on the floor because"
-    assert lm_eval.candidates[0] == " the chandelier dropped from the ceiling."
+    assert lm_eval.candidates[0] == "  the chandelier dropped from the ceiling."
 
 
 def test_lm_eval_wsc_detokenizes_the_passage():
@@ -213,3 +236,126 @@ def test_template_ids_and_bad_template_names():
         get_template("lomo+typo")
     with pytest.raises(ValueError, match="use them with 'lomo'"):
         get_template("mezo+pronuon")
+
+
+# --- lm-evaluation-harness 0.4.x, request by request -----------------------------------------
+
+# The val rows whose span1 text `wsc.fixed` (the WSC config lm-eval reads) writes differently
+# from the plain WSC: the word at span1_index is lower case ("... on the table"), the plain
+# span is capitalised. Read off the data by hand, independently of `wsc_fixed`.
+WSC_FIXED_SPAN1 = {
+    5: "the table",
+    23: "the table",
+    28: "the lake",
+    29: "the oatmeal cookies",
+    51: "the woman",
+    81: "the oatmeal cookies",
+    87: "the lake",
+    89: "the chocolate chip cookies",
+}
+# Local splits with a label (BoolQ's and ReCoRD's validation splits are held back here).
+LMEVAL_SPLITS = {
+    "boolq": "train",
+    "cb": "val",
+    "copa": "val",
+    "multirc": "val",
+    "record": "train",
+    "rte": "val",
+    "wic": "val",
+    "wsc": "val",
+}
+
+
+@functools.cache
+def task_manager():
+    """lm-eval's index of its task YAMLs (built once: it reads them all)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
+def lmeval_requests(task: str, rows: list[dict], tmp_path) -> list[tuple[str, list[str], int]]:
+    """(context, continuations, gold index) per row, built by lm-eval itself: a task YAML that
+    includes lm-eval's own SuperGLUE task YAML (doc_to_text, doc_to_choice, doc_to_target,
+    target_delimiter, process_docs) and only points its dataset at these rows in a local json
+    file instead of the hub, loaded by lm-eval's task manager."""
+    import lm_eval
+    from lm_eval.tasks import get_task_dict
+
+    data = tmp_path / f"{task}.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    included = Path(lm_eval.__file__).parent / "tasks" / "super_glue" / task / "default.yaml"
+    config = {
+        "include": str(included),
+        "task": f"{task}_local_rows",
+        "dataset_path": "json",
+        "dataset_name": None,
+        "dataset_kwargs": {"data_files": {"validation": str(data)}, "cache_dir": str(tmp_path)},
+        "training_split": None,
+    }
+    (tmp_path / "task.yaml").write_text(json.dumps(config))  # JSON is YAML
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # get_task_dict: all of 0.4.x has it
+        (lm_task,) = get_task_dict([str(tmp_path / "task.yaml")], task_manager()).values()
+    requests = []
+    for doc_id, doc in enumerate(lm_task.validation_docs()):
+        context = lm_task.fewshot_context(doc, 0)
+        instances = lm_task.construct_requests(doc=doc, ctx=context, metadata=(task, doc_id, 1))
+        assert {i.arguments[0] for i in instances} == {context}
+        target = lm_task.doc_to_target(doc)
+        choices = lm_task.doc_to_choice(doc)
+        gold = choices.index(target) if isinstance(target, str) else target
+        requests.append((context, [i.arguments[1] for i in instances], gold))
+    return requests
+
+
+@pytest.mark.parametrize("task", list(LMEVAL_SPLITS))
+def test_lm_eval_template_equals_lm_evaluation_harness_requests(task, tmp_path, monkeypatch):
+    pytest.importorskip(
+        "lm_eval", reason="lm-evaluation-harness is not installed (pip install lm_eval==0.4.13)"
+    )
+    if task == "record" and importlib.util.find_spec("transformers") is not None:
+        # lm-eval's ReCoRD utils import transformers' SQuAD metrics (gone in transformers 5)
+        # for scoring only; building the requests does not use them.
+        for name in ("transformers.data.metrics", "transformers.data.metrics.squad_metrics"):
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    rows = get_task(task).load(LMEVAL_SPLITS[task], "local", DATA_DIR)
+    harness_rows = rows
+    if task == "wsc":  # lm-eval reads wsc.fixed; our template repairs the plain rows itself
+        harness_rows = [
+            {**r, "span1_text": WSC_FIXED_SPAN1.get(r["idx"], r["span1_text"])} for r in rows
+        ]
+    expected = lmeval_requests(task, harness_rows, tmp_path)
+    template = get_template("lm-eval")
+    ours = [get_task(task).render(row, template) for row in rows]
+    assert len(ours) == len(expected)
+    for row, prompt, (context, continuations, gold) in zip(rows, ours, expected, strict=True):
+        assert (prompt.text, prompt.candidates, prompt.gold) == (context, continuations, gold), row
+
+
+def test_wsc_fixed_repairs_exactly_the_spans_lm_eval_reads_differently():
+    rows = get_task("wsc").load("val", "local", DATA_DIR)
+    changed = {r["idx"]: fixed["span1_text"] for r in rows if (fixed := wsc_fixed(r)) != r}
+    assert changed == WSC_FIXED_SPAN1
+
+
+def test_lm_eval_clean_differs_from_lm_eval_only_in_copa_record_and_multirc_order():
+    copa = real_example("copa")
+    assert (
+        get_task("copa").render(copa, get_template("lm-eval")).candidates[0] == "  i inhaled smoke."
+    )
+    multirc = get_task("multirc").render(real_example("multirc"), get_template("lm-eval"))
+    assert multirc.candidates[multirc.gold].endswith("correct? no")  # lm-eval's reversed order
+    clean = get_task("multirc").render(real_example("multirc"), get_template("lm-eval-clean"))
+    assert clean.candidates[clean.gold].endswith("correct? yes")
+    record = get_task("record").render(real_example("record"), get_template("lm-eval"))
+    assert record.candidates[0].startswith("   - After")
+    for task in ("boolq", "cb", "rte", "wic", "wsc"):
+        example = real_example(task)
+        same = [
+            get_task(task).render(example, get_template(t)) for t in ("lm-eval", "lm-eval-clean")
+        ]
+        assert same[0] == same[1], task

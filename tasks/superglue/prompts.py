@@ -17,8 +17,16 @@ Template sets:
                          evaluation does.
 - `mezo`: MeZO large_models/templates.py (BoolQ: BoolQTemplateV3, ReCoRD: ReCoRDTemplateGPT3,
   WSC uses the plain `wsc` data here, not `wsc.fixed`).
-- `lm-eval`: lm-evaluation-harness default SuperGLUE tasks (super-glue-lm-eval-v1). MultiRC's
-  candidates follow the label meaning (label 1 = the answer is correct = "yes").
+- `lm-eval`: lm-evaluation-harness 0.4.x default SuperGLUE tasks (super-glue-lm-eval-v1),
+  byte for byte: the prompt is its `doc_to_text`, each candidate its `target_delimiter` (" ")
+  followed by a `doc_to_choice` entry, the gold its `doc_to_target`. That includes its quirks:
+  COPA's choices already start with a space, so candidates start with two (ReCoRD's bullet
+  "  - " gets a third); MultiRC's choices are ordered (yes, no) while label 1 means the
+  answer is correct, so the gold candidate is "... no" for a correct answer; WSC reads the
+  `wsc.fixed` rows (see `lmeval_wsc`).
+- `lm-eval-clean`: `lm-eval` without its delimiter and order quirks: COPA candidates start
+  with one space, ReCoRD's with the bullet "  - " (lm-eval: three spaces), MultiRC's follow
+  the label meaning (no, yes).
 """
 
 import re
@@ -181,18 +189,24 @@ def lmeval_cb(ex: dict, t: Template) -> tuple[str, list[str]]:
 def lmeval_copa(ex: dict, t: Template) -> tuple[str, list[str]]:
     joiner = "therefore" if ex["question"] == "effect" else "because"
     text = ex["premise"].strip()[:-1] + f" {joiner}"  # drops the final period
-    return text, [" " + c[0].lower() + c[1:] for c in (ex["choice1"], ex["choice2"])]
+    # lm-eval puts its " " target delimiter before choices that start with a space already
+    delimiter = " " if t.name == "lm-eval" else ""
+    return text, [f"{delimiter} {c[0].lower()}{c[1:]}" for c in (ex["choice1"], ex["choice2"])]
 
 
 def lmeval_multirc(ex: dict, t: Template) -> tuple[str, list[str]]:
     text = f"{ex['paragraph']}\nQuestion: {ex['question']}\nAnswer:"
-    return text, [f" {ex['answer']}\nIs the answer correct? {yn}" for yn in ("no", "yes")]
+    # lm-eval lists "yes" first although label 1 (= index 1) means the answer is correct
+    order = ("yes", "no") if t.name == "lm-eval" else ("no", "yes")
+    return text, [f" {ex['answer']}\nIs the answer correct? {yn}" for yn in order]
 
 
 def lmeval_record(ex: dict, t: Template) -> tuple[str, list[str]]:
     initial, *highlights = ex["passage"].strip().split("\n@highlight\n")
     text = initial + "\n\n" + "".join(f"  - {h}.\n" for h in highlights)
-    return text, [f"  - {ex['query']}".replace("@placeholder", e) for e in ex["entities"]]
+    # lm-eval: the " " target delimiter, then the choice "  - {query}"
+    bullet = "   - " if t.name == "lm-eval" else "  - "
+    return text, [f"{bullet}{ex['query']}".replace("@placeholder", e) for e in ex["entities"]]
 
 
 def lmeval_rte(ex: dict, t: Template) -> tuple[str, list[str]]:
@@ -210,8 +224,33 @@ def lmeval_wic(ex: dict, t: Template) -> tuple[str, list[str]]:
     return text, [" no", " yes"]
 
 
+def wsc_fixed(ex: dict) -> dict:
+    """A plain WSC row as the Hugging Face `super_glue` config `wsc.fixed` holds it (the
+    config lm-eval reads): a span text that is not a substring of the text is repaired by
+    matching the case of its first letter to the word at its index, dropping trailing periods
+    and turning newlines into spaces. Two spans with intervening words cannot be repaired and
+    stay; a span containing "theyscold" gets span2_index 10 (the dataset script's text fix for
+    it has no effect, so the text stays). On the official validation split this lower-cases
+    8 span1 texts ("The table" -> "the table")."""
+    fixed = dict(ex)
+    for span in ("span1", "span2"):
+        text, index = ex[f"{span}_text"], ex[f"{span}_index"]
+        if text in ex["text"] or text in ("Kamenev and Zinoviev", "Kamenev, Zinoviev, and Stalin"):
+            continue
+        if "theyscold" in text:
+            fixed["span2_index"] = 10
+        first = ex["text"].split()[index]
+        text = (text[0].lower() if first[0].islower() else text[0].upper()) + text[1:]
+        fixed[f"{span}_text"] = text.rstrip(".").replace("\n", " ")
+    return fixed
+
+
 def lmeval_wsc(ex: dict, t: Template) -> tuple[str, list[str]]:
-    # span2_index counts whitespace-separated words; mark the pronoun with asterisks.
+    """lm-eval reads `wsc.fixed`; our data is the plain WSC (the official jsonl, as the
+    paper used), so the row is first repaired as `wsc.fixed` does (`wsc_fixed`), which makes
+    the rendering identical to lm-eval's on the same example. span2_index counts
+    whitespace-separated words; the pronoun is marked with asterisks."""
+    ex = wsc_fixed(ex)
     pronoun, noun = ex["span2_text"], ex["span1_text"]
     before = " ".join(ex["text"].split()[: ex["span2_index"]])
     after = ex["text"][len(before) + len(pronoun) + 1 :]
@@ -225,6 +264,16 @@ def lmeval_wsc(ex: dict, t: Template) -> tuple[str, list[str]]:
 
 
 TemplateFn = Callable[[dict, Template], tuple[str, list[str]]]
+LMEVAL: dict[str, TemplateFn] = {
+    "boolq": lmeval_boolq,
+    "cb": lmeval_cb,
+    "copa": lmeval_copa,
+    "multirc": lmeval_multirc,
+    "record": lmeval_record,
+    "rte": lmeval_rte,
+    "wic": lmeval_wic,
+    "wsc": lmeval_wsc,
+}
 TEMPLATES: dict[str, dict[str, TemplateFn]] = {
     "lomo": {
         "boolq": lomo_boolq,
@@ -246,16 +295,8 @@ TEMPLATES: dict[str, dict[str, TemplateFn]] = {
         "wic": mezo_wic,
         "wsc": mezo_wsc,
     },
-    "lm-eval": {
-        "boolq": lmeval_boolq,
-        "cb": lmeval_cb,
-        "copa": lmeval_copa,
-        "multirc": lmeval_multirc,
-        "record": lmeval_record,
-        "rte": lmeval_rte,
-        "wic": lmeval_wic,
-        "wsc": lmeval_wsc,
-    },
+    "lm-eval": LMEVAL,
+    "lm-eval-clean": LMEVAL,  # the functions tell the two apart by the template name
 }
 
 
