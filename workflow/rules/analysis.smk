@@ -7,34 +7,11 @@ section the readme_results rule rewrites).
 
 ANALYSIS = f"{RESULTS}/analysis"
 
-# The SGD claims are measured on a model that fits a CPU: the profile's first model when it
-# is small, else SmolLM2-135M; its random-init twin; and the tiny random LLaMA.
-_first = next(iter(MODELS.values()))
-SGD_MODEL = _first if _first in ("smollm2-135m", "tiny-llama") else "smollm2-135m"
-SGD_MODELS = list(dict.fromkeys([SGD_MODEL, f"{SGD_MODEL}:random", "tiny-llama"]))
-if SGD_MODEL == "tiny-llama":  # already random-init: a twin would repeat it
-    SGD_MODELS = ["tiny-llama"]
-    SGD_SETTINGS = "--pairs 2 --power-iterations 3 --directions 2 --max-length 64"
-else:
-    # About 2.5 minutes per SmolLM2-sized model on 2 cores (the Hessian's double backward
-    # dominates), so the laptop profile stays within its 45 minutes.
-    SGD_SETTINGS = (
-        "--pairs 4 --power-iterations 8 --directions 3 --max-length 128"
-        " --lrs 0.0001 0.001 0.01 0.03"
-    )
-# Distance travelled: the workflow's own full-parameter runs of one (model, task, seed), rerun.
-DISTANCE_TASK = "rte" if "rte" in TASKS else TASKS[0]
-
-
-def distance_variant(method):
-    """The first run of `method` (its first grid point) on the distance task, if any."""
-    first = next(iter(MODELS))
-    for model, variant, task in RUN_SETTINGS:
-        if (model, task, method_of(variant)) == (first, DISTANCE_TASK, method):
-            return f"{RESULTS}/superglue/{model}/{variant}/{task}/seed{config['seeds'][0]}"
-
-
-DISTANCE_RUNS = [run for run in map(distance_variant, ("lomo", "adamw")) if run]
+# The SGD claims (section 3.1) on the models and with the flags of the config's `claims`.
+SGD_MODELS = config["claims"]["sgd_models"]
+SGD_SETTINGS = config["claims"]["sgd_settings"]
+SGD_GPUS = 1 if "--device cuda" in SGD_SETTINGS else 0
+DISTANCE_RUNS = [run for run in map(distance_run, ("lomo", "adamw")) if run]
 MEASUREMENTS = json.dumps({"memory_tables": MEMORY_TABLES, "throughput_tables": THROUGHPUT_TABLES})
 NOTEBOOK_PARAMS = f"-p results_dir {RESULTS} -p profile {PROFILE} -p out_dir {ARTIFACTS}"
 
@@ -58,6 +35,8 @@ rule sgd_claims:
         f"{RESULTS}/logs/analysis/sgd_claims.log",
     threads: config["resources"]["threads"]
     resources:
+        gpus=SGD_GPUS,
+        gpu=SGD_GPUS,
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
     shell:

@@ -65,6 +65,18 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+# Distance travelled: the workflow's own full-parameter runs of one (model, task, seed), rerun.
+DISTANCE_TASK = "rte" if "rte" in TASKS else TASKS[0]
+
+
+def distance_run(method):
+    """The first run of `method` (its first grid point) on the distance task, if any."""
+    first = next(iter(MODELS))
+    for model, variant, task in RUN_SETTINGS:
+        if (model, task, method_of(variant)) == (first, DISTANCE_TASK, method):
+            return f"{RESULTS}/superglue/{model}/{variant}/{task}/seed{config['seeds'][0]}"
+
+
 def run_flags(wildcards):
     """Command-line flags of one run (lomo.workflow.expand_runs)."""
     return settings_to_flags(RUN_SETTINGS[(wildcards.model, wildcards.variant, wildcards.task)])
