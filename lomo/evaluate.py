@@ -144,14 +144,10 @@ def score_candidates(
             prefix_ids[row, : len(prefix)] = torch.tensor(prefix, dtype=torch.long)
             prefix_mask[row, : len(prefix)] = 1
         cache = None
-        if width:
-            # A one-token prompt has an empty prefix: let its row attend one pad here (and
-            # never later) so that no attention row is fully masked, which gives NaN states.
-            attend = prefix_mask.clone()
-            attend[:, 0] = 1
+        if width:  # else every prompt of the batch is one token: nothing to cache
             cache = model(
                 input_ids=prefix_ids.to(device),
-                attention_mask=attend.to(device),
+                attention_mask=prefix_mask.to(device),
                 use_cache=True,
                 logits_to_keep=1,
             ).past_key_values

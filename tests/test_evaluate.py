@@ -249,11 +249,11 @@ def smollm2():
     return load_model("smollm2-135m")
 
 
-def test_one_token_prompt_beside_longer_ones(model):
-    # A one-token prompt has nothing to cache; batched with longer prompts it must still score
-    # as it does alone.
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_one_token_prompt_alone_and_beside_longer_ones(model, batch_size):
+    # A one-token prompt has nothing to cache (alone: no first forward at all).
     groups = [([5], [[7, 8], [9]]), ([3, 4, 5, 6], [[7], [11, 12, 13]]), ([2, 6], [[1]])]
-    scored = score_candidates(model, groups, batch_size=3, pad_token_id=0)
+    scored = score_candidates(model, groups, batch_size, pad_token_id=0)
     for (prompt_ids, answers), candidates in zip(groups, scored, strict=True):
         for answer_ids, (total, n) in zip(answers, candidates, strict=True):
             sequence = torch.tensor(prompt_ids + answer_ids)
