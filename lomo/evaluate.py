@@ -116,17 +116,18 @@ def score_candidates(
     """(summed log-probability of the answer tokens given the prompt, number of answer tokens)
     for each candidate of each (prompt ids, [answer ids per candidate]) group.
 
-    Every prompt runs once, for all its candidates, in two forwards of the model per batch:
+    Every prompt runs once for all its candidates, in at most two forwards per batch:
     1. The prompts of `batch_size` examples (sorted by length, longest first, so a batch wastes
-       little on padding; right-padded) run without their last token, keeping their keys and
-       values (`past_key_values`) and no logits beyond one position (`logits_to_keep=1`).
-    2. Each candidate runs [last prompt token] + its answer tokens but the last, on a copy of
-       its own prompt's cache (`batch_size` candidates per forward, sorted by length). Position
-       t of this forward predicts answer token t, so every logit computed here is an answer
-       position: log-probabilities are taken there only, as logit - logsumexp(logits).
-    Candidates never re-run the prompt; padding inside the cache is masked and positions
-    continue from each prompt's true length, so a score equals that of the unpadded sequence.
-    Both steps call the model's forward (ZeRO-3 evaluation counts forward calls)."""
+       little on padding; right-padded) run keeping their keys and values (`past_key_values`)
+       and the logits of one position per row, the last prompt token (`logits_to_keep`), which
+       predict the first answer token of every candidate. One-token answers end here.
+    2. Candidates of two or more tokens (4 x `batch_size` per forward, sorted by length) run
+       their answer tokens but the last on a copy of their own prompt's cache; every position
+       there predicts an answer token.
+    Log-probabilities are thus taken at answer positions only, never over the prompt. Padding
+    inside the cache is masked and positions continue from each prompt's true length, so a score
+    equals that of the unpadded sequence. Both steps call the model's forward (ZeRO-3
+    evaluation counts forward calls)."""
     if any(not prompt_ids or not all(answers) for prompt_ids, answers in groups):
         raise ValueError("every candidate needs at least one prompt token and one answer token")
     device = next(model.parameters()).device
@@ -135,59 +136,58 @@ def score_candidates(
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc="scoring", unit="batch", disable=not progress):
         batch = order[start : start + batch_size]
-        prefixes = [groups[i][0][:-1] for i in batch]
-        prefix_lengths = torch.tensor([len(p) for p in prefixes])
-        width = int(prefix_lengths.max())
-        prefix_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-        prefix_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, prefix in enumerate(prefixes):
-            prefix_ids[row, : len(prefix)] = torch.tensor(prefix, dtype=torch.long)
-            prefix_mask[row, : len(prefix)] = 1
-        cache = None
-        if width:  # else every prompt of the batch is one token: nothing to cache
-            cache = model(
-                input_ids=prefix_ids.to(device),
-                attention_mask=prefix_mask.to(device),
-                use_cache=True,
-                logits_to_keep=1,
-            ).past_key_values
+        prompt_lengths = torch.tensor([len(groups[i][0]) for i in batch])
+        prompt_ids = torch.full((len(batch), int(prompt_lengths.max())), pad_token_id)
+        prompt_mask = torch.zeros_like(prompt_ids)
+        for row, i in enumerate(batch):
+            prompt_ids[row, : prompt_lengths[row]] = torch.tensor(groups[i][0])
+            prompt_mask[row, : prompt_lengths[row]] = 1
+        output = model(
+            input_ids=prompt_ids.to(device),
+            attention_mask=prompt_mask.to(device),
+            use_cache=True,
+            logits_to_keep=(prompt_lengths - 1)[:, None].to(device),
+        )
+        first_logprobs = torch.log_softmax(output.logits[:, 0].float(), dim=-1)
+        totals = {}
+        for row, i in enumerate(batch):
+            for j, answer in enumerate(groups[i][1]):
+                totals[row, j] = first_logprobs[row, answer[0]].item()
 
-        candidates = [(row, j) for row, i in enumerate(batch) for j in range(len(groups[i][1]))]
-        candidates.sort(key=lambda rj: -len(groups[batch[rj[0]]][1][rj[1]]))
-        for chunk_start in range(0, len(candidates), batch_size):
-            chunk = candidates[chunk_start : chunk_start + batch_size]
-            targets = [groups[batch[row]][1][j] for row, j in chunk]
-            last_prompt_tokens = [groups[batch[row]][0][-1:] for row, _ in chunk]
-            inputs = [last + a[:-1] for last, a in zip(last_prompt_tokens, targets, strict=True)]
-            steps = max(len(a) for a in targets)
-            input_ids = torch.full((len(chunk), steps), pad_token_id, dtype=torch.long)
+        longer = [(row, j) for row, j in totals if len(groups[batch[row]][1][j]) > 1]
+        longer.sort(key=lambda rj: -len(groups[batch[rj[0]]][1][rj[1]]))
+        for chunk_start in range(0, len(longer), 4 * batch_size):
+            chunk = longer[chunk_start : chunk_start + 4 * batch_size]
+            answers = [groups[batch[row]][1][j] for row, j in chunk]
+            steps = max(len(a) for a in answers) - 1
+            input_ids = torch.full((len(chunk), steps), pad_token_id)
             target_ids = torch.zeros((len(chunk), steps), dtype=torch.long)
             answer_mask = torch.zeros((len(chunk), steps), dtype=torch.bool)
-            for k, (tokens, answer) in enumerate(zip(inputs, targets, strict=True)):
-                input_ids[k, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-                target_ids[k, : len(answer)] = torch.tensor(answer, dtype=torch.long)
-                answer_mask[k, : len(answer)] = True
+            for k, answer in enumerate(answers):
+                input_ids[k, : len(answer) - 1] = torch.tensor(answer[:-1])
+                target_ids[k, : len(answer) - 1] = torch.tensor(answer[1:])
+                answer_mask[k, : len(answer) - 1] = True
             rows = torch.tensor([row for row, _ in chunk])
-            attention_mask = torch.cat([prefix_mask[rows], answer_mask.long()], dim=1)
-            position_ids = prefix_lengths[rows, None] + torch.arange(steps)
-            chunk_cache = None
-            if cache is not None:
-                index = rows.to(device)
-                chunk_cache = DynamicCache(
-                    [(layer.keys[index], layer.values[index]) for layer in cache.layers]
-                )
+            index = rows.to(device)
+            cache = DynamicCache(
+                [
+                    (layer.keys[index], layer.values[index])
+                    for layer in output.past_key_values.layers
+                ]
+            )
             logits = model(
                 input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                position_ids=position_ids.to(device),
-                past_key_values=chunk_cache,
+                attention_mask=torch.cat([prompt_mask[rows], answer_mask.long()], 1).to(device),
+                position_ids=(prompt_lengths[rows, None] + torch.arange(steps)).to(device),
+                past_key_values=cache,
             ).logits.float()
             target_ids, answer_mask = target_ids.to(device), answer_mask.to(device)
             picked = logits.gather(-1, target_ids[..., None]).squeeze(-1)
             token_logprobs = (picked - logits.logsumexp(-1)).masked_fill(~answer_mask, 0.0)
-            totals = token_logprobs.sum(-1).tolist()
-            for (row, j), total, answer in zip(chunk, totals, targets, strict=True):
-                results[batch[row]][j] = (total, len(answer))
+            for (row, j), rest in zip(chunk, token_logprobs.sum(-1).tolist(), strict=True):
+                totals[row, j] += rest
+        for (row, j), total in totals.items():
+            results[batch[row]][j] = (total, len(groups[batch[row]][1][j]))
     return results
 
 

@@ -251,7 +251,7 @@ def smollm2():
 
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_one_token_prompt_alone_and_beside_longer_ones(model, batch_size):
-    # A one-token prompt has nothing to cache (alone: no first forward at all).
+    # A one-token prompt: its only position's logits score the first answer tokens.
     groups = [([5], [[7, 8], [9]]), ([3, 4, 5, 6], [[7], [11, 12, 13]]), ([2, 6], [[1]])]
     scored = score_candidates(model, groups, batch_size, pad_token_id=0)
     for (prompt_ids, answers), candidates in zip(groups, scored, strict=True):
