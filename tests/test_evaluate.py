@@ -240,7 +240,7 @@ def test_shared_prompt_scores_with_eager_attention(tokenizer):
 
 def test_shared_prompt_scores_one_example_at_a_time(model, tokenizer):
     # ReCoRD's many multi-token entities then continue in several forwards of 4 candidates.
-    check_against_reference(model, tokenizer, SHARED_PREFIX_CASES[7], batch_size=1)
+    check_against_reference(model, tokenizer, SHARED_PREFIX_CASES[8], batch_size=1)
 
 
 @functools.cache
