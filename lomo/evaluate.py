@@ -9,11 +9,12 @@ field (passage / premise / ...), never the question or the answers.
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from lomo.models import load_model, load_tokenizer
 from tasks.superglue import PROTOCOLS, TASKS, Prompt, Task, Template, get_task, get_template
@@ -23,6 +24,7 @@ from tasks.superglue.protocols import prepare
 IGNORE_INDEX = -100
 REDUCTIONS = ("sum", "mean")
 Pair = tuple[list[int], list[int]]  # (prompt token ids, answer token ids)
+Group = tuple[list[int], list[list[int]]]  # (prompt token ids, answer token ids per candidate)
 
 
 def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str) -> Pair:
@@ -104,42 +106,88 @@ def encode_train_example(
 
 
 @torch.no_grad()
-def score_pairs(
+def score_candidates(
     model: PreTrainedModel,
-    pairs: list[Pair],
+    groups: list[Group],
     batch_size: int,
     pad_token_id: int,
     progress: bool = False,
-) -> list[tuple[float, int]]:
+) -> list[list[tuple[float, int]]]:
     """(summed log-probability of the answer tokens given the prompt, number of answer tokens)
-    for each pair, in batches right-padded to their longest sequence."""
-    if any(not p or not a for p, a in pairs):
-        raise ValueError("every pair needs at least one prompt token and one answer token")
-    # Longest first: batches of similar length waste little on padding.
-    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-    results: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
+    for each candidate of each (prompt ids, [answer ids per candidate]) group.
+
+    Every prompt runs once for all its candidates, in at most two forwards per batch:
+    1. The prompts of `batch_size` examples (sorted by length, longest first, so a batch wastes
+       little on padding; right-padded) run keeping their keys and values (`past_key_values`)
+       and the logits of one position per row, the last prompt token (`logits_to_keep`), which
+       predict the first answer token of every candidate. One-token answers end here.
+    2. Candidates of two or more tokens (4 x `batch_size` per forward, sorted by length) run
+       their answer tokens but the last on a copy of their own prompt's cache; every position
+       there predicts an answer token.
+    Log-probabilities are thus taken at answer positions only, never over the prompt. Padding
+    inside the cache is masked and positions continue from each prompt's true length, so a score
+    equals that of the unpadded sequence. Both steps call the model's forward (ZeRO-3
+    evaluation counts forward calls)."""
+    if any(not prompt_ids or not all(answers) for prompt_ids, answers in groups):
+        raise ValueError("every candidate needs at least one prompt token and one answer token")
     device = next(model.parameters()).device
+    results = [[(0.0, 0)] * len(answers) for _, answers in groups]
+    order = sorted(range(len(groups)), key=lambda i: -len(groups[i][0]))
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc="scoring", unit="batch", disable=not progress):
         batch = order[start : start + batch_size]
-        sequences = [pairs[i][0] + pairs[i][1] for i in batch]
-        width = max(len(s) for s in sequences)
-        input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, sequence in enumerate(sequences):
-            input_ids[row, : len(sequence)] = torch.tensor(sequence)
-            attention_mask[row, : len(sequence)] = 1
-        logits = model(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)
-        ).logits
+        prompt_lengths = torch.tensor([len(groups[i][0]) for i in batch])
+        prompt_ids = torch.full((len(batch), int(prompt_lengths.max())), pad_token_id)
+        prompt_mask = torch.zeros_like(prompt_ids)
         for row, i in enumerate(batch):
-            prompt_ids, answer_ids = pairs[i]
-            # Logits at position t predict token t + 1.
-            first = len(prompt_ids) - 1
-            logprobs = torch.log_softmax(logits[row, first : first + len(answer_ids)].float(), -1)
-            targets = torch.tensor(answer_ids, device=logprobs.device)
-            total = logprobs.gather(-1, targets[:, None]).sum().item()
-            results[i] = (total, len(answer_ids))
+            prompt_ids[row, : prompt_lengths[row]] = torch.tensor(groups[i][0])
+            prompt_mask[row, : prompt_lengths[row]] = 1
+        output = model(
+            input_ids=prompt_ids.to(device),
+            attention_mask=prompt_mask.to(device),
+            use_cache=True,
+            logits_to_keep=(prompt_lengths - 1)[:, None].to(device),
+        )
+        first_logprobs = torch.log_softmax(output.logits[:, 0].float(), dim=-1)
+        totals = {}
+        for row, i in enumerate(batch):
+            for j, answer in enumerate(groups[i][1]):
+                totals[row, j] = first_logprobs[row, answer[0]].item()
+
+        longer = [(row, j) for row, j in totals if len(groups[batch[row]][1][j]) > 1]
+        longer.sort(key=lambda rj: -len(groups[batch[rj[0]]][1][rj[1]]))
+        for chunk_start in range(0, len(longer), 4 * batch_size):
+            chunk = longer[chunk_start : chunk_start + 4 * batch_size]
+            answers = [groups[batch[row]][1][j] for row, j in chunk]
+            steps = max(len(a) for a in answers) - 1
+            input_ids = torch.full((len(chunk), steps), pad_token_id)
+            target_ids = torch.zeros((len(chunk), steps), dtype=torch.long)
+            answer_mask = torch.zeros((len(chunk), steps), dtype=torch.bool)
+            for k, answer in enumerate(answers):
+                input_ids[k, : len(answer) - 1] = torch.tensor(answer[:-1])
+                target_ids[k, : len(answer) - 1] = torch.tensor(answer[1:])
+                answer_mask[k, : len(answer) - 1] = True
+            rows = torch.tensor([row for row, _ in chunk])
+            index = rows.to(device)
+            cache = DynamicCache(
+                [
+                    (layer.keys[index], layer.values[index])
+                    for layer in output.past_key_values.layers
+                ]
+            )
+            logits = model(
+                input_ids=input_ids.to(device),
+                attention_mask=torch.cat([prompt_mask[rows], answer_mask.long()], 1).to(device),
+                position_ids=(prompt_lengths[rows, None] + torch.arange(steps)).to(device),
+                past_key_values=cache,
+            ).logits.float()
+            target_ids, answer_mask = target_ids.to(device), answer_mask.to(device)
+            picked = logits.gather(-1, target_ids[..., None]).squeeze(-1)
+            token_logprobs = (picked - logits.logsumexp(-1)).masked_fill(~answer_mask, 0.0)
+            for (row, j), rest in zip(chunk, token_logprobs.sum(-1).tolist(), strict=True):
+                totals[row, j] += rest
+        for (row, j), total in totals.items():
+            results[batch[row]][j] = (total, len(groups[batch[row]][1][j]))
     return results
 
 
@@ -158,32 +206,41 @@ def evaluate(
     (idx, gold, pred, one score and token count per candidate)."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}: expected one of {REDUCTIONS}")
-    prompts, pairs, owner = [], [], []
-    for i, example in enumerate(examples):
-        prompt, example_pairs = encode_prompt(task, example, template, tokenizer, max_length)
+    eos = [tokenizer.eos_token_id] if "score-eos" in template.quirks else []
+    prompts, groups = [], []
+    for example in examples:
+        prompt, pairs = encode_prompt(task, example, template, tokenizer, max_length)
         prompts.append(prompt)
-        for prompt_ids, answer_ids in (with_quirks(p, template) for p in example_pairs):
-            if "score-eos" in template.quirks:
-                answer_ids = answer_ids + [tokenizer.eos_token_id]
-            pairs.append((prompt_ids, answer_ids))
-            owner.append(i)
+        quirked = [with_quirks(pair, template) for pair in pairs]
+        # encode_pair encodes the prompt alone, so all candidates share the same prompt ids.
+        groups.append((quirked[0][0], [answer_ids + eos for _, answer_ids in quirked]))
     was_training = model.training
     model.eval()
     try:
-        scored = score_pairs(model, pairs, batch_size, tokenizer.pad_token_id, progress)
+        scored = score_candidates(model, groups, batch_size, tokenizer.pad_token_id, progress)
     finally:
         model.train(was_training)
 
-    scores: list[list[float]] = [[] for _ in examples]
-    lengths: list[list[int]] = [[] for _ in examples]
-    for i, (total, n_tokens) in zip(owner, scored, strict=True):
-        scores[i].append(total / n_tokens if reduction == "mean" else total)
-        lengths[i].append(n_tokens)
-    preds = [max(range(len(s)), key=s.__getitem__) for s in scores]  # first best on ties
-    rows = [
-        {"idx": ex["idx"], "gold": p.gold, "pred": pred, "scores": s, "n_tokens": n}
-        for ex, p, pred, s, n in zip(examples, prompts, preds, scores, lengths, strict=True)
-    ]
+    rows, preds = [], []
+    for example, prompt, candidates in zip(examples, prompts, scored, strict=True):
+        for j, (total, _) in enumerate(candidates):
+            if not math.isfinite(total):
+                raise FloatingPointError(
+                    f"{task.name} example {example['idx']}: candidate {j} has log-likelihood "
+                    f"{total}; the model's weights or activations are not finite"
+                )
+        scores = [total / n if reduction == "mean" else total for total, n in candidates]
+        pred = max(range(len(scores)), key=scores.__getitem__)  # first best on ties
+        preds.append(pred)
+        rows.append(
+            {
+                "idx": example["idx"],
+                "gold": prompt.gold,
+                "pred": pred,
+                "scores": scores,
+                "n_tokens": [n for _, n in candidates],
+            }
+        )
     return task.metrics(examples, preds), rows
 
 

@@ -1,3 +1,4 @@
+import functools
 import json
 
 import pytest
@@ -6,7 +7,15 @@ from superglue_paths import DATA_DIR
 from test_superglue_prompts import real_example
 
 from lomo.cli import main as cli
-from lomo.evaluate import IGNORE_INDEX, encode_pair, encode_prompt, encode_train_example, evaluate
+from lomo.evaluate import (
+    IGNORE_INDEX,
+    encode_pair,
+    encode_prompt,
+    encode_train_example,
+    evaluate,
+    score_candidates,
+    with_quirks,
+)
 from lomo.models import load_model, load_tokenizer
 from tasks.superglue import DataError, get_task, get_template
 
@@ -165,6 +174,116 @@ def test_score_eos_quirk_adds_the_eos_token(model, tokenizer):
     for p, q in zip(plain, quirk, strict=True):
         assert q["n_tokens"] == [n + 1 for n in p["n_tokens"]]
         assert all(qs < ps for ps, qs in zip(p["scores"], q["scores"], strict=True))
+
+
+def unshared_scores(model, tokenizer, task, examples, template, max_length):
+    """The scorer before prompt sharing, written plainly: every candidate re-runs its whole
+    prompt, alone (no padding). (summed log-probability, number of answer tokens) per candidate."""
+    eos = [tokenizer.eos_token_id] if "score-eos" in template.quirks else []
+    results = []
+    for example in examples:
+        _, pairs = encode_prompt(task, example, template, tokenizer, max_length)
+        candidates = []
+        for prompt_ids, answer_ids in (with_quirks(pair, template) for pair in pairs):
+            answer = answer_ids + eos
+            with torch.no_grad():
+                logits = model(torch.tensor([prompt_ids + answer])).logits[0]
+            # Logits at position t predict token t + 1.
+            logprobs = torch.log_softmax(logits[len(prompt_ids) - 1 : -1].double(), dim=-1)
+            total = logprobs[torch.arange(len(answer)), torch.tensor(answer)].sum().item()
+            candidates.append((total, len(answer)))
+        results.append(candidates)
+    return results
+
+
+# (task, split, first examples, template, max_length): real prompts covering one-token and
+# multi-token answers, 2 to 11 candidates, both quirks, and prompts cut to fit max_length.
+SHARED_PREFIX_CASES = [
+    ("rte", "val", 12, "lomo", 1024),
+    ("rte", "val", 12, "lomo+score-eos", 1024),
+    ("cb", "val", 9, "lomo+last-prompt-token+score-eos", 1024),
+    ("wic", "val", 12, "lm-eval", 1024),
+    ("copa", "val", 9, "mezo", 1024),
+    ("multirc", "val", 9, "lm-eval", 1024),
+    ("multirc", "val", 9, "lomo+last-prompt-token", 96),
+    ("record", "train", 2, "lomo", 1024),
+    ("record", "train", 3, "mezo", 128),
+]
+
+
+def check_against_reference(model, tokenizer, case, batch_size):
+    name, split, n, template, max_length = case
+    task, template = get_task(name), get_template(template)
+    examples = task.load(split, "local", DATA_DIR)[:n]
+    expected = unshared_scores(model, tokenizer, task, examples, template, max_length)
+    for reduction in ("sum", "mean"):
+        _, rows = evaluate(
+            model, tokenizer, task, examples, template, batch_size, reduction, max_length
+        )
+        for row, reference in zip(rows, expected, strict=True):
+            scores = [total / n if reduction == "mean" else total for total, n in reference]
+            assert row["n_tokens"] == [n for _, n in reference]
+            assert row["scores"] == pytest.approx(scores, rel=1e-5, abs=1e-5)
+            assert row["pred"] == max(range(len(scores)), key=scores.__getitem__)
+
+
+@pytest.mark.parametrize("case", SHARED_PREFIX_CASES, ids=lambda c: f"{c[0]}-{c[3]}-{c[4]}")
+def test_shared_prompt_scores_equal_the_plain_scorer(model, tokenizer, case):
+    # Batch size 4: batches mix prompt lengths and candidate counts, and the last one is short.
+    check_against_reference(model, tokenizer, case, batch_size=4)
+
+
+def test_shared_prompt_scores_with_eager_attention(tokenizer):
+    eager = load_model("tiny-llama", attn_implementation="eager")
+    check_against_reference(eager, tokenizer, SHARED_PREFIX_CASES[6], batch_size=3)
+
+
+def test_shared_prompt_scores_one_example_at_a_time(model, tokenizer):
+    # ReCoRD's many multi-token entities then continue in several forwards of 4 candidates.
+    check_against_reference(model, tokenizer, SHARED_PREFIX_CASES[8], batch_size=1)
+
+
+@functools.cache
+def smollm2():
+    return load_model("smollm2-135m")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", SHARED_PREFIX_CASES, ids=lambda c: f"{c[0]}-{c[3]}-{c[4]}")
+def test_shared_prompt_scores_equal_the_plain_scorer_smollm2(tokenizer, case):
+    check_against_reference(smollm2(), tokenizer, case, batch_size=4)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_one_token_prompt_alone_and_beside_longer_ones(model, batch_size):
+    # A one-token prompt: its only position's logits score the first answer tokens.
+    groups = [([5], [[7, 8], [9]]), ([3, 4, 5, 6], [[7], [11, 12, 13]]), ([2, 6], [[1]])]
+    scored = score_candidates(model, groups, batch_size, pad_token_id=0)
+    for (prompt_ids, answers), candidates in zip(groups, scored, strict=True):
+        for answer_ids, (total, n) in zip(answers, candidates, strict=True):
+            sequence = torch.tensor(prompt_ids + answer_ids)
+            with torch.no_grad():
+                logprobs = torch.log_softmax(model(sequence[None]).logits[0, :-1].double(), -1)
+            expected = logprobs[torch.arange(len(sequence) - 1), sequence[1:]][-n:].sum()
+            assert (total, n) == (pytest.approx(expected.item(), abs=1e-5), len(answer_ids))
+
+
+def test_scoring_needs_prompt_and_answer_tokens(model):
+    with pytest.raises(ValueError, match="at least one prompt token and one answer token"):
+        score_candidates(model, [([], [[1]])], batch_size=2, pad_token_id=0)
+    with pytest.raises(ValueError, match="at least one prompt token and one answer token"):
+        score_candidates(model, [([1, 2], [[3], []])], batch_size=2, pad_token_id=0)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_scores_are_refused(tokenizer, value):
+    broken = load_model("tiny-llama")
+    with torch.no_grad():
+        broken.model.norm.weight[3] = value
+    task = get_task("rte")
+    examples = task.load("val", "local", DATA_DIR)[:3]
+    with pytest.raises(FloatingPointError, match="rte example 0: candidate 0 has log-likeli"):
+        evaluate(broken, tokenizer, task, examples, get_template("lomo"))
 
 
 def test_evaluate_restores_training_mode(model, tokenizer):
