@@ -1,0 +1,109 @@
+"""The causal-LM training loss without the logits of the whole batch: chunked linear + CE.
+
+`causal_lm_loss(model, input_ids, attention_mask, labels)` returns exactly what Hugging Face's
+`model(input_ids=..., attention_mask=..., labels=...).loss` returns (labels shifted by one,
+-100 ignored, the mean over the remaining tokens, logits upcast to fp32), but the
+`tokens x vocab` logits never exist at once. With today's vocabularies they are the largest
+tensor of a fine-tuning step (SmolLM2-135M, batch 4 x 256: 0.19 GB of fp32 logits plus their
+log-softmax and gradient, more than the whole model's bf16 weights).
+
+How:
+1. The decoder runs as usual (`model.get_decoder()`); only the positions that predict a
+   non-ignored label are kept (a prompt's positions cost nothing further).
+2. Those hidden states are split into chunks of `chunk_tokens`. Each chunk runs LM head +
+   fp32 cross-entropy (summed) under a *non-reentrant* `torch.utils.checkpoint`: nothing of
+   the chunk is kept for backward except its hidden states, and in backward the chunk's logits
+   are recomputed, turned into the gradient of its hidden states and of the LM head weight,
+   and freed before the next chunk. Peak extra memory: one chunk's logits and gradient.
+3. Why a checkpoint and not a hand-written autograd Function: the LM head stays an ordinary
+   module call, so whatever wraps it keeps working unchanged: LoRA on the head (peft),
+   DeepSpeed ZeRO-3 (its module hooks gather the partitioned weight before each forward and
+   backward use), tied embeddings. And the gradient path is autograd's own: non-reentrant
+   checkpointing reuses the original graph, so the weight's per-chunk gradients are summed in
+   autograd's input buffer and its `AccumulateGrad` runs once per backward. LOMO's
+   post-accumulate-grad hook therefore sees the weight's full gradient exactly once (tied:
+   head + embedding summed), as with the unchunked loss. (The reentrant form would accumulate
+   into `.grad` once per chunk and fire the hook each time.) The price is one extra LM-head
+   matmul per chunk in backward (the recompute).
+
+Under ZeRO-3 every rank must call the (partitioned) LM head the same number of times, since
+each call gathers its weight collectively; ranks agree on the largest chunk count and a rank
+with fewer tokens runs empty chunks.
+
+`chunked=False` is the plain path, `model(...).loss`, for comparison and as the off switch.
+"""
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100  # Hugging Face's label for "no loss here"
+
+
+def default_chunk_tokens(num_tokens: int, hidden_size: int, vocab_size: int) -> int:
+    """Chunks whose logits hold no more values than the batch's hidden states
+    (`chunk x vocab <= tokens x hidden`), so the loss never dominates the activations."""
+    return max(1, num_tokens * hidden_size // vocab_size)
+
+
+def _head_and_cross_entropy(head: nn.Module, hidden: Tensor, labels: Tensor) -> Tensor:
+    logits = head(hidden).float()  # upcast as Hugging Face's ForCausalLMLoss does
+    return F.cross_entropy(logits, labels, reduction="sum")
+
+
+def _zero3_chunk_count(head: nn.Module, num_chunks: int) -> int:
+    """The largest chunk count over the ranks sharing a ZeRO-3 partitioned head, else ours."""
+    weight = head.weight if hasattr(head, "weight") else next(head.parameters())
+    if not hasattr(weight, "ds_id") or not dist.is_initialized():
+        return num_chunks
+    count = torch.tensor([num_chunks], dtype=torch.int64, device=weight.ds_tensor.device)
+    dist.all_reduce(count, op=dist.ReduceOp.MAX, group=weight.ds_process_group)
+    return int(count.item())
+
+
+def causal_lm_loss(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    labels: Tensor,
+    chunk_tokens: int | None = None,
+    chunked: bool = True,
+) -> Tensor:
+    """Mean next-token cross-entropy over the labels that are not -100, as `model(...).loss`.
+
+    `model`: a Hugging Face causal LM (or a peft model around one). `chunk_tokens`: tokens per
+    chunk (default: `default_chunk_tokens`). `chunked=False`: the plain `model(...).loss`.
+    """
+    if labels.shape != input_ids.shape:
+        raise ValueError(
+            f"labels {tuple(labels.shape)} and input_ids {tuple(input_ids.shape)} differ in shape"
+        )
+    if chunk_tokens is not None and chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    if not chunked:
+        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+    head = model.get_output_embeddings()
+    decoder = model.get_decoder()
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    # Position t predicts token t + 1; the last position predicts nothing.
+    targets = labels[:, 1:].to(hidden.device)
+    keep = targets != IGNORE_INDEX
+    hidden, targets = hidden[:, :-1][keep], targets[keep]
+    num_tokens = targets.numel()
+    if chunk_tokens is None:
+        chunk_tokens = default_chunk_tokens(
+            num_tokens, hidden.shape[-1], model.config.get_text_config().vocab_size
+        )
+    num_chunks = _zero3_chunk_count(head, max(1, math.ceil(num_tokens / chunk_tokens)))
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for hidden_chunk, target_chunk in zip(
+        hidden.tensor_split(num_chunks), targets.tensor_split(num_chunks), strict=True
+    ):
+        total = total + checkpoint(
+            _head_and_cross_entropy, head, hidden_chunk, target_chunk, use_reentrant=False
+        )
+    return total / num_tokens  # no tokens: 0 / 0 = nan, as Hugging Face's mean
