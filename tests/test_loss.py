@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from loss_worker import rank_batch
 from test_distributed import torchrun
 from tiny_models import tiny_llama, token_batches
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from transformers import LlamaConfig, LlamaForCausalLM
-
-from loss_worker import rank_batch
 
 from lomo import LOMO
 from lomo.loss import IGNORE_INDEX, causal_lm_loss, default_chunk_tokens
