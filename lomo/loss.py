@@ -50,9 +50,58 @@ def default_chunk_tokens(num_tokens: int, hidden_size: int, vocab_size: int) -> 
     return max(1, num_tokens * hidden_size // vocab_size)
 
 
-def _head_and_cross_entropy(head: nn.Module, hidden: Tensor, labels: Tensor) -> Tensor:
-    logits = head(hidden).float()  # upcast as Hugging Face's ForCausalLMLoss does
-    return F.cross_entropy(logits, labels, reduction="sum")
+class _SharedWeightGrad:
+    """Sums the head weight's gradient over the chunks of one backward, in place."""
+
+    def __init__(self, uses: int) -> None:
+        self.uses = uses
+        self.seen = 0
+        self.total: Tensor | None = None
+
+    def add(self, grad_logits: Tensor, hidden: Tensor) -> Tensor | None:
+        if self.total is None:
+            self.total = grad_logits.t().mm(hidden)
+        else:
+            self.total.addmm_(grad_logits.t(), hidden)
+        self.seen += 1
+        if self.seen < self.uses:
+            return None  # nothing yet for the weight: autograd skips an undefined gradient
+        total, self.total, self.seen = self.total, None, 0  # reset: a retained graph reruns
+        return total
+
+
+class _LinearSharingWeightGrad(torch.autograd.Function):
+    """`F.linear(hidden, weight)` whose weight gradient goes to a `_SharedWeightGrad`, which
+    hands the sum over all chunks to autograd once, from the last chunk's backward."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, shared: _SharedWeightGrad) -> Tensor:
+        ctx.save_for_backward(hidden, weight)
+        ctx.shared = shared
+        return F.linear(hidden, weight)
+
+    @staticmethod
+    def backward(ctx, grad_logits: Tensor):
+        hidden, weight = ctx.saved_tensors
+        grad_hidden = grad_logits.mm(weight) if ctx.needs_input_grad[0] else None
+        grad_weight = ctx.shared.add(grad_logits, hidden) if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight, None
+
+
+def _plain_head(head: nn.Module) -> bool:
+    """A bias-free nn.Linear whose weight is an ordinary tensor (not ZeRO-3 partitioned)."""
+    return type(head) is nn.Linear and head.bias is None and not hasattr(head.weight, "ds_id")
+
+
+def _head_and_cross_entropy(
+    head: nn.Module, shared: _SharedWeightGrad | None, hidden: Tensor, labels: Tensor
+) -> Tensor:
+    if shared is None:
+        logits = head(hidden)
+    else:
+        logits = _LinearSharingWeightGrad.apply(hidden, head.weight, shared)
+    # upcast as Hugging Face's ForCausalLMLoss does
+    return F.cross_entropy(logits.float(), labels, reduction="sum")
 
 
 def _zero3_chunk_count(head: nn.Module, num_chunks: int) -> int:
@@ -99,11 +148,17 @@ def causal_lm_loss(
             num_tokens, hidden.shape[-1], model.config.get_text_config().vocab_size
         )
     num_chunks = _zero3_chunk_count(head, max(1, math.ceil(num_tokens / chunk_tokens)))
+    shared = _SharedWeightGrad(num_chunks) if _plain_head(head) else None
     total = hidden.new_zeros((), dtype=torch.float32)
     for hidden_chunk, target_chunk in zip(
         hidden.tensor_split(num_chunks), targets.tensor_split(num_chunks), strict=True
     ):
         total = total + checkpoint(
-            _head_and_cross_entropy, head, hidden_chunk, target_chunk, use_reentrant=False
+            _head_and_cross_entropy,
+            head,
+            shared,
+            hidden_chunk,
+            target_chunk,
+            use_reentrant=False,
         )
     return total / num_tokens  # no tokens: 0 / 0 = nan, as Hugging Face's mean

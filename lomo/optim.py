@@ -30,6 +30,7 @@ from lomo.distributed import GradSync
 from lomo.loss_scaler import DynamicLossScaler
 
 NORM_EPS = 1e-6  # as in torch.nn.utils.clip_grad_norm_ and the official code
+UPDATE_BLOCK = 2**20  # values per block of AdaLomo's update temporary (4 MiB in fp32)
 
 
 def _rms(tensor: Tensor) -> Tensor:
@@ -113,6 +114,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._sq_norm += norm.square().to(self._sq_norm.device)
             return
         grad = full_grad if full else shard_grad
+        del shard_grad, full_grad  # a low-precision gradient is freed once converted
         grad = grad.to(torch.float32)  # aliases an fp32 grad, which is ours to change now
         if self.loss_scale != 1.0:
             grad.div_(self.loss_scale)
@@ -374,18 +376,29 @@ class AdaLomo(FusedOptimizer):
         beta2 = 1.0 - state["step"] ** group["decay_rate"]
         eps_sq, eps_scale = group["eps"]
 
+        # Memory: one full-size fp32 temporary besides the gradient (the squares, freed before
+        # the weight's fp32 copy exists); the update is built in the gradient's own storage.
+        # Same operations, in the same order, as lomo-optim 0.1.1: the same values, bit for bit.
         squared = grad.square().add_(eps_sq)
         if factored:
             row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
             row.mul_(beta2).add_(squared.mean(dim=-1), alpha=1.0 - beta2)
             col.mul_(beta2).add_(squared.mean(dim=-2), alpha=1.0 - beta2)
+            del squared
             row_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt_().unsqueeze(-1)
             col_factor = col.unsqueeze(-2).rsqrt()
-            update = torch.mul(row_factor, col_factor, out=squared).mul_(grad)
+            # update = (row_factor * col_factor) * grad, a block of rows at a time
+            rows = max(1, UPDATE_BLOCK // grad.shape[-1])
+            for grad_rows, factor_rows in zip(
+                grad.split(rows, dim=-2), row_factor.split(rows, dim=-2), strict=True
+            ):
+                grad_rows.mul_(factor_rows * col_factor)
         else:
             second_moment = state["exp_avg_sq"]
             second_moment.mul_(beta2).add_(squared, alpha=1.0 - beta2)
-            update = torch.rsqrt(second_moment, out=squared).mul_(grad)
+            del squared
+            grad.mul_(second_moment.rsqrt())
+        update = grad
         update.div_((_rms(update) / group["clip_threshold"]).clamp_(min=1.0))
 
         weight_decay = group["weight_decay"]
@@ -396,6 +409,6 @@ class AdaLomo(FusedOptimizer):
             step_size = group["lr"] * rms.clamp(min=eps_scale)
             if weight_decay:
                 param_fp32.mul_(1.0 - step_size * weight_decay)
-            param_fp32.sub_(update.mul_(step_size))
+            param_fp32.add_(update, alpha=-step_size)  # one fused multiply-add, as lomo-optim
 
         _apply_in_fp32(self.sync.shard(param), adaptive_step)

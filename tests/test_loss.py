@@ -5,6 +5,7 @@ never being allocated."""
 
 import copy
 import math
+import weakref
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from torch.utils._pytree import tree_leaves
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lomo import LOMO
+from lomo import loss as loss_module
 from lomo.loss import IGNORE_INDEX, causal_lm_loss, default_chunk_tokens
 
 TESTS = Path(__file__).resolve().parent
@@ -151,7 +153,7 @@ class LargestTensor(TorchDispatchMode):
         return out
 
 
-def wide_vocabulary_llama() -> LlamaForCausalLM:
+def wide_vocabulary_llama(tie: bool = True) -> LlamaForCausalLM:
     """Vocabulary 64x the hidden size, as in SmolLM2 (49152 / 576 = 85)."""
     config = LlamaConfig(
         vocab_size=2048,
@@ -160,7 +162,7 @@ def wide_vocabulary_llama() -> LlamaForCausalLM:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie,
         attn_implementation="eager",
     )
     torch.manual_seed(0)
@@ -181,6 +183,45 @@ def test_full_logits_never_allocated(chunked):
         assert probe.largest == weight_numel  # the head's gradient; no logits that large
     else:
         assert probe.largest >= logits_numel
+
+
+class LiveOfSize(TorchDispatchMode):
+    """The most tensors of exactly `nbytes` that operators created and that were alive at once."""
+
+    def __init__(self, nbytes: int, params: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.nbytes = nbytes
+        self.params = {p.untyped_storage().data_ptr() for p in params}  # views of a weight
+        self.alive: set[int] = set()
+        self.most = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                key = id(storage)
+                new = key not in self.alive and storage.data_ptr() not in self.params
+                if storage.nbytes() == self.nbytes and new:
+                    self.alive.add(key)
+                    weakref.finalize(storage, self.alive.discard, key)
+                    self.most = max(self.most, len(self.alive))
+        return out
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "autograd-sum"])
+def test_head_gradient_summed_in_place(monkeypatch, in_place):
+    """One head-sized gradient buffer, however many chunks. The control (the head called as a
+    module, as for LoRA or ZeRO-3 heads) shows autograd's own sum: buffer + chunk + sum."""
+    if not in_place:
+        monkeypatch.setattr(loss_module, "_plain_head", lambda head: False)
+    model = wide_vocabulary_llama(tie=False)
+    model.model.embed_tokens.weight.requires_grad_(False)  # the one other tensor of its size
+    tokens = torch.randint(0, 2048, (4, 32), generator=torch.Generator().manual_seed(0))
+    weight = model.lm_head.weight
+    with LiveOfSize(weight.numel() * weight.element_size(), list(model.parameters())) as probe:
+        causal_lm_loss(model, tokens, None, tokens, chunk_tokens=16).backward()
+    assert probe.most == (1 if in_place else 3)
 
 
 # --- ZeRO-3 on two ranks -------------------------------------------------------------------------

@@ -51,6 +51,7 @@ def fake_raw(layers: int, optimizer: str = "lomo", ac: bool = True) -> dict:
         seq=512,
         batch=8,
         clip=False,
+        chunked_loss=True,
         device="cpu",
         num_params=0,
         param_bytes=peak["parameters"],
@@ -119,6 +120,7 @@ def test_throughput_table_by_hand():
             attn="sdpa",
             ac=True,
             clip=True,
+            chunked_loss=True,
             optimizer=optimizer,
             seq=32,
             batch=2,
@@ -190,6 +192,7 @@ def test_memory_worker_on_a_llama_shape_matches_hand_counts():
         seq=8,
         batch=1,
         clip=False,
+        chunked_loss=True,
         device="cpu",
     )
     raw = memory.run_worker(spec)
