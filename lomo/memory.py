@@ -349,7 +349,8 @@ def lomo_summary(rows: list[dict]) -> str:
         bound = row["param_bytes"] + row["activations"] + row["largest_grad_bytes"]
         text = (
             f"{dtype} AC {'on ' if ac else 'off'} {'chunked' if chunked else 'hf'} loss: "
-            f"LOMO peak {row['census_peak'] / 2**20:.1f} MiB = {row['census_peak'] / bound:.3f} x (params + activations + largest "
+            f"LOMO peak {row['census_peak'] / 2**20:.1f} MiB = "
+            f"{row['census_peak'] / bound:.3f} x (params + activations + largest "
             f"gradient = {bound / 2**20:.1f} MiB); other tensors at the peak "
             f"{row['other_at_peak'] / 2**20:.1f} MiB"
         )
