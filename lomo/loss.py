@@ -34,6 +34,7 @@ with fewer tokens runs empty chunks.
 """
 
 import math
+import weakref
 
 import torch
 import torch.distributed as dist
@@ -51,12 +52,28 @@ def default_chunk_tokens(num_tokens: int, hidden_size: int, vocab_size: int) -> 
 
 
 class _SharedWeightGrad:
-    """Sums the head weight's gradient over the chunks of one backward, in place."""
+    """Sums the head weight's gradient over the chunks of one backward, in place.
 
-    def __init__(self, uses: int) -> None:
+    Untied: the last chunk hands the sum to autograd (earlier chunks hand nothing). Tied to
+    the input embedding: no chunk hands anything; a hook on the weight adds the sum in place
+    to the embedding's gradient when that arrives (at the end of backward), so the two are
+    never summed into a third tensor (autograd sums in place only when no dispatch mode,
+    such as the memory census, is active)."""
+
+    def __init__(self, weight: Tensor, uses: int, tied: bool) -> None:
         self.uses = uses
         self.seen = 0
         self.total: Tensor | None = None
+        self.tied = tied and weight.requires_grad
+        if self.tied:
+            this = weakref.ref(self)  # the hook must not keep us (and our graph) alive
+
+            def hook(grad: Tensor) -> Tensor:
+                shared = this()
+                return grad if shared is None else shared._add_to_embedding_grad(grad)
+
+            handle = weight.register_hook(hook)
+            weakref.finalize(self, handle.remove)  # when the graph that holds us is freed
 
     def add(self, grad_logits: Tensor, hidden: Tensor) -> Tensor | None:
         if self.total is None:
@@ -64,10 +81,23 @@ class _SharedWeightGrad:
         else:
             self.total.addmm_(grad_logits.t(), hidden)
         self.seen += 1
-        if self.seen < self.uses:
-            return None  # nothing yet for the weight: autograd skips an undefined gradient
+        if self.seen < self.uses or self.tied:
+            return None  # nothing (yet) for the weight: autograd skips an undefined gradient
+        return self._take()
+
+    def _take(self) -> Tensor:
         total, self.total, self.seen = self.total, None, 0  # reset: a retained graph reruns
         return total
+
+    def _add_to_embedding_grad(self, grad: Tensor) -> Tensor:
+        if self.seen == 0:
+            return grad  # a backward through another graph (e.g. a newer loss's)
+        if self.seen != self.uses:
+            raise RuntimeError(
+                f"the tied embedding's gradient arrived after {self.seen} of {self.uses} "
+                "LM-head chunks: backward ran in an unexpected order"
+            )
+        return grad.add_(self._take())
 
 
 class _LinearSharingWeightGrad(torch.autograd.Function):
@@ -148,7 +178,10 @@ def causal_lm_loss(
             num_tokens, hidden.shape[-1], model.config.get_text_config().vocab_size
         )
     num_chunks = _zero3_chunk_count(head, max(1, math.ceil(num_tokens / chunk_tokens)))
-    shared = _SharedWeightGrad(num_chunks) if _plain_head(head) else None
+    shared = None
+    if _plain_head(head):
+        tied = head.weight is model.get_input_embeddings().weight
+        shared = _SharedWeightGrad(head.weight, num_chunks, tied)
     total = hidden.new_zeros((), dtype=torch.float32)
     for hidden_chunk, target_chunk in zip(
         hidden.tensor_split(num_chunks), targets.tensor_split(num_chunks), strict=True

@@ -30,7 +30,7 @@ from lomo.distributed import GradSync
 from lomo.loss_scaler import DynamicLossScaler
 
 NORM_EPS = 1e-6  # as in torch.nn.utils.clip_grad_norm_ and the official code
-UPDATE_BLOCK = 2**20  # values per block of AdaLomo's update temporary (4 MiB in fp32)
+UPDATE_BLOCK = 2**20  # values per block of an update's fp32 temporaries (4 MiB each)
 
 
 def _rms(tensor: Tensor) -> Tensor:
@@ -40,9 +40,11 @@ def _rms(tensor: Tensor) -> Tensor:
 class FusedOptimizer(torch.optim.Optimizer):
     """Shared machinery: hooks, the norm pass, clipping and loss scaling.
 
-    Subclasses implement `_update(param, grad_fp32, group)`, which changes this rank's shard
-    of `param` (`self.sync.shard(param)`) in place given the unscaled, clipped fp32 gradient:
-    the rank-averaged gradient of that shard, or of the whole parameter if `full_gradient`.
+    Subclasses implement `_update(param, grad, group)`, which changes this rank's shard of
+    `param` (`self.sync.shard(param)`) in place given its rank-averaged gradient (of that
+    shard, or of the whole parameter if `full_gradient`), in the parameter's dtype, still
+    scaled and unclipped: `_unscale_and_clip(grad)` makes an fp32 copy (or the fp32 gradient
+    itself) of the whole gradient or of one block of it.
     """
 
     full_gradient = False  # True: _update needs the whole averaged gradient, not its shard
@@ -114,16 +116,20 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._sq_norm += norm.square().to(self._sq_norm.device)
             return
         grad = full_grad if full else shard_grad
-        del shard_grad, full_grad  # a low-precision gradient is freed once converted
-        grad = grad.to(torch.float32)  # aliases an fp32 grad, which is ours to change now
+        del shard_grad, full_grad  # `_update` holds the only reference: it may free it early
+        self._update(param, grad, self.param_groups[group_index])
+        self.sync.after_update(param)
+
+    def _unscale_and_clip(self, grad: Tensor) -> Tensor:
+        """The fp32 gradient, unscaled and clipped (changes an fp32 `grad`, which is ours)."""
+        grad = grad.to(torch.float32)  # aliases an fp32 grad
         if self.loss_scale != 1.0:
             grad.div_(self.loss_scale)
         if self.clip_grad_value is not None:
             grad.clamp_(-self.clip_grad_value, self.clip_grad_value)
         elif self.clip_coef is not None:
             grad.mul_(self.clip_coef.to(grad.device))
-        self._update(param, grad, self.param_groups[group_index])
-        self.sync.after_update(param)
+        return grad
 
     def _update(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -302,14 +308,21 @@ class LOMO(FusedOptimizer):
         )
 
     def _update(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
+        """Elementwise, so it runs a block at a time: with fp16/bf16 weights the fp32 copies of
+        the gradient and of the weight exist for one block only, never for a whole matrix."""
         lr, weight_decay = group["lr"], group["weight_decay"]
+        shard = self.sync.shard(param).view(-1)
+        for param_block, grad_block in zip(
+            shard.split(UPDATE_BLOCK), grad.reshape(-1).split(UPDATE_BLOCK), strict=True
+        ):
+            grad_fp32 = self._unscale_and_clip(grad_block)
 
-        def sgd(param_fp32: Tensor) -> None:
-            if weight_decay:
-                param_fp32.mul_(1.0 - lr * weight_decay)
-            param_fp32.add_(grad, alpha=-lr)
+            def sgd(param_fp32: Tensor, grad_fp32: Tensor = grad_fp32) -> None:
+                if weight_decay:
+                    param_fp32.mul_(1.0 - lr * weight_decay)
+                param_fp32.add_(grad_fp32, alpha=-lr)
 
-        _apply_in_fp32(self.sync.shard(param), sgd)
+            _apply_in_fp32(param_block, sgd)
 
 
 class AdaLomo(FusedOptimizer):
@@ -363,6 +376,7 @@ class AdaLomo(FusedOptimizer):
         )
 
     def _update(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
+        grad = self._unscale_and_clip(grad)  # a low-precision gradient is freed here
         state = self.state[param]
         factored = param.dim() >= 2
         if not state:

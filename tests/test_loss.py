@@ -111,6 +111,26 @@ def test_lomo_hook_gets_the_full_head_gradient_once():
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
 
 
+def test_tied_steps_with_the_norm_pass_equal_clipped_sgd_and_leave_no_hook():
+    """Two backward passes per graph (norm, then update) and several steps: the tied head's
+    in-place sum runs in each pass, and its per-graph hook goes with the graph."""
+    model = tiny_llama(tie=True)
+    reference = copy.deepcopy(model)
+    batches = token_batches(3)
+    opt = LOMO(model, lr=0.5, clip_grad_norm=1.0)
+    for tokens in batches:
+        opt.step(lambda tokens=tokens: causal_lm_loss(model, tokens, None, tokens, chunk_tokens=5))
+    sgd = torch.optim.SGD(reference.parameters(), lr=0.5)
+    for tokens in batches:
+        sgd.zero_grad()
+        reference(input_ids=tokens, labels=tokens).loss.backward()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+        sgd.step()
+    for ours, theirs in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    assert not model.lm_head.weight._backward_hooks
+
+
 def test_no_label_gives_nan_as_hugging_face():
     model = tiny_llama()
     batch = fine_tuning_batch()
@@ -209,19 +229,25 @@ class LiveOfSize(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "autograd-sum"])
-def test_head_gradient_summed_in_place(monkeypatch, in_place):
-    """One head-sized gradient buffer, however many chunks. The control (the head called as a
+@pytest.mark.parametrize(
+    "head, most",
+    [("untied", 1), ("tied", 2), ("module call", 3)],
+)
+def test_head_gradient_summed_in_place(monkeypatch, head, most):
+    """One head-sized gradient buffer, however many chunks; tied, the embedding's gradient
+    besides it, the head's sum added to it in place. The control (the head called as a
     module, as for LoRA or ZeRO-3 heads) shows autograd's own sum: buffer + chunk + sum."""
-    if not in_place:
+    if head == "module call":
         monkeypatch.setattr(loss_module, "_plain_head", lambda head: False)
-    model = wide_vocabulary_llama(tie=False)
-    model.model.embed_tokens.weight.requires_grad_(False)  # the one other tensor of its size
+    model = wide_vocabulary_llama(tie=head == "tied")
+    if head != "tied":  # the one other tensor of the head's size
+        model.model.embed_tokens.weight.requires_grad_(False)
     tokens = torch.randint(0, 2048, (4, 32), generator=torch.Generator().manual_seed(0))
     weight = model.lm_head.weight
     with LiveOfSize(weight.numel() * weight.element_size(), list(model.parameters())) as probe:
         causal_lm_loss(model, tokens, None, tokens, chunk_tokens=16).backward()
-    assert probe.most == (1 if in_place else 3)
+    assert probe.most == most
+    assert weight.grad is not None
 
 
 # --- ZeRO-3 on two ranks -------------------------------------------------------------------------
