@@ -10,25 +10,37 @@ log-softmax and gradient, more than the whole model's bf16 weights).
 How:
 1. The decoder runs as usual (`model.get_decoder()`); only the positions that predict a
    non-ignored label are kept (a prompt's positions cost nothing further).
-2. Those hidden states are split into chunks of `chunk_tokens`. Each chunk runs LM head +
-   fp32 cross-entropy (summed) under a *non-reentrant* `torch.utils.checkpoint`: nothing of
-   the chunk is kept for backward except its hidden states, and in backward the chunk's logits
-   are recomputed, turned into the gradient of its hidden states and of the LM head weight,
-   and freed before the next chunk. Peak extra memory: one chunk's logits and gradient.
-3. Why a checkpoint and not a hand-written autograd Function: the LM head stays an ordinary
-   module call, so whatever wraps it keeps working unchanged: LoRA on the head (peft),
-   DeepSpeed ZeRO-3 (its module hooks gather the partitioned weight before each forward and
-   backward use), tied embeddings. And the gradient path is autograd's own: non-reentrant
-   checkpointing reuses the original graph, so the weight's per-chunk gradients are summed in
-   autograd's input buffer and its `AccumulateGrad` runs once per backward. LOMO's
-   post-accumulate-grad hook therefore sees the weight's full gradient exactly once (tied:
-   head + embedding summed), as with the unchunked loss. (The reentrant form would accumulate
-   into `.grad` once per chunk and fire the hook each time.) The price is one extra LM-head
-   matmul per chunk in backward (the recompute).
+2. Those hidden states are split into chunks of `chunk_tokens` (default: a chunk's logits
+   hold no more values than the batch's hidden states). Each chunk runs LM head + fp32
+   cross-entropy (summed) under a *non-reentrant* `torch.utils.checkpoint`: nothing of the
+   chunk is kept for backward except its hidden states; in backward the chunk's logits are
+   recomputed, turned into the gradients of its hidden states and of the head weight, and
+   freed before the next chunk. Extra memory: one chunk's logits and their gradient. The
+   price: one more LM-head matmul per chunk (the recompute).
+3. Why a checkpoint: the gradient path stays autograd's own. Non-reentrant checkpointing
+   reuses the original graph, so the head weight's `AccumulateGrad` runs once per backward
+   and LOMO's post-accumulate-grad hook sees its full gradient exactly once (tied: head +
+   embedding), as with the unchunked loss. (The reentrant form would accumulate into `.grad`
+   once per chunk and fire the hook each time.)
+4. The head weight's gradient is summed over the chunks in one buffer, in place. For a plain
+   bias-free `nn.Linear` head the matmul is `_LinearSharingWeightGrad`, which adds each
+   chunk's weight gradient into that buffer (`addmm_`) and hands the sum to autograd from the
+   last chunk; tied to the input embedding, the sum is added in place to the embedding's
+   gradient by a hook on the weight. (Left to autograd, the chunks' weight gradients arrive
+   as transposed views and are summed out of place: buffer + chunk + sum, 3x the head's size.)
+5. Any other head (LoRA on the head via peft, a DeepSpeed ZeRO-3 partitioned weight) is
+   called as a module, so whatever wraps it keeps working unchanged: ZeRO-3's module hooks
+   gather the partitioned weight before each forward and backward use. Exact as well; only the
+   head gradient's sum is then autograd's (up to 3x the head's size for a moment).
 
 Under ZeRO-3 every rank must call the (partitioned) LM head the same number of times, since
 each call gathers its weight collectively; ranks agree on the largest chunk count and a rank
 with fewer tokens runs empty chunks.
+
+Exact means: in fp32, every gradient equals the plain path's to rounding (tests/test_loss.py).
+In bf16/fp16 the head gradient's buffer has the weight's dtype, so it is rounded once per
+chunk, as `.grad` is once per micro-batch under gradient accumulation. A head with dropout
+(LoRA dropout on `lm_head`) draws its masks per chunk, so they differ from the plain path's.
 
 `chunked=False` is the plain path, `model(...).loss`, for comparison and as the off switch.
 """
