@@ -77,6 +77,15 @@ def test_summary_extrapolates_to_32_layers_and_compares_with_the_paper():
     assert line["process_minus_census_gb"] == 0.5
 
 
+def test_chunked_and_plain_loss_are_separate_rows():
+    plain = [{**fake_raw(n), "chunked_loss": False} for n in (1, 2)]
+    rows = memory.summarise([fake_raw(1), fake_raw(2), *plain])
+    lines = memory.table_rows(rows, memory.load_reference(memory.REFERENCE))
+    assert [line["loss"] for line in lines] == ["chunked", "hf"]
+    assert "lomo (hf)" in memory.format_text(lines)
+    assert "(HF loss)" in memory.format_latex(lines, "caption")
+
+
 def test_cli_renders_csv_tex_and_figure_from_raw(tmp_path, capsys):
     raw = tmp_path / "raw.json"
     raw.write_text(json.dumps([fake_raw(n, opt) for opt in ("lomo", "adamw") for n in (1, 2)]))
@@ -143,6 +152,7 @@ def test_throughput_table_by_hand():
     lomo = lines[0]
     assert (lomo["tgs_median"], lomo["tgs_min"], lomo["tgs_max"]) == (32.0, 16.0, 64.0)
     assert lomo["tgs_vs_sgd"] == 0.5
+    assert lomo["loss"] == "chunked"
     assert lomo["step_time_vs_lomo_optim"] == 0.5
     assert lomo["peak_vs_lomo_optim"] == 0.5
     assert lomo["paper_tgs"] == "769.92" and lomo["paper_gpus"] == "1"
