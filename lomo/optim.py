@@ -115,9 +115,10 @@ class FusedOptimizer(torch.optim.Optimizer):
             norm = torch.linalg.vector_norm(shard_grad, dtype=torch.float32)
             self._sq_norm += norm.square().to(self._sq_norm.device)
             return
-        grad = full_grad if full else shard_grad
-        del shard_grad, full_grad  # `_update` holds the only reference: it may free it early
-        self._update(param, grad, self.param_groups[group_index])
+        # `_update` gets the only reference, so it can free a low-precision gradient early.
+        grads = [full_grad if full else shard_grad]
+        del grad, shard_grad, full_grad
+        self._update(param, grads.pop(), self.param_groups[group_index])
         self.sync.after_update(param)
 
     def _unscale_and_clip(self, grad: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_models import tiny_llama, token_batches
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from lomo.census import MemoryCensus, ProcessPeak, proc_status_bytes
 from lomo.workloads import MasterWeightOptimizer, make_step, optimizer_state_tensors
@@ -81,17 +81,7 @@ def test_adalomo_factored_state():
 
 def head_heavy_llama(dtype: torch.dtype) -> LlamaForCausalLM:
     """Embedding and head of 8192 x 32 dominate: the step's peak is at their update."""
-    config = LlamaConfig(
-        vocab_size=8192,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        attn_implementation="eager",
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).to(dtype)
+    return tiny_llama(dtype=dtype, vocab=8192)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -15,7 +15,7 @@ from test_distributed import torchrun
 from tiny_models import tiny_llama, token_batches
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from lomo import LOMO
 from lomo import loss as loss_module
@@ -175,18 +175,7 @@ class LargestTensor(TorchDispatchMode):
 
 def wide_vocabulary_llama(tie: bool = True) -> LlamaForCausalLM:
     """Vocabulary 64x the hidden size, as in SmolLM2 (49152 / 576 = 85)."""
-    config = LlamaConfig(
-        vocab_size=2048,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=tie,
-        attn_implementation="eager",
-    )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config)
+    return tiny_llama(tie=tie, vocab=2048)
 
 
 @pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "plain"])
