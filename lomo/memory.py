@@ -67,7 +67,14 @@ def run_worker(spec: dict) -> dict:
     torch.manual_seed(0)
     device, baseline, model, tokens = build_workload(spec)
     census = MemoryCensus(model)  # before the optimizer: its gradient hooks must run first
-    step, optimizer = make_step(spec["optimizer"], spec["clip"], model, tokens, master_weights=True)
+    step, optimizer = make_step(
+        spec["optimizer"],
+        spec["clip"],
+        model,
+        tokens,
+        master_weights=True,
+        chunked_loss=spec["chunked_loss"],
+    )
     for _ in range(1 if spec["optimizer"] in STATEFUL else 0):
         step()
     census.track_state(optimizer_state_tensors(optimizer))
@@ -110,16 +117,17 @@ def summarise(raw_rows: list[dict]) -> list[dict]:
     """One row per (optimizer, AC): measured, or extrapolated in depth for LLaMA shapes."""
     groups: dict[tuple, dict[int, dict]] = {}
     for raw in raw_rows:
-        key = (raw["model"], raw["dtype"], raw["optimizer"], raw["ac"])
+        key = (raw["model"], raw["dtype"], raw["optimizer"], raw["ac"], raw["chunked_loss"])
         groups.setdefault(key, {})[raw["layers"] or 0] = raw
     rows = []
-    for (model, dtype, optimizer, ac), by_layers in groups.items():
+    for (model, dtype, optimizer, ac, chunked_loss), by_layers in groups.items():
         first = next(iter(by_layers.values()))
         row = dict(
             model=model,
             dtype=dtype,
             optimizer=optimizer,
             ac=ac,
+            chunked_loss=chunked_loss,
             attn=first["attn"],
             seq=first["seq"],
             batch=first["batch"],
@@ -179,6 +187,7 @@ def table_rows(rows: list[dict], reference: dict) -> list[dict]:
             )
         }
         line["ac"] = "yes" if row["ac"] else "no"
+        line["loss"] = "chunked" if row["chunked_loss"] else "hf"
         for cell, paper_cell in COMPARED:
             ours = row[cell] / GIB
             line[f"{cell}_gb"] = round(ours, 3)
@@ -208,8 +217,9 @@ def format_text(lines: list[dict]) -> str:
 
     for line in lines:
         cells = [cell(line, f"{ours}_gb", paper) for ours, paper in COMPARED]
+        name = line["optimizer"] + (" (hf)" if line["loss"] == "hf" else "")
         out.append(
-            f"{line['optimizer']:13} {line['ac']:3} {' '.join(cells)} "
+            f"{name:13} {line['ac']:3} {' '.join(cells)} "
             f"{line['sum_of_parts_gb']:7.2f} {line['process_peak_gb']:8.2f} "
             f"{line['process_minus_census_gb']:7.2f}"
         )
@@ -246,7 +256,9 @@ def format_latex(lines: list[dict], caption: str) -> str:
             cells.append(value)
         ac = r"\checkmark" if line["ac"] == "yes" else r"\texttimes"
         out.append(
-            f"{names.get(line['optimizer'], line['optimizer'])} & {ac} & "
+            f"{names.get(line['optimizer'], line['optimizer'])}"
+            + (" (HF loss)" if line["loss"] == "hf" else "")
+            + f" & {ac} & "
             + " & ".join(cells)
             + r" \\"
         )
@@ -311,7 +323,12 @@ def plot(lines: list[dict], path: str, title: str) -> None:
     if with_paper:
         ax.bar(0, 0, 0, color="white", edgecolor="grey", hatch="//", label="Paper (hatched)")
     ax.set_xticks(range(len(lines)))
-    ax.set_xticklabels([f"{line['optimizer']}\nAC {line['ac']}" for line in lines])
+    ax.set_xticklabels(
+        [
+            f"{line['optimizer']}\nAC {line['ac']}" + ("\nHF loss" if line["loss"] == "hf" else "")
+            for line in lines
+        ]
+    )
     ax.set_ylabel("Memory (GiB)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
@@ -324,21 +341,22 @@ def plot(lines: list[dict], path: str, title: str) -> None:
 
 def lomo_summary(rows: list[dict]) -> str:
     """The checks of the issue: LOMO's peak against its bound, and the ratios to the peers."""
-    by_key = {(r["dtype"], r["ac"], r["optimizer"]): r for r in rows}
+    by_key = {(r["dtype"], r["ac"], r["chunked_loss"], r["optimizer"]): r for r in rows}
     out = []
-    for (dtype, ac, optimizer), row in by_key.items():
+    for (dtype, ac, chunked, optimizer), row in by_key.items():
         if optimizer != "lomo":
             continue
         bound = row["param_bytes"] + row["activations"] + row["largest_grad_bytes"]
         text = (
-            f"{dtype} AC {'on ' if ac else 'off'}: LOMO peak {row['census_peak'] / 2**20:.1f}"
-            f" MiB = {row['census_peak'] / bound:.3f} x (params + activations + largest "
+            f"{dtype} AC {'on ' if ac else 'off'} {'chunked' if chunked else 'hf'} loss: "
+            f"LOMO peak {row['census_peak'] / 2**20:.1f} MiB = "
+            f"{row['census_peak'] / bound:.3f} x (params + activations + largest "
             f"gradient = {bound / 2**20:.1f} MiB); other tensors at the peak "
-            f"{row['other_at_peak'] / 2**20:.1f} MiB (at LOMO's peak: logit temporaries)"
+            f"{row['other_at_peak'] / 2**20:.1f} MiB"
         )
         for peer in ("adamw", "sgd", "adalomo", "lomo-optim"):
-            if (dtype, ac, peer) in by_key:
-                peer_peak = by_key[(dtype, ac, peer)]["census_peak"]
+            if (dtype, ac, chunked, peer) in by_key:
+                peer_peak = by_key[(dtype, ac, chunked, peer)]["census_peak"]
                 text += f"; LOMO/{peer} {row['census_peak'] / peer_peak:.3f}"
         out.append(text)
     return "\n".join(out)
@@ -351,6 +369,13 @@ def describe(rows: list[dict]) -> str:
         f"{first['seq']}, attention {first['attn']}, device {first['device']}, gradient "
         f"clipping {'on (norm 1.0)' if first['clip'] else 'off'}, torch {torch.__version__}."
     )
+    losses = {row["chunked_loss"] for row in rows}
+    if losses == {True}:
+        text += " Loss: chunked linear + cross-entropy (lomo.loss), no whole-batch logits."
+    elif losses == {False}:
+        text += " Loss: model(...).loss, whole-batch logits."
+    else:
+        text += " Loss: chunked (lomo.loss) or whole-batch logits (hf), per row."
     if first["model"] in LLAMA_SHAPES:
         text += (
             f" Measured with {first['measured_layers']} decoder layer(s) plus embedding and"
@@ -387,6 +412,7 @@ def run_memory(args: argparse.Namespace) -> None:
                         seq=args.seq,
                         batch=args.batch,
                         clip=args.clip,
+                        chunked_loss=args.chunked_loss,
                         device=args.device,
                     )
                     print(f"measuring {spec}", file=sys.stderr, flush=True)
@@ -453,6 +479,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="clip by global norm 1.0 (LOMO: an extra backward pass)",
+    )
+    parser.add_argument(
+        "--chunked-loss",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="chunked linear + cross-entropy (lomo.loss); --no-chunked-loss: model(...).loss",
     )
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]

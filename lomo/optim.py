@@ -30,6 +30,7 @@ from lomo.distributed import GradSync
 from lomo.loss_scaler import DynamicLossScaler
 
 NORM_EPS = 1e-6  # as in torch.nn.utils.clip_grad_norm_ and the official code
+UPDATE_BLOCK = 2**20  # values per block of an update's fp32 temporaries (4 MiB each)
 
 
 def _rms(tensor: Tensor) -> Tensor:
@@ -39,9 +40,11 @@ def _rms(tensor: Tensor) -> Tensor:
 class FusedOptimizer(torch.optim.Optimizer):
     """Shared machinery: hooks, the norm pass, clipping and loss scaling.
 
-    Subclasses implement `_update(param, grad_fp32, group)`, which changes this rank's shard
-    of `param` (`self.sync.shard(param)`) in place given the unscaled, clipped fp32 gradient:
-    the rank-averaged gradient of that shard, or of the whole parameter if `full_gradient`.
+    Subclasses implement `_update(param, grad, group)`, which changes this rank's shard of
+    `param` (`self.sync.shard(param)`) in place given its rank-averaged gradient (of that
+    shard, or of the whole parameter if `full_gradient`), in the parameter's dtype, still
+    scaled and unclipped: `_unscale_and_clip(grad)` makes an fp32 copy (or the fp32 gradient
+    itself) of the whole gradient or of one block of it.
     """
 
     full_gradient = False  # True: _update needs the whole averaged gradient, not its shard
@@ -112,16 +115,22 @@ class FusedOptimizer(torch.optim.Optimizer):
             norm = torch.linalg.vector_norm(shard_grad, dtype=torch.float32)
             self._sq_norm += norm.square().to(self._sq_norm.device)
             return
-        grad = full_grad if full else shard_grad
-        grad = grad.to(torch.float32)  # aliases an fp32 grad, which is ours to change now
+        # `_update` gets the only reference, so it can free a low-precision gradient early.
+        grads = [full_grad if full else shard_grad]
+        del grad, shard_grad, full_grad
+        self._update(param, grads.pop(), self.param_groups[group_index])
+        self.sync.after_update(param)
+
+    def _unscale_and_clip(self, grad: Tensor) -> Tensor:
+        """The fp32 gradient, unscaled and clipped (changes an fp32 `grad`, which is ours)."""
+        grad = grad.to(torch.float32)  # aliases an fp32 grad
         if self.loss_scale != 1.0:
             grad.div_(self.loss_scale)
         if self.clip_grad_value is not None:
             grad.clamp_(-self.clip_grad_value, self.clip_grad_value)
         elif self.clip_coef is not None:
             grad.mul_(self.clip_coef.to(grad.device))
-        self._update(param, grad, self.param_groups[group_index])
-        self.sync.after_update(param)
+        return grad
 
     def _update(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -300,14 +309,21 @@ class LOMO(FusedOptimizer):
         )
 
     def _update(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
+        """Elementwise, so it runs a block at a time: with fp16/bf16 weights the fp32 copies of
+        the gradient and of the weight exist for one block only, never for a whole matrix."""
         lr, weight_decay = group["lr"], group["weight_decay"]
+        shard = self.sync.shard(param).view(-1)
+        for param_block, grad_block in zip(
+            shard.split(UPDATE_BLOCK), grad.reshape(-1).split(UPDATE_BLOCK), strict=True
+        ):
+            grad_fp32 = self._unscale_and_clip(grad_block)
 
-        def sgd(param_fp32: Tensor) -> None:
-            if weight_decay:
-                param_fp32.mul_(1.0 - lr * weight_decay)
-            param_fp32.add_(grad, alpha=-lr)
+            def sgd(param_fp32: Tensor, grad_fp32: Tensor = grad_fp32) -> None:
+                if weight_decay:
+                    param_fp32.mul_(1.0 - lr * weight_decay)
+                param_fp32.add_(grad_fp32, alpha=-lr)
 
-        _apply_in_fp32(self.sync.shard(param), sgd)
+            _apply_in_fp32(param_block, sgd)
 
 
 class AdaLomo(FusedOptimizer):
@@ -361,6 +377,7 @@ class AdaLomo(FusedOptimizer):
         )
 
     def _update(self, param: Tensor, grad: Tensor, group: dict[str, Any]) -> None:
+        grad = self._unscale_and_clip(grad)  # a low-precision gradient is freed here
         state = self.state[param]
         factored = param.dim() >= 2
         if not state:
@@ -374,18 +391,29 @@ class AdaLomo(FusedOptimizer):
         beta2 = 1.0 - state["step"] ** group["decay_rate"]
         eps_sq, eps_scale = group["eps"]
 
+        # Memory: one full-size fp32 temporary besides the gradient (the squares, freed before
+        # the weight's fp32 copy exists); the update is built in the gradient's own storage.
+        # Same operations, in the same order, as lomo-optim 0.1.1: the same values, bit for bit.
         squared = grad.square().add_(eps_sq)
         if factored:
             row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
             row.mul_(beta2).add_(squared.mean(dim=-1), alpha=1.0 - beta2)
             col.mul_(beta2).add_(squared.mean(dim=-2), alpha=1.0 - beta2)
+            del squared
             row_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt_().unsqueeze(-1)
             col_factor = col.unsqueeze(-2).rsqrt()
-            update = torch.mul(row_factor, col_factor, out=squared).mul_(grad)
+            # update = (row_factor * col_factor) * grad, a block of rows at a time
+            rows = max(1, UPDATE_BLOCK // grad.shape[-1])
+            for grad_rows, factor_rows in zip(
+                grad.split(rows, dim=-2), row_factor.split(rows, dim=-2), strict=True
+            ):
+                grad_rows.mul_(factor_rows * col_factor)
         else:
             second_moment = state["exp_avg_sq"]
             second_moment.mul_(beta2).add_(squared, alpha=1.0 - beta2)
-            update = torch.rsqrt(second_moment, out=squared).mul_(grad)
+            del squared
+            grad.mul_(second_moment.rsqrt())
+        update = grad
         update.div_((_rms(update) / group["clip_threshold"]).clamp_(min=1.0))
 
         weight_decay = group["weight_decay"]
@@ -396,6 +424,6 @@ class AdaLomo(FusedOptimizer):
             step_size = group["lr"] * rms.clamp(min=eps_scale)
             if weight_decay:
                 param_fp32.mul_(1.0 - step_size * weight_decay)
-            param_fp32.sub_(update.mul_(step_size))
+            param_fp32.add_(update, alpha=-step_size)  # one fused multiply-add, as lomo-optim
 
         _apply_in_fp32(self.sync.shard(param), adaptive_step)

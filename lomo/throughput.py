@@ -41,7 +41,14 @@ def run_worker(spec: dict) -> dict:
         # On a shared CPU, 2+ OpenMP threads pay a scheduler time slice at every barrier.
         torch.set_num_threads(spec["threads"])
     device, baseline, model, tokens = build_workload(spec)
-    step, _ = make_step(spec["optimizer"], spec["clip"], model, tokens, master_weights=True)
+    step, _ = make_step(
+        spec["optimizer"],
+        spec["clip"],
+        model,
+        tokens,
+        master_weights=True,
+        chunked_loss=spec["chunked_loss"],
+    )
     for _ in range(spec["warmup"]):
         step()
     times = []
@@ -85,6 +92,7 @@ def table_rows(results: list[dict], reference: dict) -> list[dict]:
                 "attn": r["attn"],
                 "ac": "yes" if r["ac"] else "no",
                 "clip": "yes" if r["clip"] else "no",
+                "loss": "chunked" if r["chunked_loss"] else "hf",
                 "seq": r["seq"],
                 "batch": r["batch"],
                 "device": r["device"],
@@ -170,6 +178,7 @@ def run_throughput(args: argparse.Namespace) -> None:
             attn=args.attn,
             ac=args.ac == "on",
             clip=args.clip,
+            chunked_loss=args.chunked_loss,
             optimizer=optimizer,
             seq=args.seq,
             batch=args.batch,
@@ -185,7 +194,9 @@ def run_throughput(args: argparse.Namespace) -> None:
     note = (
         f"model {args.model}{depth}, {args.dtype}, batch {args.batch} x sequence {args.seq}, "
         f"attention {args.attn}, activation checkpointing {args.ac}, gradient clipping "
-        f"{'on (norm 1.0)' if args.clip else 'off'}, device {args.device} "
+        f"{'on (norm 1.0)' if args.clip else 'off'}, "
+        f"{'chunked' if args.chunked_loss else 'whole-batch'} logits in the loss, "
+        f"device {args.device} "
         f"({args.threads or torch.get_num_threads()} threads), {args.warmup} warm-up + "
         f"{args.steps} timed steps per optimizer, torch {torch.__version__}. "
         "TGS = tokens per device per second."
@@ -224,6 +235,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="clip by global norm 1.0, as the paper (LOMO: an extra backward)",
+    )
+    parser.add_argument(
+        "--chunked-loss",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="chunked linear + cross-entropy (lomo.loss); --no-chunked-loss: model(...).loss",
     )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)

@@ -4,6 +4,8 @@
   random weights and any number of layers (`llama-7b` ... `llama-65b`), or a `lomo.models` name.
 - `make_step`: one full training step (forward, backward, update) for LOMO, AdaLomo, their
   `lomo-optim` originals, SGD and AdamW, plus the optimizer object so memory can be attributed.
+  The loss is the chunked linear + cross-entropy of `lomo.loss` (the training loss of
+  `lomo finetune`), or Hugging Face's `model(...).loss` with `chunked_loss=False`.
 - `MasterWeightOptimizer`: the mixed-precision recipe behind the paper's SGD and AdamW rows
   (low-precision model, fp32 master weights held by the optimizer).
 """
@@ -153,16 +155,23 @@ def optimizer_state_tensors(optimizer: Any) -> list[Tensor]:
 
 
 def make_step(
-    name: str, clip: bool, model: nn.Module, tokens: Tensor, master_weights: bool = False
+    name: str,
+    clip: bool,
+    model: nn.Module,
+    tokens: Tensor,
+    master_weights: bool = False,
+    chunked_loss: bool = True,
 ) -> tuple[Callable[[], Any], Any]:
     """Build the optimizer; return a function that runs one full training step, and the optimizer.
 
     `master_weights=True` gives SGD and AdamW fp32 master weights (`MasterWeightOptimizer`)
     when the model is fp16/bf16; LOMO and AdaLomo always update in fp32 on their own.
+    `chunked_loss=False`: the loss is `model(...).loss` (whole-batch logits).
     """
+    from lomo.loss import causal_lm_loss
 
     def loss_fn() -> Tensor:
-        return model(input_ids=tokens, labels=tokens).loss
+        return causal_lm_loss(model, tokens, None, tokens, chunked=chunked_loss)
 
     family = name.removesuffix("-optim")
     if family not in LEARNING_RATES:

@@ -7,9 +7,11 @@ heads (k/v projections 32 -> 16), untied embedding and head. Parameters:
   = 9280; total 8192 + 32 + 2*9280 = 26784 elements in 21 tensors (9 per layer + 3).
 """
 
+import pytest
 import torch
 from tiny_models import tiny_llama, token_batches
 from torch import nn
+from transformers import LlamaForCausalLM
 
 from lomo.census import MemoryCensus, ProcessPeak, proc_status_bytes
 from lomo.workloads import MasterWeightOptimizer, make_step, optimizer_state_tensors
@@ -19,15 +21,24 @@ N_TENSORS = 21
 EMBEDDING = 128 * 32  # the largest single parameter (the head has the same size)
 
 
-def measure(name: str, dtype: torch.dtype, ac: bool = False, seq_len: int = 12) -> MemoryCensus:
+def measure(
+    name: str,
+    dtype: torch.dtype,
+    ac: bool = False,
+    seq_len: int = 12,
+    model: nn.Module | None = None,
+    chunked_loss: bool = True,
+) -> MemoryCensus:
     torch.set_num_threads(1)
-    model = tiny_llama(dtype=dtype)
+    model = model if model is not None else tiny_llama(dtype=dtype)
     model.config.use_cache = False
     if ac:
         model.activation_checkpointing_enable({"use_reentrant": True})
     tokens = token_batches(1, seq_len=seq_len)[0]
     census = MemoryCensus(model)
-    step, optimizer = make_step(name, False, model, tokens, master_weights=True)
+    step, optimizer = make_step(
+        name, False, model, tokens, master_weights=True, chunked_loss=chunked_loss
+    )
     step()  # warm-up: optimizer state appears
     census.track_state(optimizer_state_tensors(optimizer))
     with census:
@@ -66,6 +77,29 @@ def test_adalomo_factored_state():
     peak = measure("adalomo", torch.float32).category_peak
     assert peak["optimizer_states"] == 4 * (2 * 160 + 2 * 576 + 32) == 6016
     assert peak["gradients"] == 4 * EMBEDDING
+
+
+def head_heavy_llama(dtype: torch.dtype) -> LlamaForCausalLM:
+    """Embedding and head of 8192 x 32 dominate: the step's peak is at their update."""
+    return tiny_llama(dtype=dtype, vocab=8192)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_adalomo_update_needs_no_more_memory_than_lomo_optims(monkeypatch, dtype):
+    """Peak of a step whose peak is the update of an 8192 x 32 matrix. lomo-optim's AdaLomo
+    holds three fp32 copies of it at once (gradient, update, and the weight's fp32 copy or a
+    second update); ours two (fp32 gradient, then the squares or the weight's fp32 copy): at
+    most one more than LOMO, whose fp32 update needs none besides the gradient."""
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *args, **kwargs: self)
+    matrix = 8192 * 32
+    peaks = {
+        name: measure(name, dtype, seq_len=4, model=head_heavy_llama(dtype)).peak
+        for name in ("lomo", "adalomo", "adalomo-optim")
+    }
+    # Factored state: 8192 + 32 values per matrix, and small vectors, all fp32.
+    assert peaks["adalomo"] <= peaks["lomo"] + 4 * matrix + 4 * 2 * (8192 + 32) + 4 * 2**12
+    # lomo-optim: one fp32 copy of the matrix more (small tensors aside)
+    assert peaks["adalomo-optim"] >= peaks["adalomo"] + 4 * matrix - 4 * 2**12
 
 
 def test_saved_activations_of_a_two_layer_mlp():

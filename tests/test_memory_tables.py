@@ -51,6 +51,7 @@ def fake_raw(layers: int, optimizer: str = "lomo", ac: bool = True) -> dict:
         seq=512,
         batch=8,
         clip=False,
+        chunked_loss=True,
         device="cpu",
         num_params=0,
         param_bytes=peak["parameters"],
@@ -74,6 +75,15 @@ def test_summary_extrapolates_to_32_layers_and_compares_with_the_paper():
     assert line["ratio_parameters"] == round(35 / 12.55, 3)
     assert line["ratio_total"] == round(101 / 14.58, 3)
     assert line["process_minus_census_gb"] == 0.5
+
+
+def test_chunked_and_plain_loss_are_separate_rows():
+    plain = [{**fake_raw(n), "chunked_loss": False} for n in (1, 2)]
+    rows = memory.summarise([fake_raw(1), fake_raw(2), *plain])
+    lines = memory.table_rows(rows, memory.load_reference(memory.REFERENCE))
+    assert [line["loss"] for line in lines] == ["chunked", "hf"]
+    assert "lomo (hf)" in memory.format_text(lines)
+    assert "(HF loss)" in memory.format_latex(lines, "caption")
 
 
 def test_cli_renders_csv_tex_and_figure_from_raw(tmp_path, capsys):
@@ -119,6 +129,7 @@ def test_throughput_table_by_hand():
             attn="sdpa",
             ac=True,
             clip=True,
+            chunked_loss=True,
             optimizer=optimizer,
             seq=32,
             batch=2,
@@ -141,6 +152,7 @@ def test_throughput_table_by_hand():
     lomo = lines[0]
     assert (lomo["tgs_median"], lomo["tgs_min"], lomo["tgs_max"]) == (32.0, 16.0, 64.0)
     assert lomo["tgs_vs_sgd"] == 0.5
+    assert lomo["loss"] == "chunked"
     assert lomo["step_time_vs_lomo_optim"] == 0.5
     assert lomo["peak_vs_lomo_optim"] == 0.5
     assert lomo["paper_tgs"] == "769.92" and lomo["paper_gpus"] == "1"
@@ -190,6 +202,7 @@ def test_memory_worker_on_a_llama_shape_matches_hand_counts():
         seq=8,
         batch=1,
         clip=False,
+        chunked_loss=True,
         device="cpu",
     )
     raw = memory.run_worker(spec)

@@ -1,5 +1,7 @@
 """LOMO and AdaLomo against independent references: torch.optim.SGD, torch's clipping
-utilities, lomo-optim 0.1.1 and hand computations."""
+utilities, lomo-optim 0.1.1 and hand computations. Our side runs with Hugging Face's loss and
+with the chunked loss of `lomo.loss` (the training loss of `lomo finetune`); the references
+always with Hugging Face's `model(...).loss`."""
 
 import copy
 import io
@@ -9,6 +11,15 @@ import torch
 from tiny_models import lm_loss, tiny_llama, token_batches
 
 from lomo import LOMO, AdaLomo, LossScaleUnderflowError
+from lomo.loss import causal_lm_loss
+
+
+def chunked_lm_loss(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    return causal_lm_loss(model, tokens, None, tokens, chunk_tokens=5)
+
+
+LOSSES = {"hf": lm_loss, "chunked": chunked_lm_loss}
+with_both_losses = pytest.mark.parametrize("loss", list(LOSSES))
 
 
 def max_param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
@@ -34,25 +45,27 @@ def run_sgd(model, batches, lr, clip=None, scheduler_fn=None):
             scheduler.step()
 
 
-def run_fused(opt, model, batches, scheduler=None):
+def run_fused(opt, model, batches, scheduler=None, loss="hf"):
     for tokens in batches:
-        opt.step(lambda tokens=tokens: lm_loss(model, tokens))
+        opt.step(lambda tokens=tokens: LOSSES[loss](model, tokens))
         if scheduler:
             scheduler.step()
 
 
-def test_lomo_equals_sgd():
+@with_both_losses
+def test_lomo_equals_sgd(loss):
     model = tiny_llama()
     reference = copy.deepcopy(model)
     batches = token_batches(5)
-    run_fused(LOMO(model, lr=0.1), model, batches)
+    run_fused(LOMO(model, lr=0.1), model, batches, loss=loss)
     run_sgd(reference, batches, lr=0.1)
     assert max_param_diff(model, tiny_llama()) > 1e-3  # the weights did move
     assert max_param_diff(model, reference) <= 1e-6
 
 
+@with_both_losses
 @pytest.mark.parametrize("clip", ["norm", "value"])
-def test_lomo_clipping_equals_torch_clipping(clip):
+def test_lomo_clipping_equals_torch_clipping(clip, loss):
     model = tiny_llama()
     reference = copy.deepcopy(model)
     batches = token_batches(5)
@@ -60,7 +73,7 @@ def test_lomo_clipping_equals_torch_clipping(clip):
     opt = LOMO(model, lr=0.5, **kwargs)
     norms = []
     for tokens in batches:
-        opt.step(lambda tokens=tokens: lm_loss(model, tokens))
+        opt.step(lambda tokens=tokens: LOSSES[loss](model, tokens))
         if clip == "norm":
             norms.append(opt.last_grad_norm.item())
     run_sgd(reference, batches, lr=0.5, clip=clip)
@@ -97,30 +110,30 @@ def run_lomo_optim(opt, model, batches, lr, clip_norm):
         opt.fused_backward(lm_loss(model, tokens), lr)
 
 
+@with_both_losses
 @pytest.mark.parametrize("clip_norm", [None, 1.0])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_lomo_matches_lomo_optim(lomo_optim, clip_norm, weight_decay):
+def test_lomo_matches_lomo_optim(lomo_optim, clip_norm, weight_decay, loss):
     model = tiny_llama()
     reference = copy.deepcopy(model)
     batches = token_batches(4)
-    run_fused(
-        LOMO(model, lr=0.3, clip_grad_norm=clip_norm, weight_decay=weight_decay), model, batches
-    )
+    opt = LOMO(model, lr=0.3, clip_grad_norm=clip_norm, weight_decay=weight_decay)
+    run_fused(opt, model, batches, loss=loss)
     opt = lomo_optim.Lomo(reference, lr=0.3, clip_grad_norm=clip_norm, weight_decay=weight_decay)
     run_lomo_optim(opt, reference, batches, 0.3, clip_norm)
     for ours, theirs in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
 
 
+@with_both_losses
 @pytest.mark.parametrize("clip_norm", [None, 1.0])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_adalomo_matches_lomo_optim(lomo_optim, clip_norm, weight_decay):
+def test_adalomo_matches_lomo_optim(lomo_optim, clip_norm, weight_decay, loss):
     model = tiny_llama()
     reference = copy.deepcopy(model)
     batches = token_batches(4)
-    run_fused(
-        AdaLomo(model, lr=1e-2, clip_grad_norm=clip_norm, weight_decay=weight_decay), model, batches
-    )
+    opt = AdaLomo(model, lr=1e-2, clip_grad_norm=clip_norm, weight_decay=weight_decay)
+    run_fused(opt, model, batches, loss=loss)
     opt = lomo_optim.AdaLomo(
         reference, lr=1e-2, clip_grad_norm=clip_norm, weight_decay=weight_decay
     )
@@ -130,7 +143,23 @@ def test_adalomo_matches_lomo_optim(lomo_optim, clip_norm, weight_decay):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
 
 
-def test_tied_weights_updated_once_with_summed_gradient():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_adalomo_update_bit_identical_to_lomo_optim(lomo_optim, dtype):
+    """Same gradients (Hugging Face's loss on both sides, no clipping): the same weights, bit
+    for bit, after several steps with weight decay."""
+    model = tiny_llama(dtype=dtype)
+    reference = copy.deepcopy(model)
+    batches = token_batches(3)
+    run_fused(AdaLomo(model, lr=1e-2, weight_decay=0.1), model, batches)
+    opt = lomo_optim.AdaLomo(reference, lr=1e-2, weight_decay=0.1)
+    run_lomo_optim(opt, reference, batches, 1e-2, None)
+    assert max_param_diff(model, tiny_llama(dtype=dtype)) > 1e-3
+    for ours, theirs in zip(model.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(ours, theirs)
+
+
+@with_both_losses
+def test_tied_weights_updated_once_with_summed_gradient(loss):
     model = tiny_llama(tie=True)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     tokens = token_batches(1)[0]
@@ -142,7 +171,7 @@ def test_tied_weights_updated_once_with_summed_gradient():
     summed = untied.model.embed_tokens.weight.grad + untied.lm_head.weight.grad
     expected = model.model.embed_tokens.weight.detach() - 0.1 * summed
 
-    LOMO(model, lr=0.1).step(lambda: lm_loss(model, tokens))
+    LOMO(model, lr=0.1).step(lambda: LOSSES[loss](model, tokens))
     assert model.lm_head.weight is model.model.embed_tokens.weight
     torch.testing.assert_close(model.model.embed_tokens.weight, expected, rtol=0, atol=1e-6)
     layer = model.model.layers[0].mlp.up_proj.weight
@@ -236,12 +265,13 @@ def instrument(model) -> list[int]:
     return alive
 
 
+@with_both_losses
 @pytest.mark.parametrize("optimizer", [LOMO, AdaLomo])
-def test_at_most_one_gradient_alive(optimizer):
+def test_at_most_one_gradient_alive(optimizer, loss):
     model = tiny_llama()
     alive = instrument(model)
     opt = optimizer(model, lr=0.01)
-    opt.step(lambda: lm_loss(model, token_batches(1)[0]))
+    opt.step(lambda: LOSSES[loss](model, token_batches(1)[0]))
     largest = max(p.numel() * p.element_size() for p in model.parameters())
     assert len(alive) == len(list(model.parameters()))
     assert max(alive) <= largest

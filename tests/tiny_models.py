@@ -7,10 +7,10 @@ VOCAB = 128
 
 
 def tiny_llama(
-    seed: int = 0, tie: bool = False, dtype: torch.dtype = torch.float32
+    seed: int = 0, tie: bool = False, dtype: torch.dtype = torch.float32, vocab: int = VOCAB
 ) -> LlamaForCausalLM:
     config = LlamaConfig(
-        vocab_size=VOCAB,
+        vocab_size=vocab,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
