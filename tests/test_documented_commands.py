@@ -138,9 +138,12 @@ def test_sbatch_scripts_run_under_slurm_variables(nodes, tmp_path):
     assert config["template"] == "lomo+pronuon+score-eos" and config["protocol"] == "paper"
 
 
-INLINE = re.findall(
-    r"`((?:\.venv/bin/)?(?:snakemake|lomo) [^`]+)`", (ROOT / "README.md").read_text()
-)
+INLINE = [  # inline `...` commands of the README, line breaks inside them joined
+    " ".join(command.split())
+    for command in re.findall(
+        r"`((?:\.venv/bin/)?(?:snakemake|lomo) [^`]+)`", (ROOT / "README.md").read_text()
+    )
+]
 
 
 @pytest.mark.parametrize("command", [c for c in INLINE if c.startswith("snakemake --")])
@@ -162,6 +165,7 @@ def test_inline_snakemake_commands_plan_as_written(command, tmp_path):
 
 # Inline mentions that name a subcommand in prose rather than give a command line.
 NAMES = {"lomo finetune", "lomo evaluate", "lomo readme-results", "lomo finetune --deepspeed"}
+NAMES |= {"lomo plan"}
 
 
 @pytest.mark.parametrize("command", [c for c in INLINE if c.split()[0].endswith("lomo")])
