@@ -80,9 +80,12 @@ def load_run(path: str) -> dict:
     return {"path": str(metrics_path), "metrics": metrics, "config": config}
 
 
+def primary_metric(task: str) -> str:
+    return "f1" if task == "record" else "accuracy"
+
+
 def primary_value(run: dict, split: str) -> float:
-    metric = "f1" if run["metrics"]["task"] == "record" else "accuracy"
-    return run["metrics"]["reported"][split][metric]
+    return run["metrics"]["reported"][split][primary_metric(run["metrics"]["task"])]
 
 
 def select_grid(runs: list[dict], select_over: list[str]) -> list[dict]:
@@ -133,7 +136,7 @@ def collect(paths: list[str], reference: dict, select_over: list[str] = ()) -> l
     for run in runs:
         metrics = run["metrics"]
         reported = metrics["reported"]
-        metric = "f1" if metrics["task"] == "record" else "accuracy"
+        metric = primary_metric(metrics["task"])
         value = reported["eval"][metric]
         n = metrics["n_eval"]
         low, high = wilson_interval(value, n) if metric == "accuracy" else (None, None)

@@ -147,19 +147,14 @@ INLINE = [  # inline `...` commands of the README, line breaks inside them joine
 
 
 @pytest.mark.parametrize("command", [c for c in INLINE if c.startswith("snakemake --")])
-def test_inline_snakemake_commands_plan_as_written(command, tmp_path):
+def test_inline_snakemake_commands_plan_as_written(command, full_superglue):
     """Dry run (-n) of each snakemake command in the README's text, data from a full-layout
     folder of links to the local copy (BoolQ's held-back validation -> its train file)."""
     if "--report" in command:
         pytest.skip("--report needs finished results (tests/test_workflow.py builds one)")
-    superglue = tmp_path / "superglue"
-    for task in DATA.iterdir():
-        if task.is_dir():
-            (superglue / task.name).mkdir(parents=True)
-            for name in ("train.jsonl", "val.jsonl"):
-                source = task / name if (task / name).exists() else task / "train.jsonl"
-                (superglue / task.name / name).symlink_to(source)
-    done = run(f"{sys.executable} -m {command} -n", ROOT, {"LOMO_SUPERGLUE_DIR": str(superglue)})
+    done = run(
+        f"{sys.executable} -m {command} -n", ROOT, {"LOMO_SUPERGLUE_DIR": str(full_superglue)}
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 

@@ -35,20 +35,6 @@ def snakemake(*args: str, env: dict | None = None, timeout: int = 120):
     )
 
 
-@pytest.fixture(scope="module")
-def full_superglue(tmp_path_factory) -> Path:
-    """Every task folder with train and val files, for dry runs of profiles that need tasks
-    whose validation split is held back here (BoolQ); dry runs read no data."""
-    folder = tmp_path_factory.mktemp("superglue")
-    for task in DATA.iterdir():
-        if task.is_dir():
-            (folder / task.name).mkdir()
-            for name in ("train.jsonl", "val.jsonl"):
-                source = task / name if (task / name).exists() else task / "train.jsonl"
-                (folder / task.name / name).symlink_to(source)
-    return folder
-
-
 def test_lint_is_clean():
     done = snakemake("--lint", env={"LOMO_SUPERGLUE_DIR": str(DATA)})
     assert done.returncode == 0, done.stdout + done.stderr
