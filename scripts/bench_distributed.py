@@ -110,6 +110,7 @@ def main() -> None:
             "peak_gpu_mem_gib": round(peak.item() / 2**30, 2),
         }
         print(json.dumps(result), flush=True)
+    dist.barrier()  # no rank tears down its gloo pairs while another still uses them
     dist.destroy_process_group()
 
 
