@@ -12,15 +12,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from scipy.stats import binomtest
+from scipy.stats import binomtest, t
 
 from lomo import report
 from lomo.report import NOT_SETTINGS, PAPER_METHOD_NAMES, PAPER_MODEL_SIZES, wilson_interval
 from tasks.superglue.data import write_atomic
+from tasks.superglue.metrics import gold_nll_per_token
 
 CLAIM_COLUMNS = ["claim", "verdict", "evidence"]
 RUN_COLUMNS = ["model", "method", "task", "seed", "protocol", "template", "lora_r", "n"]
-RUN_COLUMNS += ["accuracy", "ci_low", "ci_high", "grid_points", "chosen", "run"]
+RUN_COLUMNS += ["accuracy", "ci_low", "ci_high", "gold_nll", "train_gold_nll", "grid_points"]
+RUN_COLUMNS += ["chosen", "run"]
 PAIRED_CELLS = ["both", "a_only", "b_only", "neither"]
 # The paper's Table 3 setting: 1000/1000 examples sampled with random.seed(0), best epoch on
 # the evaluation set (`lomo finetune --protocol paper`), the official LOMO prompts.
@@ -60,6 +62,8 @@ def load_runs(results_dir: str | Path) -> pd.DataFrame:
                 "accuracy": accuracy,
                 "ci_low": low,
                 "ci_high": high,
+                "gold_nll": metrics["reported"]["eval"].get("gold_nll"),
+                "train_gold_nll": metrics.get("train_end", {}).get("gold_nll"),
                 "grid_points": run["grid_points"],
                 "chosen": run["chosen"],
                 "run": str(Path(run["path"]).parent),
@@ -96,11 +100,24 @@ def read_measurements(paths: list[str] | None, default: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def correctness(run_dir: str | Path) -> dict[str, bool]:
-    """Example id -> whether the run's reported epoch predicted it correctly."""
+def predictions(run_dir: str | Path) -> dict[str, dict]:
+    """Example id -> the run's prediction row of its reported epoch."""
     lines = (Path(run_dir) / "predictions.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
-    return {json.dumps(r["idx"], sort_keys=True): r["pred"] == r["gold"] for r in records}
+    return {json.dumps(r["idx"], sort_keys=True): r for r in records}
+
+
+def correctness(run_dir: str | Path) -> dict[str, bool]:
+    """Example id -> whether the run's reported epoch predicted it correctly."""
+    return {key: r["pred"] == r["gold"] for key, r in predictions(run_dir).items()}
+
+
+def gold_nll_by_example(run_dir: str | Path) -> dict[str, float]:
+    """Example id -> the gold answer's negative log-likelihood per token at the reported
+    epoch (the run's score reduction, as metrics.json's `gold_nll`)."""
+    config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    reduction = config.get("reduction", "sum")
+    return {key: gold_nll_per_token(r, reduction) for key, r in predictions(run_dir).items()}
 
 
 def one_lora_rank(runs: pd.DataFrame, rank: int = PAPER_LORA_R) -> pd.DataFrame:
@@ -111,10 +128,11 @@ def one_lora_rank(runs: pd.DataFrame, rank: int = PAPER_LORA_R) -> pd.DataFrame:
     return runs[(ranks <= 1) | (runs.lora_r == rank)]
 
 
-def paired_counts(runs: pd.DataFrame, model: str, method_a: str, method_b: str) -> pd.DataFrame:
-    """One row per (task, seed) that both methods ran on `model` with the same protocol and
-    template: the paired 2x2 table over the examples both evaluated (`both` right, `a_only`,
-    `b_only`, `neither`)."""
+def paired_runs(
+    runs: pd.DataFrame, model: str, method_a: str, method_b: str
+) -> list[tuple[tuple, str, str]]:
+    """(task, seed, protocol, template) and the two run folders, for every cell that both
+    methods ran on `model`: their evaluation examples can be paired."""
     runs = runs[runs["model"] == model]
     cell = ["task", "seed", "protocol", "template"]
     a = runs[runs["method"] == method_a].set_index(cell)
@@ -125,9 +143,17 @@ def paired_counts(runs: pd.DataFrame, model: str, method_a: str, method_b: str) 
                 f"several {method} runs of {model} on one (task, seed, protocol, template), e.g. "
                 f"{list(frame.index[frame.index.duplicated()][0])}: pass the runs of one setting"
             )
+    keys = sorted(set(a.index) & set(b.index), key=str)
+    return [(key, a.loc[key, "run"], b.loc[key, "run"]) for key in keys]
+
+
+def paired_counts(runs: pd.DataFrame, model: str, method_a: str, method_b: str) -> pd.DataFrame:
+    """One row per (task, seed) that both methods ran on `model` with the same protocol and
+    template: the paired 2x2 table over the examples both evaluated (`both` right, `a_only`,
+    `b_only`, `neither`)."""
     rows = []
-    for key in sorted(set(a.index) & set(b.index), key=str):
-        right_a, right_b = correctness(a.loc[key, "run"]), correctness(b.loc[key, "run"])
+    for key, run_a, run_b in paired_runs(runs, model, method_a, method_b):
+        right_a, right_b = correctness(run_a), correctness(run_b)
         shared = right_a.keys() & right_b.keys()
         ra = [right_a[example] for example in shared]
         rb = [right_b[example] for example in shared]
@@ -211,21 +237,93 @@ def pooled_paired_difference(counts: pd.DataFrame, confidence: float = 0.95) -> 
         below=[d - low for d, low, _ in per_cell],
         above=[high - d for d, _, high in per_cell],
     )
-    tasks = cells.groupby("task")[["diff", "below", "above"]].mean()
-    diff = tasks["diff"].mean()
     a_only, b_only = int(counts.a_only.sum()), int(counts.b_only.sum())
     discordant = a_only + b_only
     return {
-        "tasks": sorted(tasks.index),
-        "seeds": sorted(counts.seed.unique().tolist()),
+        **pool_cells(cells),
         "examples": int(counts[PAIRED_CELLS].to_numpy().sum()),
-        "diff": float(diff),
-        "low": float(diff - np.sqrt((tasks.below**2).sum()) / len(tasks)),
-        "high": float(diff + np.sqrt((tasks.above**2).sum()) / len(tasks)),
         "a_only": a_only,
         "b_only": b_only,
         "p_value": binomtest(a_only, discordant).pvalue if discordant else 1.0,
     }
+
+
+def pool_cells(cells: pd.DataFrame) -> dict:
+    """Pool per-(task, seed) differences `diff` with their interval distances `below` and
+    `above` (limit = diff - below, diff + above): the mean over tasks of each task's mean over
+    seeds; within a task the seeds' distances are averaged (conservative whatever their
+    correlation), across tasks combined by root sum of squares (MOVER; see
+    `pooled_paired_difference`)."""
+    tasks = cells.groupby("task")[["diff", "below", "above"]].mean()
+    diff = tasks["diff"].mean()
+    return {
+        "tasks": sorted(tasks.index),
+        "seeds": sorted(cells.seed.unique().tolist()),
+        "diff": float(diff),
+        "low": float(diff - np.sqrt((tasks.below**2).sum()) / len(tasks)),
+        "high": float(diff + np.sqrt((tasks.above**2).sum()) / len(tasks)),
+    }
+
+
+def paired_nll_differences(
+    runs: pd.DataFrame, model: str, method: str, baseline: str, confidence: float = 0.95
+) -> pd.DataFrame:
+    """One row per (task, seed) that both ran on `model`: over the examples both evaluated,
+    the mean of baseline's minus method's gold-answer NLL per token (positive: `method`
+    gives the gold answer more probability), the two means, and the paired t interval's
+    distances (`below`, `above`)."""
+    rows = []
+    for key, run_method, run_baseline in paired_runs(runs, model, method, baseline):
+        ours, base = gold_nll_by_example(run_method), gold_nll_by_example(run_baseline)
+        shared = sorted(ours.keys() & base.keys())
+        gains = np.array([base[k] - ours[k] for k in shared])
+        n = len(gains)
+        half = (
+            t.ppf((1 + confidence) / 2, n - 1) * gains.std(ddof=1) / np.sqrt(n) if n > 1 else np.inf
+        )
+        rows.append(
+            {
+                "task": key[0],
+                "seed": key[1],
+                "n": n,
+                "baseline_nll": float(np.mean([base[k] for k in shared])),
+                "method_nll": float(np.mean([ours[k] for k in shared])),
+                "diff": float(gains.mean()),
+                "below": float(half),
+                "above": float(half),
+            }
+        )
+    columns = ["task", "seed", "n", "baseline_nll", "method_nll", "diff", "below", "above"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def nll_claim(runs: pd.DataFrame, model: str, method: str, baseline: str, settings: dict) -> dict:
+    """The claim "`method` learns: it lowers the held-out gold-answer NLL below `baseline`
+    (zero-shot)" on `model` under one protocol, decided like a superiority claim
+    (`claim_verdict`, boundary 0) on the pooled paired interval of the NLL reduction
+    (`paired_nll_differences`, pooled by `pool_cells`). NLL moves long before accuracy does
+    at small scale; accuracy has its own claim."""
+    confidence = settings["confidence"]
+    cells = runs[(runs.model == model) & runs.method.isin([method, baseline])]
+    protocols = sorted(set(cells.protocol.dropna()))
+    if len(protocols) > 1:
+        raise ValueError(f"runs of several protocols {protocols}: one claim per protocol")
+    setting = f"{model}, {protocols[0]} protocol" if protocols else model
+    claim = f"{method} lowers the held-out gold-answer NLL below {baseline} ({setting})"
+    differences = paired_nll_differences(runs, model, method, baseline, confidence)
+    if differences.empty:
+        return {"claim": claim, "verdict": "not measured", "evidence": "no paired runs"}
+    c = pool_cells(differences)
+    verdict = claim_verdict(c["low"], c["high"], None)
+    evidence = (
+        f"{len(c['tasks'])} task(s) ({' '.join(c['tasks'])}), {len(c['seeds'])} seed(s), "
+        f"{int(differences.n.sum())} paired examples: NLL per answer token "
+        f"{differences.baseline_nll.mean():.3f} ({baseline}) -> "
+        f"{differences.method_nll.mean():.3f} ({method}), reduction {c['diff']:+.3f} nats, "
+        f"{100 * confidence:g}% CI [{c['low']:+.3f}, {c['high']:+.3f}] (paired t per task and "
+        "seed, MOVER over tasks); supported if the lower limit > 0"
+    )
+    return {"claim": claim, "verdict": verdict, "evidence": evidence, **c}
 
 
 def claim_verdict(low: float, high: float, margin: float | None) -> str:

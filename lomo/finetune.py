@@ -41,11 +41,13 @@ from tqdm import tqdm
 
 from lomo import distributed
 from lomo.evaluate import IGNORE_INDEX, encode_train_example, evaluate
+from lomo.loss import causal_lm_loss
 from lomo.models import load_tokenizer
 from lomo.optim import LOMO, AdaLomo, FusedOptimizer
 from lomo.runtime import Runtime
 from tasks.superglue import PROTOCOLS, DataError, get_task, get_template, prepare
 from tasks.superglue.data import write_atomic
+from tasks.superglue.metrics import gold_nll_per_token
 
 METHODS = ("zero-shot", "lomo", "adalomo", "sgd", "adamw", "lora", "lora+lomo")
 FUSED_METHODS = ("lomo", "adalomo")
@@ -89,6 +91,9 @@ class FinetuneConfig:
     dtype: str = "fp32"
     activation_checkpointing: bool = False
     attn_implementation: str = "sdpa"
+    # The training loss through the chunked LM head + cross-entropy (lomo.loss): the same
+    # gradients, without the whole batch's logits. Off: Hugging Face's `model(...).loss`.
+    chunked_loss: bool = True
     # optimisation (paper: batch 16, 10 epochs, lr 3e-2 or 5e-2, warmup 0.05-0.2, norm 1.0)
     epochs: int = 10
     global_batch: int = 16
@@ -371,8 +376,16 @@ def check_finite(loss: torch.Tensor, step: int) -> torch.Tensor:
     return loss
 
 
-def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(**batch).loss
+def batch_loss(
+    config: FinetuneConfig, model: nn.Module, batch: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    # LoRA dropout on the LM head would draw its masks per chunk: exact only without it. A
+    # frozen ZeRO-3 head (LoRA) is not gathered again for the chunks' recompute (see lomo.loss).
+    lora_head_dropout = "lm_head" in config.lora_targets and config.lora_dropout > 0
+    lora_head_dropout = lora_head_dropout and "lora" in config.method
+    frozen_zero3_head = config.deepspeed is not None and config.method == "lora"
+    chunked = config.chunked_loss and not (lora_head_dropout or frozen_zero3_head)
+    return causal_lm_loss(model, **batch, chunked=chunked)
 
 
 def shard_batch(
@@ -412,7 +425,7 @@ def train_step(
 
         def closure() -> torch.Tensor:
             # Checked before any backward: a non-finite loss never reaches the weights.
-            return check_finite(batch_loss(model, batch), step) * weight
+            return check_finite(batch_loss(config, model, batch), step) * weight
 
         if config.method == "lora+lomo":
             loss = lora_lomo_step(first, optimizers[1], closure, runtime)
@@ -427,7 +440,7 @@ def train_step(
     # Standard backward with accumulation over the micro batches.
     total_loss = 0.0
     for batch, weight in zip(micro_batches, weights, strict=True):
-        loss = check_finite(batch_loss(model, batch), step) * weight
+        loss = check_finite(batch_loss(config, model, batch), step) * weight
         loss.backward()
         runtime.end_of_backward()
         total_loss += loss.item()
@@ -644,11 +657,7 @@ def evaluate_epoch(
 def gold_nll(rows: list[dict], reduction: str) -> float:
     """Mean over examples of the gold answer's negative log-likelihood per answer token: moves
     with learning long before accuracy does."""
-    per_token = [
-        -row["scores"][row["gold"]] / (row["n_tokens"][row["gold"]] if reduction == "sum" else 1)
-        for row in rows
-    ]
-    return sum(per_token) / len(per_token)
+    return sum(gold_nll_per_token(row, reduction) for row in rows) / len(rows)
 
 
 def health_flags(rows: list[dict]) -> list[str]:
@@ -738,9 +747,18 @@ def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> 
     def run_eval(epoch: int) -> tuple[dict, dict]:
         return evaluate_epoch(epoch, config, runtime, model, tokenizer, eval_sets)
 
+    def train_end(epoch: int) -> dict[str, float]:
+        """The training examples scored with the final weights (gold NLL, metrics): what the
+        run fitted, beside what it generalised to."""
+        scores, _ = evaluate_epoch(
+            epoch, config, runtime, model, tokenizer, {"train": train_examples}
+        )
+        return scores["train"]
+
     if config.method == "zero-shot":
         scores, predictions = run_eval(0)
         run = {"per_epoch": [scores], "predictions": {0: predictions}, "log": []}
+        run["train_end"] = train_end(0)
         return finish(config, runtime, model, tokenizer, out, run, len(train_examples), invoked)
 
     encoded = [
@@ -822,6 +840,7 @@ def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> 
             **run,
         }
         runtime.save_checkpoint(checkpoint_path, epoch, model, optimizers, state)
+    run["train_end"] = train_end(config.epochs)
     metrics = finish(config, runtime, model, tokenizer, out, run, len(train_examples), invoked)
     runtime.remove_checkpoints(checkpoint_path, config.epochs)
     return metrics
@@ -859,6 +878,7 @@ def finish(
         "reported": reported,
         "final": per_epoch[-1],
         "per_epoch": per_epoch,
+        "train_end": run["train_end"],
     }
     # Wall time and memory vary between identical runs: kept out of metrics.json.
     resources = {

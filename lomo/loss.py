@@ -35,7 +35,8 @@ How:
 
 Under ZeRO-3 every rank must call the (partitioned) LM head the same number of times, since
 each call gathers its weight collectively; ranks agree on the largest chunk count and a rank
-with fewer tokens runs empty chunks.
+with fewer tokens runs empty chunks. A *frozen* partitioned head (LoRA under ZeRO-3) is
+refused: DeepSpeed 0.19.8 does not gather it again for the recompute in backward.
 
 Exact means: in fp32, every gradient equals the plain path's to rounding (tests/test_loss.py).
 In bf16/fp16 the head gradient's buffer has the weight's dtype, so it is rounded once per
@@ -178,6 +179,13 @@ def causal_lm_loss(
     if not chunked:
         return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
     head = model.get_output_embeddings()
+    if hasattr(head.weight, "ds_id") and not head.weight.requires_grad:
+        # Measured with DeepSpeed 0.19.8: the recompute in backward sees the released, empty
+        # partition (torch's CheckpointError), where a trainable head is gathered again.
+        raise NotImplementedError(
+            "the chunked loss cannot recompute a frozen ZeRO-3 partitioned LM head in backward "
+            "(DeepSpeed does not gather it again): pass chunked=False"
+        )
     decoder = model.get_decoder()
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     # Position t predicts token t + 1; the last position predicts nothing.

@@ -12,6 +12,7 @@ import argparse
 import csv
 import io
 import json
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -40,6 +41,8 @@ COLUMNS = [
     "n",
     "ci_low",
     "ci_high",
+    "gold_nll",
+    "train_gold_nll",
     "epoch",
     "grid_points",
     "chosen",
@@ -158,6 +161,8 @@ def collect(paths: list[str], reference: dict, select_over: list[str] = ()) -> l
                 "n": n,
                 "ci_low": low,
                 "ci_high": high,
+                "gold_nll": reported["eval"].get("gold_nll"),
+                "train_gold_nll": metrics.get("train_end", {}).get("gold_nll"),
                 "epoch": reported["epoch"],
                 "grid_points": run["grid_points"],
                 "chosen": run["chosen"],
@@ -175,8 +180,9 @@ PAPER_TASKS = ("boolq", "copa", "multirc", "rte", "wic", "wsc")
 
 def pivot(rows: list[dict]) -> tuple[list[str], list[tuple[str, str, list[str]]]]:
     """Rows (model, variant) x task columns; a cell is 'mean ± CI half-width' in percent over
-    seeds (the CI of the first seed's run, which has the same n). The last columns are the
-    average over the paper's tasks present and the grid each cell was selected from."""
+    seeds (the CI of the first seed's run, which has the same n), and with several seeds
+    their standard deviation, '(sd x)'. The last columns are the average over the paper's
+    tasks present and the grid each cell was selected from."""
     tasks = sorted({r["task"] for r in rows})
     averaged = [t for t in tasks if t in PAPER_TASKS]
     table = []
@@ -201,7 +207,12 @@ def pivot(rows: list[dict]) -> tuple[list[str], list[tuple[str, str, list[str]]]
                     else None
                 )
                 flag = "!" if any(r["flags"] for r in runs) else ""  # see the CSV's flags
-                cells.append(f"{100 * mean:.1f}" + (f" ± {100 * half:.1f}" if half else "") + flag)
+                spread = ""
+                if len(runs) > 1:
+                    sd = statistics.stdev(r["value"] for r in runs)
+                    spread = f" (sd {100 * sd:.1f})"
+                interval = f" ± {100 * half:.1f}" if half else ""
+                cells.append(f"{100 * mean:.1f}{interval}{spread}{flag}")
             complete = averaged and all(t in values for t in averaged)
             cells.append(
                 f"{100 * sum(values[t] for t in averaged) / len(averaged):.1f}" if complete else "-"

@@ -255,6 +255,7 @@ def write_run(
     protocol: str = "val-split",
     template: str = "lomo",
     lora_r: int | None = None,
+    gold_nlls: list[float] | None = None,
     **settings,
 ) -> Path:
     """A run folder as `lomo finetune` leaves it: metrics.json, predictions.jsonl (pred, gold)
@@ -281,6 +282,10 @@ def write_run(
     }
     (run / "metrics.json").write_text(json.dumps(metrics))
     rows = [{"idx": i, "gold": g, "pred": p} for i, (p, g) in enumerate(predictions)]
+    for row, nll in zip(rows, gold_nlls or [], strict=False):
+        # two answer tokens per option, summed log-probabilities (reduction "sum")
+        row["scores"] = [-2 * nll if option == row["gold"] else -9.0 for option in (0, 1)]
+        row["n_tokens"] = [2, 2]
     (run / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = {"model": model, "method": method, "task": task, "seed": seed, "protocol": protocol}
     config |= {"template": template, "lora_r": 2 if lora_r is None else lora_r}  # 2: the default
@@ -412,6 +417,53 @@ def test_pooled_difference_over_tasks_and_seeds(tmp_path):
     )
     none = analysis.method_claim(runs, "m", "a", "c", SETTINGS, noninferiority=True)
     assert none["verdict"] == "not measured"
+
+
+# Paired NLL reductions (baseline - method, nats per answer token) worked by hand: mean, sample
+# sd, t(0.975, n - 1) * sd / sqrt(n) with t(0.975, 3) = 3.182446.
+NLL_CASES = [
+    # gains 1, .5, .5, 1: mean .75, sd .288675, half .459346
+    ([1.0, 1.5, 2.0, 0.5], [2.0, 2.0, 2.5, 1.5], (0.75, 0.290654, 1.209346), "supported"),
+    # gains .5, -.5, .2, -.4: mean -.05, sd .479583, half .763124
+    ([1.0, 1.5, 2.0, 0.5], [1.5, 1.0, 2.2, 0.1], (-0.05, -0.813124, 0.713124), "inconclusive"),
+    # gains -1, -.5, -.5, -1
+    ([2.0, 2.0, 2.5, 1.5], [1.0, 1.5, 2.0, 0.5], (-0.75, -1.209346, -0.290654), "not supported"),
+]
+
+
+@pytest.mark.parametrize(("method_nll", "baseline_nll", "interval", "verdict"), NLL_CASES)
+def test_nll_claim_on_hand_computed_paired_intervals(
+    tmp_path, method_nll, baseline_nll, interval, verdict
+):
+    predictions = [(1, 1)] * 4
+    write_run(tmp_path, "lomo", "rte", predictions, gold_nlls=method_nll)
+    write_run(tmp_path, "zero-shot", "rte", predictions, gold_nlls=baseline_nll)
+    runs = analysis.load_runs(tmp_path)
+    claim = analysis.nll_claim(runs, "m", "lomo", "zero-shot", SETTINGS)
+    assert (claim["diff"], claim["low"], claim["high"]) == pytest.approx(interval, abs=1e-6)
+    assert claim["verdict"] == verdict
+    assert claim["claim"] == (
+        "lomo lowers the held-out gold-answer NLL below zero-shot (m, val-split protocol)"
+    )
+    assert (
+        f"{sum(baseline_nll) / 4:.3f} (zero-shot) -> {sum(method_nll) / 4:.3f} (lomo)"
+        in (claim["evidence"])
+    )
+
+
+def test_nll_claim_pools_tasks_by_root_sum_of_squares(tmp_path):
+    # rte: case 1 above (.75, half .459346); copa: case 2 (-.05, half .763124). Pooled:
+    # d = .35, half = sqrt(.459346^2 + .763124^2) / 2 = .445353 -> [-.095353, .795353].
+    for task, (method_nll, baseline_nll, _, _) in zip(("rte", "copa"), NLL_CASES, strict=False):
+        write_run(tmp_path, "lomo", task, [(1, 1)] * 4, gold_nlls=method_nll)
+        write_run(tmp_path, "zero-shot", task, [(1, 1)] * 4, gold_nlls=baseline_nll)
+    claim = analysis.nll_claim(analysis.load_runs(tmp_path), "m", "lomo", "zero-shot", SETTINGS)
+    assert (claim["diff"], claim["low"], claim["high"]) == pytest.approx(
+        (0.35, -0.095353, 0.795353), abs=1e-6
+    )
+    assert claim["verdict"] == "inconclusive"
+    missing = analysis.nll_claim(analysis.load_runs(tmp_path), "m", "lora", "zero-shot", SETTINGS)
+    assert missing["verdict"] == "not measured"
 
 
 def test_load_runs_selects_the_grid_point_the_protocol_reports(tmp_path):

@@ -107,3 +107,17 @@ def test_table_command_writes_every_format_and_names_a_broken_run(tmp_path):
     Path(runs[0]).write_text("{trunc")
     with pytest.raises(SystemExit, match=f"cannot read the run {Path(runs[0]).parent}"):
         main(args)
+
+
+def test_seeds_are_averaged_with_their_spread(tmp_path):
+    # three seeds at 0.60, 0.70, 0.80 of n = 100: mean 70.0, sd 10.0 (by hand); Wilson 95%
+    # interval of the first seed's 0.60: [0.5020, 0.6906], half-width 9.4
+    runs = [
+        write_run(tmp_path, f"s{seed}", [acc], protocol="val-split", seed=seed)
+        for seed, acc in ((1, 0.60), (2, 0.70), (3, 0.80))
+    ]
+    header, table = report.pivot(report.collect(runs, {}))
+    assert header[0] == "rte"
+    assert table == [("m", "lomo", ["70.0 ± 9.4 (sd 10.0)", "70.0", "1"])]  # avg: RTE only
+    (one,) = report.pivot(report.collect(runs[:1], {}))[1]
+    assert one[2][0] == "60.0 ± 9.4"

@@ -14,6 +14,13 @@ from collections import Counter, defaultdict
 from sklearn.metrics import accuracy_score, f1_score
 
 
+def gold_nll_per_token(row: dict, reduction: str) -> float:
+    """One scored example's gold-answer negative log-likelihood per answer token, from its
+    prediction row (`scores`: summed or mean log-probabilities per option, `n_tokens`)."""
+    score = row["scores"][row["gold"]]
+    return -score / row["n_tokens"][row["gold"]] if reduction == "sum" else -score
+
+
 def golds(examples: list[dict]) -> list[int]:
     return [ex["label"] for ex in examples]
 

@@ -27,7 +27,7 @@ rule sgd_claims:
         models=" ".join(SGD_MODELS),
         settings=SGD_SETTINGS,
         data=data_flags(),
-        runs=" ".join(DISTANCE_RUNS),
+        runs=lambda wildcards, input: " ".join(os.path.dirname(path) for path in input),
         task=DISTANCE_TASK,
     conda:
         "../../environment.yml"
@@ -55,6 +55,7 @@ rule compare_to_paper:
         notebook=f"{ANALYSIS}/notebooks/compare_to_paper.ipynb",
         table=f"{ARTIFACTS}/tables/compare_superglue.csv",
         claims=f"{ARTIFACTS}/tables/claims_compare.csv",
+        nll=f"{ARTIFACTS}/tables/compare_nll.csv",
         figure=report(
             f"{ARTIFACTS}/figures/compare_superglue.png",
             caption="../report/compare_superglue.rst",
