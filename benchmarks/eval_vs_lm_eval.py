@@ -34,8 +34,8 @@ SYSTEMS = ("lm-eval", "ours-old", "ours-new")
 def run_ours(args: argparse.Namespace) -> dict:
     import torch
 
-    from lomo.evaluate import evaluate
-    from lomo.models import load_model, load_tokenizer
+    from lomo.train.evaluate import evaluate
+    from lomo.train.models import load_model, load_tokenizer
     from tasks.superglue import get_task, get_template
 
     torch.set_num_threads(args.threads)
@@ -140,7 +140,7 @@ def main() -> None:
         print("RESULT " + json.dumps(result))
         return
 
-    from tasks.superglue.data import write_atomic
+    from lomo.io import write_atomic
 
     with tempfile.TemporaryDirectory(prefix="eval-bench-") as tmp:
         work = Path(tmp)

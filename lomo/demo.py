@@ -48,8 +48,8 @@ def run_demo(args: argparse.Namespace) -> None:
     print(f"loss {first:.4f} -> {loss.item():.4f}")
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="a few seconds of LOMO on a tiny model")
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    parser = subparsers.add_parser("demo", help=summary)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--lr", type=float, default=0.5)
     parser.set_defaults(func=run_demo)

@@ -13,7 +13,7 @@ The API mirrors `lomo-optim` 0.1.1 (`grad_norm(loss)`, `fused_backward(loss, lr)
 both classes are real `torch.optim.Optimizer`s: `param_groups[i]["lr"]` drives the update,
 so `torch.optim.lr_scheduler` works, and `state_dict()` holds every piece of state.
 
-Data parallelism (plain, or DeepSpeed ZeRO-3) is a `sync` strategy from `lomo.distributed`
+Data parallelism (plain, or DeepSpeed ZeRO-3) is a `sync` strategy from `lomo.sync`
 that the hook calls to average the gradient and to find the slice of the weights this rank
 updates.
 """
@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lomo.distributed import GradSync
 from lomo.loss_scaler import DynamicLossScaler
+from lomo.sync import GradSync
 
 NORM_EPS = 1e-6  # as in torch.nn.utils.clip_grad_norm_ and the official code
 UPDATE_BLOCK = 2**20  # values per block of an update's fp32 temporaries (4 MiB each)

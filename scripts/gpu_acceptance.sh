@@ -42,7 +42,7 @@ if [[ ${1:-} == --prepare ]]; then
     "$PYTHON" - "$STAGE/smollm2-135m" <<'EOF'
 import os, shutil, sys
 from pathlib import Path
-from lomo.models import SMOLLM2, resolve
+from lomo.train.models import SMOLLM2, resolve
 source, target = Path(resolve(SMOLLM2)), Path(sys.argv[1])
 target.mkdir(parents=True, exist_ok=True)
 for path in source.iterdir():
@@ -95,7 +95,7 @@ LOMO=("$PYTHON" -m lomo.cli)
 if ((DRY)); then
     # The same steps at tiny sizes on CPU: seconds, not minutes.
     DEVICE=cpu NPROC=1 FT_MODEL=tiny-llama FT_DTYPE=fp32
-    "$PYTHON" -c "from lomo.models import load_model; load_model('tiny-llama').config.to_json_file('$OUT_DIR/tiny-llama.json')"
+    "$PYTHON" -c "from lomo.train.models import load_model; load_model('tiny-llama').config.to_json_file('$OUT_DIR/tiny-llama.json')"
     MEMORY_ARGS=(--model tiny-llama --dtype fp32 --optimizers lomo --seq 32 --batch 2 --ac on)
     PLAN_MEMORY=("$OUT_DIR/tiny-llama.json" --seq 32 --batch 2 --dtype fp32)
     THROUGHPUT_ARGS=(--model tiny-llama --dtype fp32 --seq 32 --batch 2 --warmup 1 --steps 1)
@@ -135,7 +135,7 @@ step finetune 120 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_no
     --deepspeed config/deepspeed/zero3.json --out "$OUT_DIR/finetune"
 step memory 140 "${LOMO[@]}" memory "${MEMORY_ARGS[@]}" --device "$DEVICE" \
     --raw "$OUT_DIR/memory_raw.json" --csv "$OUT_DIR/memory.csv"
-PLAN=("$PYTHON" -m lomo.plan)  # `lomo plan` without the whole CLI's imports
+PLAN=("$PYTHON" -m lomo.measure.plan)  # `lomo plan` without the whole CLI's imports
 step plan 30 bash -c 'for ac in --no-activation-checkpointing --activation-checkpointing; do
         "$@" $ac --memory 80 --json; done' _ "${PLAN[@]}" "${PLAN_MEMORY[@]}"
 step plan_throughput 20 "${PLAN[@]}" "${PLAN_THROUGHPUT[@]}" --memory 80 --json

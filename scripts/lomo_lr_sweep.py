@@ -33,9 +33,9 @@ import pandas as pd
 import yaml
 from scipy.stats import binomtest
 
-from lomo.analysis import correctness
-from lomo.report import wilson_interval
-from tasks.superglue.data import write_atomic
+from lomo.io import write_atomic
+from lomo.report.analysis import correctness
+from lomo.report.tables import wilson_interval
 
 RUNS = Path("results/laptop/superglue/smollm2-135m")
 SWEEPS = Path("results/laptop/sweeps")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from lomo.plan import GIB, Setting, Shape, llama_config, load_shape, plan
+from lomo.measure.plan import GIB, Setting, Shape, llama_config, load_shape, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 ZERO3 = ROOT / "config" / "deepspeed" / "zero3.json"
@@ -61,9 +61,10 @@ def worker(name: str) -> None:
     from transformers import LlamaForCausalLM
 
     from lomo import LOMO
-    from lomo.census import MemoryCensus, ProcessPeak, proc_status_bytes
-    from lomo.distributed import ZeRO3Sync, init_process_group
-    from lomo.runtime import deepspeed_config
+    from lomo.measure.census import MemoryCensus, ProcessPeak, proc_status_bytes
+    from lomo.sync import ZeRO3Sync
+    from lomo.train.distributed import init_process_group
+    from lomo.train.runtime import deepspeed_config
 
     shape, setting = SHAPES[name]
     device = init_process_group()
@@ -289,7 +290,7 @@ def to_markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    from tasks.superglue.data import write_atomic
+    from lomo.io import write_atomic
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--raw", default=str(TABLES / "plan_validation_raw.json"))

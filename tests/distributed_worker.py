@@ -16,12 +16,8 @@ import torch.distributed as dist
 from tiny_models import lm_loss, tiny_llama, token_batches
 
 from lomo import LOMO, AdaLomo
-from lomo.distributed import (
-    ReplicatedSync,
-    ZeRO3Sync,
-    broadcast_parameters,
-    init_process_group,
-)
+from lomo.sync import ReplicatedSync, ZeRO3Sync
+from lomo.train.distributed import broadcast_parameters, init_process_group
 
 STEPS, PER_RANK = 3, 2
 # (optimizer, clip_grad_norm, lr) for every run; the same list drives the single-process side.

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-import lomo.finetune as ft
+import lomo.train.finetune as ft
 from lomo.cli import main
 
 KILL_STEP = int(os.environ.get("LOMO_TEST_KILL_STEP", "0"))

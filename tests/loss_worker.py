@@ -75,7 +75,7 @@ def zero3_run(tie: bool) -> dict:
 def main(out: Path) -> None:
     import torch.distributed as dist
 
-    from lomo.distributed import init_process_group
+    from lomo.train.distributed import init_process_group
 
     init_process_group(timeout_s=60)
     torch.set_num_threads(1)

@@ -14,9 +14,9 @@ import pytest
 import yaml
 from scipy.stats import binomtest
 
-from lomo import analysis, readme_results
-from lomo import finetune as ft
 from lomo.cli import main as lomo_main
+from lomo.report import analysis, readme_results
+from lomo.train import finetune as ft
 from tests.superglue_paths import DATA_DIR
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from tiny_models import tiny_llama, token_batches
 from torch import nn
 from transformers import LlamaForCausalLM
 
-from lomo.census import MemoryCensus, ProcessPeak, proc_status_bytes
-from lomo.workloads import MasterWeightOptimizer, make_step, optimizer_state_tensors
+from lomo.measure.census import MemoryCensus, ProcessPeak, proc_status_bytes
+from lomo.measure.workloads import MasterWeightOptimizer, make_step, optimizer_state_tensors
 
 N_PARAMS = 26784
 N_TENSORS = 21

@@ -130,7 +130,7 @@ def finetune_on_two_ranks(out: Path, kill_step: int = 0) -> subprocess.Completed
 
 
 def test_zero3_finetune_survives_a_killed_rank_and_equals_one_process(tmp_path):
-    from lomo import finetune as ft
+    from lomo.train import finetune as ft
 
     out = tmp_path / "zero3"
     # Step 3 is the first step of epoch 2: epoch 1's checkpoint exists.
@@ -199,7 +199,7 @@ def method_runs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("method, launch, extra", METHOD_RUNS, ids=[r[0] for r in METHOD_RUNS])
 def test_each_method_on_two_ranks_equals_one_process(method_runs, tmp_path, method, launch, extra):
-    from lomo import finetune as ft
+    from lomo.train import finetune as ft
 
     settings = {**RUN, "method": method, "lora_dropout": 0.0, "lora_lr": 1e-2, **extra}
     single = ft.finetune(ft.FinetuneConfig(**settings), tmp_path)
@@ -244,8 +244,8 @@ def test_zero3_checkpoint_partitions_keep_the_requested_dtype(tmp_path, dtype):
     model.save_pretrained(tmp_path / "model")
     script = f"""
 import json, torch
-from lomo.distributed import init_process_group, zero3_model
-from lomo.runtime import deepspeed_config
+from lomo.train.distributed import init_process_group, zero3_model
+from lomo.train.runtime import deepspeed_config
 init_process_group()
 ds = deepspeed_config({str(TESTS.parent / "config/deepspeed/zero3.json")!r}, 4, 1)
 dtype = {{"fp32": torch.float32, "bf16": torch.bfloat16}}[{dtype!r}]

@@ -23,8 +23,8 @@ from unittest import mock
 
 import pytest
 
-from lomo import finetune as ft
 from lomo.cli import build_parser
+from lomo.train import finetune as ft
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "superglue"

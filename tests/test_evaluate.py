@@ -7,7 +7,7 @@ from superglue_paths import DATA_DIR
 from test_superglue_prompts import real_example
 
 from lomo.cli import main as cli
-from lomo.evaluate import (
+from lomo.train.evaluate import (
     IGNORE_INDEX,
     encode_pair,
     encode_prompt,
@@ -16,7 +16,7 @@ from lomo.evaluate import (
     score_candidates,
     with_quirks,
 )
-from lomo.models import load_model, load_tokenizer
+from lomo.train.models import load_model, load_tokenizer
 from tasks.superglue import DataError, get_task, get_template
 
 EOS = "<|im_end|>"  # the SmolLM2 tokenizer's EOS, also used by tiny-llama

@@ -13,10 +13,10 @@ import torch
 import yaml
 
 from lomo import LOMO
-from lomo import finetune as ft
 from lomo.cli import main
-from lomo.evaluate import encode_train_example, evaluate
-from lomo.models import load_model, load_tokenizer
+from lomo.train import finetune as ft
+from lomo.train.evaluate import encode_train_example, evaluate
+from lomo.train.models import load_model, load_tokenizer
 from tasks.superglue import get_task, get_template, prepare
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "superglue"
@@ -282,7 +282,7 @@ def test_lora_lomo_step_unscales_the_adapter_gradients_under_fp16_loss_scaling()
     """LOMO scales the loss for fp16; the adapters (fp32, trained by their own optimizer) must
     see the true gradient. Plain SGD on the adapter makes the update lr * gradient, checked
     against autograd on the unscaled loss."""
-    from lomo.runtime import Runtime
+    from lomo.train.runtime import Runtime
 
     torch.manual_seed(0)
     base = torch.nn.Linear(4, 4).half()

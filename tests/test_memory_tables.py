@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from lomo import cli, memory, throughput
+from lomo import cli
+from lomo.measure import memory, throughput
 
 GIB = 2**30
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lomo.models import SMOLLM2, convert_gguf, gguf_path, load_model, load_tokenizer
+from lomo.train.models import SMOLLM2, convert_gguf, gguf_path, load_model, load_tokenizer
 
 
 def test_tiny_llama_shape_vocabulary_and_seeded_init():
@@ -64,7 +64,7 @@ CONVERT_ONCE = """
 import time
 from pathlib import Path
 
-import lomo.models as models
+import lomo.train.models as models
 
 
 def convert(gguf, dest):

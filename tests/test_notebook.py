@@ -6,7 +6,7 @@ import sys
 import nbformat
 import pytest
 
-from lomo.notebook import parse_parameters
+from lomo.report.notebook import parse_parameters
 
 
 def write_notebook(path, code: str) -> None:

@@ -11,10 +11,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lomo import LOMO, finetune
-from lomo.census import MemoryCensus
-from lomo.cli import main
-from lomo.plan import (
+from lomo import LOMO
+from lomo.cli import build_parser, main
+from lomo.measure.census import MemoryCensus
+from lomo.measure.plan import (
     GIB,
     Setting,
     Shape,
@@ -24,6 +24,7 @@ from lomo.plan import (
     load_shape,
     plan,
 )
+from lomo.train import finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,9 +141,7 @@ def test_fits_and_does_not_fit(capsys):
 
 
 def finetune_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lomo")
-    finetune.add_parser(parser.add_subparsers(dest="command"))
-    return parser
+    return build_parser(["finetune"])
 
 
 @pytest.mark.parametrize("method, gpus", [("lomo", 4), ("adalomo", 1), ("lora", 1), ("sgd", 1)])

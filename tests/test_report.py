@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lomo import report
+from lomo.report import tables as report
 
 
 def write_run(root: Path, name: str, eval_accs: list[float], dev_accs=None, **config) -> str:

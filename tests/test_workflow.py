@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lomo import finetune as ft
 from lomo.cli import build_parser
+from lomo.train import finetune as ft
 from lomo.workflow import settings_to_flags
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,8 +19,6 @@ row) and the field or ids: field types (no nulls), labels, UTF-8, and ids unique
 """
 
 import json
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -355,20 +353,6 @@ def load_split(
     if not records:
         raise DataError(f"{task} {split} from {source} is empty")
     return records
-
-
-def write_atomic(path: str | Path, data: str | bytes) -> None:
-    """Write via a temp file in the same folder and rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def to_jsonl(records: list[dict]) -> str:

@@ -11,7 +11,13 @@ import re
 import string
 from collections import Counter, defaultdict
 
-from sklearn.metrics import accuracy_score, f1_score
+
+def sklearn_metrics():
+    """scikit-learn's metrics, imported on first use: the workflow imports this package when it
+    parses, and must stay light."""
+    import sklearn.metrics
+
+    return sklearn.metrics
 
 
 def gold_nll_per_token(row: dict, reduction: str) -> float:
@@ -26,16 +32,20 @@ def golds(examples: list[dict]) -> list[int]:
 
 
 def accuracy(examples: list[dict], preds: list[int]) -> dict[str, float]:
-    return {"accuracy": float(accuracy_score(golds(examples), preds))}
+    return {"accuracy": float(sklearn_metrics().accuracy_score(golds(examples), preds))}
 
 
 def cb_metrics(examples: list[dict], preds: list[int]) -> dict[str, float]:
-    f1 = f1_score(golds(examples), preds, labels=[0, 1, 2], average="macro", zero_division=0)
+    f1 = sklearn_metrics().f1_score(
+        golds(examples), preds, labels=[0, 1, 2], average="macro", zero_division=0
+    )
     return {**accuracy(examples, preds), "f1_macro": float(f1)}
 
 
 def multirc_metrics(examples: list[dict], preds: list[int]) -> dict[str, float]:
-    f1a = f1_score(golds(examples), preds, pos_label=1, average="binary", zero_division=0)
+    f1a = sklearn_metrics().f1_score(
+        golds(examples), preds, pos_label=1, average="binary", zero_division=0
+    )
     all_right: dict[tuple, bool] = defaultdict(lambda: True)
     for ex, pred in zip(examples, preds, strict=True):
         question = (ex["idx"]["paragraph"], ex["idx"]["question"])

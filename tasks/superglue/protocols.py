@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
-from tasks.superglue.data import DataError, load_split, to_jsonl, write_atomic
+from lomo.io import write_atomic
+from tasks.superglue.data import DataError, load_split, to_jsonl
 
 PROTOCOLS = ("paper", "heldout", "val-split")
 
@@ -61,6 +61,8 @@ def val_split_rows(
     test_size: int | float | None,
     seed: int,
 ) -> dict[str, list[int]]:
+    from sklearn.model_selection import train_test_split  # on use: keeps imports light
+
     train, test = train_test_split(
         list(range(n)),
         train_size=train_size,

@@ -5,7 +5,7 @@ sgd, adamw (torch optimizers, standard backward, gradient accumulation), lora (p
 trained with AdamW) and lora+lomo (adapters by AdamW, base weights by LOMO, in one backward).
 
 One process, or several launched by torchrun: with `--deepspeed CONFIG` (ZeRO-3) each rank
-holds a partition of the weights, without it each rank holds the whole model (lomo.runtime
+holds a partition of the weights, without it each rank holds the whole model (lomo.train.runtime
 says which method runs where); see README, "Multi-GPU and multi-node".
 
 The run folder gets config.yaml (resolved), train_log.csv, metrics.json and the reported
@@ -25,7 +25,6 @@ import math
 import os
 import random
 import resource
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -39,14 +38,14 @@ from filelock import FileLock, Timeout
 from torch import nn
 from tqdm import tqdm
 
-from lomo import distributed
-from lomo.evaluate import IGNORE_INDEX, encode_train_example, evaluate
+from lomo.io import write_atomic
 from lomo.loss import causal_lm_loss
-from lomo.models import load_tokenizer
 from lomo.optim import LOMO, AdaLomo, FusedOptimizer
-from lomo.runtime import Runtime
-from tasks.superglue import PROTOCOLS, DataError, get_task, get_template, prepare
-from tasks.superglue.data import write_atomic
+from lomo.sync import GradSync
+from lomo.train.evaluate import IGNORE_INDEX, encode_train_example, evaluate
+from lomo.train.models import load_tokenizer
+from lomo.train.runtime import Runtime
+from tasks.superglue import PROTOCOLS, get_task, get_template, prepare
 from tasks.superglue.metrics import gold_nll_per_token
 
 METHODS = ("zero-shot", "lomo", "adalomo", "sgd", "adamw", "lora", "lora+lomo")
@@ -169,12 +168,18 @@ class FinetuneConfig:
                 f"of {self.global_batch}: set micro_batch = global_batch, or sequential_updates "
                 "= true for one update per micro batch"
             )
+        self.validate_launch()
+
+    def validate_launch(self) -> None:
+        """What the machine and the launch must provide: a GPU for fp16, the DeepSpeed file."""
         if self.dtype == "fp16" and not torch.cuda.is_available():
             raise ValueError(
                 "dtype fp16 needs a GPU: half-precision matmuls on CPU are unsupported or very "
                 "slow; use bf16 or fp32 on CPU"
             )
 
+        if self.deepspeed is not None and not Path(self.deepspeed).is_file():
+            raise ValueError(f"deepspeed: {self.deepspeed} is not a file (a DeepSpeed JSON config)")
         if self.deepspeed and self.method in ("sgd", "adamw"):
             raise ValueError(
                 f"--deepspeed (ZeRO-3) runs zero-shot, lomo, adalomo, lora and lora+lomo, not "
@@ -318,10 +323,10 @@ def clip_kwargs(config: FinetuneConfig) -> dict[str, float | None]:
 
 
 def build_optimizers(
-    config: FinetuneConfig, model: nn.Module, sync: distributed.GradSync | None = None
+    config: FinetuneConfig, model: nn.Module, sync: GradSync | None = None
 ) -> list[torch.optim.Optimizer]:
     """The optimizers of a method; for lora+lomo, [LOMO on the base, AdamW on the adapters].
-    `sync`: how lomo and adalomo average gradients over processes (lomo.distributed)."""
+    `sync`: how lomo and adalomo average gradients over processes (lomo.sync)."""
     method = config.method
     adamw = dict(weight_decay=config.weight_decay, eps=config.adam_eps)
     if method in FUSED_METHODS:
@@ -531,7 +536,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(OSError):
     pass
 
 
@@ -928,17 +933,16 @@ def to_csv(rows: list[dict]) -> str:
 # --- command line ----------------------------------------------------------------------------
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser = subparsers.add_parser(
         "finetune",
-        help="fine-tune and evaluate one (model, method, task, seed)",
+        help=summary,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML file with any of the keys below")
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
-    parser.add_argument("--debug", action="store_true", help="tracebacks for anticipated errors")
     defaults = FinetuneConfig()
     for f in dataclasses.fields(FinetuneConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -957,16 +961,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> None:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)}
-    try:
-        config = load_config(args.config, overrides)
-    except (ValueError, OSError) as error:
-        sys.exit(f"lomo finetune: {error}")
-    if args.threads:
+    config = load_config(args.config, overrides)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    try:
-        metrics = finetune(config, args.out)
-    except (RunFolderError, DataError, FloatingPointError, FileNotFoundError) as error:
-        if args.debug:
-            raise
-        sys.exit(f"lomo finetune: {error}")  # anticipated: one line; --debug for the traceback
+    metrics = finetune(config, args.out)
     print(json.dumps({"reported": metrics["reported"], "selection": metrics["selection"]}))

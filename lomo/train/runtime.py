@@ -7,7 +7,7 @@ the training loop reads the same in all three cases:
 - `replicated` (torchrun without --deepspeed): every rank holds the whole model; gradients are
   averaged over ranks (inside LOMO's hooks, or by `average_gradients` for torch optimizers).
 - `zero3` (--deepspeed CONFIG): every rank holds 1/world of each base weight
-  (`lomo.distributed`). LOMO/AdaLomo update their partitions inside backward; zero-shot only
+  (`lomo.sync`). LOMO/AdaLomo update their partitions inside backward; zero-shot only
   evaluates; LoRA trains replicated adapters on the partitioned, frozen base (the adapters are
   added after DeepSpeed partitioned the model, so they stay ordinary tensors, and their
   gradients are averaged like plain data parallelism). sgd/adamw would need DeepSpeed's own
@@ -30,8 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lomo import distributed
-from tasks.superglue.data import write_atomic
+from lomo import sync
+from lomo.io import write_atomic
+from lomo.train import distributed
 
 KINDS = ("single", "replicated", "zero3")
 
@@ -48,7 +49,7 @@ class Runtime:
         self.kind, self.device, self.deepspeed_config = kind, device, deepspeed_config
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.engine: Any = None  # the ZeRO-3 engine, once the model is loaded
-        self.sync: distributed.GradSync = distributed.GradSync()  # set by load_model
+        self.sync: sync.GradSync = sync.GradSync()  # set by load_model
 
     @classmethod
     def start(cls, deepspeed_config: str | None) -> "Runtime":
@@ -92,21 +93,21 @@ class Runtime:
     ) -> nn.Module:
         """The base model placed for this runtime: on the device, the same on every rank, or
         partitioned over the ranks from the start (ZeRO-3)."""
-        from lomo.models import load_model
+        from lomo.train.models import load_model
 
         if self.kind == "zero3":
             ds_config = deepspeed_config(self.deepspeed_config, global_batch, self.world)
             model, self.engine = distributed.zero3_model(
                 name, dtype, attn_implementation, ds_config
             )
-            self.sync = distributed.ZeRO3Sync(self.engine)
+            self.sync = sync.ZeRO3Sync(self.engine)
             return model
         with self.main_first():  # rank 0 converts or downloads, the others read its cache
             model = load_model(name, dtype, attn_implementation)
         model.to(self.device)
         if self.kind == "replicated":
             distributed.broadcast_parameters(model)
-            self.sync = distributed.ReplicatedSync()
+            self.sync = sync.ReplicatedSync()
         return model
 
     def end_of_backward(self) -> None:
@@ -239,7 +240,7 @@ class Runtime:
             with torch.no_grad():
                 for name, value in shard["partitions"].items():
                     params[name].ds_tensor.copy_(value)
-                    distributed.refresh_persistent(params[name])
+                    sync.refresh_persistent(params[name])
             optimizer_states = shard["optimizers"]
         for opt, opt_state in zip(optimizers, optimizer_states, strict=True):
             opt.load_state_dict(opt_state)

@@ -16,9 +16,10 @@ import torch
 from tqdm import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from lomo.models import load_model, load_tokenizer
+from lomo.io import write_atomic
+from lomo.train.models import load_model, load_tokenizer
 from tasks.superglue import PROTOCOLS, TASKS, Prompt, Task, Template, get_task, get_template
-from tasks.superglue.data import to_jsonl, write_atomic
+from tasks.superglue.data import to_jsonl
 from tasks.superglue.protocols import prepare
 
 IGNORE_INDEX = -100
@@ -249,10 +250,8 @@ def evaluate(
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "evaluate", help="zero-shot / checkpoint evaluation on a SuperGLUE task"
-    )
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    parser = subparsers.add_parser("evaluate", help=summary)
     parser.add_argument("--model", required=True, help="smollm2-135m, tiny-llama, folder, hub id")
     parser.add_argument("--task", required=True, help=f"one of {', '.join(TASKS)}")
     parser.add_argument("--source", choices=("local", "hub"), default="local")
@@ -274,7 +273,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> None:
     # Everything that can fail on bad input runs before the (slow) model load.
     if args.out.suffix != ".json":
-        raise SystemExit(f"--out must name a .json file, got {args.out}")
+        raise ValueError(f"--out must name a .json file, got {args.out}")
     task = get_task(args.task)
     template = get_template(args.template)
     if args.protocol:
@@ -283,7 +282,7 @@ def main(args: argparse.Namespace) -> None:
         examples = task.load(args.split, args.source, args.data_dir)
     if args.limit is not None:
         if args.limit < 1:
-            raise SystemExit(f"--limit must be at least 1, got {args.limit}")
+            raise ValueError(f"--limit must be at least 1, got {args.limit}")
         examples = examples[: args.limit]
 
     tokenizer = load_tokenizer(args.model)

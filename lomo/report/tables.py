@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 from scipy.stats import binomtest
 
-from tasks.superglue.data import write_atomic
+from lomo.io import write_atomic
 
 # The paper's Table 3 names its models by size; our runs name them by hub id.
 PAPER_MODEL_SIZES = {
@@ -77,7 +77,7 @@ def load_run(path: str) -> dict:
         metrics = json.loads(metrics_path.read_text())
         config = yaml.safe_load(config_path.read_text())
     except (OSError, json.JSONDecodeError, yaml.YAMLError) as error:
-        raise SystemExit(
+        raise ValueError(
             f"lomo table: cannot read the run {metrics_path.parent}: {error}"
         ) from None
     return {"path": str(metrics_path), "metrics": metrics, "config": config}
@@ -305,7 +305,7 @@ def models_in(rows: list[dict]) -> list[str]:
 def run_table(args: argparse.Namespace) -> None:
     rows = collect(args.runs, load_reference(args.reference), args.select_over)
     if not rows:
-        raise SystemExit("lomo table: no runs given")
+        raise ValueError("no runs given")
     write_atomic(args.csv, to_csv(rows))
     if args.markdown:
         write_atomic(args.markdown, to_markdown(rows))
@@ -316,8 +316,8 @@ def run_table(args: argparse.Namespace) -> None:
     print(to_markdown(rows))
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("table", help="tabulate SuperGLUE runs (metrics.json files)")
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    parser = subparsers.add_parser("table", help=summary)
     parser.add_argument("--runs", nargs="+", required=True, help="metrics.json files")
     parser.add_argument(
         "--select-over",

@@ -40,11 +40,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from lomo.evaluate import encode_train_example
-from lomo.finetune import collate, finetune, load_config
-from lomo.models import TINY_LLAMA, load_model, load_tokenizer, resolve
+from lomo.io import write_atomic
+from lomo.train.evaluate import encode_train_example
+from lomo.train.finetune import collate, finetune, load_config
+from lomo.train.models import TINY_LLAMA, load_model, load_tokenizer, resolve
 from tasks.superglue import get_task, get_template
-from tasks.superglue.data import write_atomic
 
 Closure = Callable[[], Tensor]
 RANDOM_SUFFIX = ":random"
@@ -394,10 +394,10 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser = subparsers.add_parser(
         "sgd-claims",
-        help="measure the paper's SGD arguments (implicit batch, smoothness, distance)",
+        help=summary,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -2,7 +2,7 @@
 
 Each configuration (optimizer x activation checkpointing x depth) runs in a fresh subprocess.
 There, after warm-up steps (one for optimizers whose state appears in the first step), one
-training step runs under `MemoryCensus` (live tensor bytes by category, see lomo/census.py)
+training step runs under `MemoryCensus` (live tensor bytes by category, see lomo/measure/census.py)
 and `ProcessPeak` (the allocator's peak: CUDA max_memory_allocated, or on CPU the process's
 resident high-water mark above the bare process). Reported per configuration:
 
@@ -26,22 +26,23 @@ from pathlib import Path
 
 import torch
 
-from lomo.census import MemoryCensus, ProcessPeak, proc_status_bytes
-from lomo.workloads import (
+from lomo.io import write_atomic
+from lomo.measure.census import MemoryCensus, ProcessPeak, proc_status_bytes
+from lomo.measure.workloads import (
     LLAMA_SHAPES,
     STATEFUL,
     build_model,
+    check_model,
     make_step,
     optimizer_state_tensors,
     run_worker_process,
 )
-from tasks.superglue.data import write_atomic
 
 OPTIMIZERS = ("adamw", "sgd", "lomo", "adalomo", "lomo-optim", "adalomo-optim")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CELLS = ("parameters", "gradients", "optimizer_states", "activations")
 COMPARED = (*((cell, cell) for cell in CELLS), ("census_peak", "total"))  # ours, Table 1 column
-REFERENCE = Path(__file__).resolve().parents[1] / "paper" / "reference" / "table1_memory.csv"
+REFERENCE = Path(__file__).resolve().parents[2] / "paper" / "reference" / "table1_memory.csv"
 PAPER_SETTING = dict(model="llama-7b", seq=512, batch=8)  # Table 1: fp16, GB = GiB
 GIB = 2**30
 
@@ -393,11 +394,12 @@ def run_memory(args: argparse.Namespace) -> None:
             raw_rows = json.load(f)
     else:
         if args.model in LLAMA_SHAPES and len(args.layers) < 2:
-            raise SystemExit("--layers needs two depths (e.g. 1 2) to extrapolate a LLaMA shape")
+            raise ValueError("--layers needs two depths (e.g. 1 2) to extrapolate a LLaMA shape")
         if args.model not in LLAMA_SHAPES and args.layers:
-            raise SystemExit(f"--layers is only for LLaMA shapes ({', '.join(LLAMA_SHAPES)})")
+            raise ValueError(f"--layers is only for LLaMA shapes ({', '.join(LLAMA_SHAPES)})")
         if args.device == "cuda" and not torch.cuda.is_available():
-            raise SystemExit("--device cuda: no CUDA device is available")
+            raise ValueError("--device cuda: no CUDA device is available")
+        check_model(args.model)
         raw_rows = []
         for ac in args.ac:
             for optimizer in args.optimizers:
@@ -416,7 +418,7 @@ def run_memory(args: argparse.Namespace) -> None:
                         device=args.device,
                     )
                     print(f"measuring {spec}", file=sys.stderr, flush=True)
-                    raw_rows.append(run_worker_process("lomo.memory", spec))
+                    raw_rows.append(run_worker_process("lomo.measure.memory", spec))
         if args.raw:
             write_atomic(args.raw, json.dumps(raw_rows, indent=1))
     rows = summarise(raw_rows)
@@ -441,12 +443,12 @@ def run_memory(args: argparse.Namespace) -> None:
         )
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("memory", help="Table 1: memory by category, measured")
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    parser = subparsers.add_parser("memory", help=summary)
     parser.add_argument(
         "--model",
         default="llama-7b",
-        help=f"{', '.join(LLAMA_SHAPES)}, random-100m or a lomo.models name",
+        help=f"{', '.join(LLAMA_SHAPES)}, random-100m or a lomo.train.models name",
     )
     parser.add_argument(
         "--layers",

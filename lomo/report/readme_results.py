@@ -8,10 +8,9 @@ give. Every number in the section is copied from those files.
 
 import argparse
 import csv
-import sys
 from pathlib import Path
 
-from tasks.superglue.data import write_atomic
+from lomo.io import write_atomic
 
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
@@ -73,6 +72,8 @@ def claim_lines(rows: list[dict[str, str]]) -> list[str]:
 
 def render(tables_dir: Path) -> str:
     """The section, markers included, from the tables in `tables_dir`."""
+    if not tables_dir.is_dir():
+        raise FileNotFoundError(f"tables folder {tables_dir} does not exist (--tables)")
     lines = [
         START,
         "## Results",
@@ -123,16 +124,16 @@ def run(args: argparse.Namespace) -> None:
     if args.write:
         write_atomic(readme, updated)
     elif args.check and updated != readme.read_text():
-        sys.exit(
-            f"lomo readme-results: the Results section of {readme} differs from {args.tables}; "
+        raise ValueError(
+            f"the Results section of {readme} differs from {args.tables}; "
             f"run `lomo readme-results --write --tables {args.tables}`"
         )
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser = subparsers.add_parser(
         "readme-results",
-        help="render (or check) the README's Results section from the analysis tables",
+        help=summary,
         description=__doc__,
     )
     parser.add_argument("--tables", default="paper/tables", help="folder with the CSV tables")

@@ -2,7 +2,7 @@
 component, and the command that runs it.
 
 The prediction is a sum of tensor bytes, phase by phase (see `plan`): every coefficient below
-was read off the project's own census (`lomo memory`, lomo/census.py: live tensor bytes by
+was read off the project's own census (`lomo memory`, lomo/measure/census.py: live tensor bytes by
 category at every operator), at the LLaMA-7B shape (paper/tables/memory_llama-7b_raw.json,
 bf16, eager attention, seq 512, batch 8) and on small random LLaMA configs that vary one
 dimension at a time (hidden, MLP width, kv heads, sequence, dtype, attention), and checked
@@ -28,9 +28,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from lomo.workloads import LLAMA_SHAPES, LLAMA_VOCAB
+from lomo.measure.workloads import LLAMA_SHAPES, LLAMA_VOCAB
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ZERO3_CONFIG = "config/deepspeed/zero3.json"  # relative to the repository root
 GIB = 2**30
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -526,29 +526,24 @@ def format_plan(
 
 
 def run_plan(args: argparse.Namespace) -> None:
-    try:
-        shape = load_shape(args.size)
-        zero3 = zero3_settings(args.deepspeed_config)
-        setting = Setting(
-            **zero3,
-            method=args.method,
-            gpus=args.gpus,
-            seq=args.seq,
-            batch=args.batch,
-            dtype=args.dtype,
-            ac=args.activation_checkpointing,
-            attn=args.attn,
-            loss_chunk=args.loss_chunk,
-            lora_r=args.lora_r,
-            deepspeed=args.deepspeed,
-        )
-        if args.memory <= 0 or args.reserve < 0:
-            raise ValueError(
-                f"need --memory > 0 and --reserve >= 0, got {args.memory}, {args.reserve}"
-            )
-        result = plan(shape, setting)
-    except (ValueError, OSError) as error:
-        sys.exit(f"lomo plan: {error}")
+    shape = load_shape(args.size)
+    zero3 = zero3_settings(args.deepspeed_config)
+    setting = Setting(
+        **zero3,
+        method=args.method,
+        gpus=args.gpus,
+        seq=args.seq,
+        batch=args.batch,
+        dtype=args.dtype,
+        ac=args.activation_checkpointing,
+        attn=args.attn,
+        loss_chunk=args.loss_chunk,
+        lora_r=args.lora_r,
+        deepspeed=args.deepspeed,
+    )
+    if args.memory <= 0 or args.reserve < 0:
+        raise ValueError(f"need --memory > 0 and --reserve >= 0, got {args.memory}, {args.reserve}")
+    result = plan(shape, setting)
     command = finetune_command(shape, setting, args.task, args.out)
     print(format_plan(result, args.memory, args.reserve, command))
     fits = result["peak"] / GIB + args.reserve <= args.memory
@@ -560,10 +555,10 @@ def run_plan(args: argparse.Namespace) -> None:
         )
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser = subparsers.add_parser(
         "plan",
-        help="will it fit? the per-GPU peak of a LLaMA fine-tuning run, by component",
+        help=summary,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -616,7 +611,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 if (
     __name__ == "__main__"
-):  # `python -m lomo.plan ARGS`: as `lomo plan ARGS`, without the CLI's imports
+):  # `python -m lomo.measure.plan ARGS`: as `lomo plan ARGS`, without the CLI's imports
     parser = argparse.ArgumentParser(prog="lomo")
     add_parser(parser.add_subparsers(dest="command", required=True))
     arguments = parser.parse_args(["plan", *sys.argv[1:]])

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from lomo.census import ProcessPeak
-from lomo.memory import DTYPES, build_workload, to_csv
-from lomo.workloads import LLAMA_SHAPES, make_step, run_worker_process
-from tasks.superglue.data import write_atomic
+from lomo.io import write_atomic
+from lomo.measure.census import ProcessPeak
+from lomo.measure.memory import DTYPES, build_workload, to_csv
+from lomo.measure.workloads import LLAMA_SHAPES, check_model, make_step, run_worker_process
 
 OPTIMIZERS = ("lomo", "lomo-optim", "adalomo", "adalomo-optim", "sgd", "adamw")
-REFERENCE = Path(__file__).resolve().parents[1] / "paper" / "reference" / "table2_throughput.csv"
+REFERENCE = Path(__file__).resolve().parents[2] / "paper" / "reference" / "table2_throughput.csv"
 PAPER_SIZES = {"llama-7b": "7B", "llama-13b": "13B", "llama-30b": "30B", "llama-65b": "65B"}
 GIB = 2**30
 
@@ -164,11 +164,12 @@ def format_latex(lines: list[dict], caption: str) -> str:
 
 def run_throughput(args: argparse.Namespace) -> None:
     if args.steps < 1 or args.warmup < 0:
-        raise SystemExit("--steps must be >= 1 and --warmup >= 0")
+        raise ValueError("--steps must be >= 1 and --warmup >= 0")
     if args.layers is not None and args.model not in LLAMA_SHAPES:
-        raise SystemExit(f"--layers is only for LLaMA shapes ({', '.join(LLAMA_SHAPES)})")
+        raise ValueError(f"--layers is only for LLaMA shapes ({', '.join(LLAMA_SHAPES)})")
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
+        raise ValueError("--device cuda: no CUDA device is available")
+    check_model(args.model)
     results = []
     for optimizer in args.optimizers:
         spec = dict(
@@ -188,7 +189,7 @@ def run_throughput(args: argparse.Namespace) -> None:
             threads=args.threads,
         )
         print(f"timing {spec}", file=sys.stderr, flush=True)
-        results.append(run_worker_process("lomo.throughput", spec))
+        results.append(run_worker_process("lomo.measure.throughput", spec))
     lines = table_rows(results, load_reference(Path(args.reference)))
     depth = f", {args.layers} layers" if args.layers else ""
     note = (
@@ -211,12 +212,12 @@ def run_throughput(args: argparse.Namespace) -> None:
         write_atomic(args.tex, format_latex(lines, note.replace("_", r"\_")))
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("throughput", help="Table 2: tokens per device per second")
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    parser = subparsers.add_parser("throughput", help=summary)
     parser.add_argument(
         "--model",
         default="llama-7b",
-        help=f"{', '.join(LLAMA_SHAPES)}, random-100m or a lomo.models name",
+        help=f"{', '.join(LLAMA_SHAPES)}, random-100m or a lomo.train.models name",
     )
     parser.add_argument("--layers", type=int, help="decoder layers of a LLaMA shape (default all)")
     parser.add_argument("--dtype", default="bf16", choices=list(DTYPES))

@@ -54,7 +54,7 @@ def gguf_path() -> Path:
 
 def convert_gguf(gguf: Path, dest: Path) -> None:
     """Dequantise a GGUF checkpoint to a float32 safetensors folder at `dest`, atomically."""
-    print(f"[lomo.models] converting {gguf.name} to safetensors in {dest} (first use only)")
+    print(f"[lomo.train.models] converting {gguf.name} to safetensors in {dest} (first use only)")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
@@ -75,7 +75,7 @@ def convert_gguf(gguf: Path, dest: Path) -> None:
         os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # only left over if the rename failed
-    print(f"[lomo.models] cached {SMOLLM2} in {dest}")
+    print(f"[lomo.train.models] cached {SMOLLM2} in {dest}")
 
 
 def is_converted(folder: Path) -> bool:
@@ -92,7 +92,10 @@ def smollm2_folder() -> Path:
     with FileLock(dest.parent / f".{SMOLLM2}.lock"):
         if not is_converted(dest):
             if dest.exists():
-                print(f"[lomo.models] {dest} has no weights (an interrupted cache?): replacing it")
+                print(
+                    f"[lomo.train.models] {dest} has no weights (an interrupted cache?): "
+                    "replacing it"
+                )
                 shutil.rmtree(dest)
             convert_gguf(gguf_path(), dest)
     return dest
@@ -124,6 +127,8 @@ def resolve(name_or_path: str) -> str:
         return str(smollm2_folder())
     if Path(name_or_path).expanduser().is_dir():
         return str(Path(name_or_path).expanduser())
+    if name_or_path.startswith(("/", ".", "~")) or Path(name_or_path).exists():
+        raise FileNotFoundError(f"model folder {name_or_path} does not exist or is not a folder")
     if "/" in name_or_path:  # a hub id such as huggyllama/llama-7b; transformers downloads it
         return name_or_path
     raise ValueError(
@@ -170,17 +175,15 @@ def prepare(name_or_path: str) -> dict:
     return {"model": name_or_path, "path": str(path), "config": config.to_diff_dict()}
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "prepare-model", help="download or convert a model once, before parallel jobs use it"
-    )
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    parser = subparsers.add_parser("prepare-model", help=summary)
     parser.add_argument("--model", required=True, help="smollm2-135m, a folder or a hub id")
     parser.add_argument("--out", help="JSON file describing the prepared model (default: print)")
     parser.set_defaults(func=prepare_command)
 
 
 def prepare_command(args: argparse.Namespace) -> None:
-    from tasks.superglue.data import write_atomic
+    from lomo.io import write_atomic
 
     text = json.dumps(prepare(args.model), indent=1, default=str) + "\n"
     if args.out:

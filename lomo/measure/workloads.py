@@ -1,7 +1,8 @@
-"""Models and training steps shared by `lomo bench`, `lomo memory` and `lomo throughput`.
+"""Models and training steps shared by `lomo memory`, `lomo throughput` and `lomo plan`.
 
 - `build_model`: a named model in a given dtype: `random-100m`, a LLaMA-1-shaped model with
-  random weights and any number of layers (`llama-7b` ... `llama-65b`), or a `lomo.models` name.
+  random weights and any number of layers (`llama-7b` ... `llama-65b`), or a
+  `lomo.train.models` name.
 - `make_step`: one full training step (forward, backward, update) for LOMO, AdaLomo, their
   `lomo-optim` originals, SGD and AdamW, plus the optimizer object so memory can be attributed.
   The loss is the chunked linear + cross-entropy of `lomo.loss` (the training loss of
@@ -80,13 +81,21 @@ def llama_shaped(
     return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
+def check_model(name: str) -> None:
+    """Stop on a model name no worker can build, before any worker starts."""
+    if name not in LLAMA_SHAPES and name != "random-100m":
+        from lomo.train.models import resolve
+
+        resolve(name)
+
+
 def build_model(
     name: str,
     dtype: torch.dtype,
     attn_implementation: str = "eager",
     num_layers: int | None = None,
 ) -> nn.Module:
-    """`random-100m`, a LLaMA shape from LLAMA_SHAPES, or a model name for `lomo.models`.
+    """`random-100m`, a LLaMA shape from LLAMA_SHAPES, or a model name for `lomo.train.models`.
 
     `num_layers` is only meaningful for LLaMA shapes (default: the full depth).
     """
@@ -99,7 +108,7 @@ def build_model(
         model = random_llama_100m().to(dtype)
         model.config._attn_implementation = attn_implementation
     else:
-        from lomo.models import load_model
+        from lomo.train.models import load_model
 
         model = load_model(name, dtype=dtype, attn_implementation=attn_implementation)
     model.config.use_cache = False  # training: a KV cache would keep every layer's keys alive

@@ -14,9 +14,9 @@ import pandas as pd
 import yaml
 from scipy.stats import binomtest, t
 
-from lomo import report
-from lomo.report import NOT_SETTINGS, PAPER_METHOD_NAMES, PAPER_MODEL_SIZES, wilson_interval
-from tasks.superglue.data import write_atomic
+from lomo.io import write_atomic
+from lomo.report import tables
+from lomo.report.tables import NOT_SETTINGS, PAPER_METHOD_NAMES, PAPER_MODEL_SIZES, wilson_interval
 from tasks.superglue.metrics import gold_nll_per_token
 
 CLAIM_COLUMNS = ["claim", "verdict", "evidence"]
@@ -37,15 +37,15 @@ def load_runs(results_dir: str | Path) -> pd.DataFrame:
     """One row per fine-tuning cell (model, method, task, seed, data protocol, prompt template,
     LoRA rank): n, accuracy (reported epoch), its 95% Wilson interval and the run folder.
     Where a cell holds several runs (the points of an lr x warmup grid), the one the protocol's
-    rule selects (`lomo.report.select_grid`, as the workflow's tables), with the number of
+    rule selects (`lomo.report.tables.select_grid`, as the workflow's tables), with the number of
     points and the chosen settings. `lora_r` is None for methods without LoRA."""
     runs = [
-        report.load_run(str(path))
+        tables.load_run(str(path))
         for path in sorted(Path(results_dir).glob("superglue/*/*/*/seed*/metrics.json"))
     ]
     runs = [r for r in runs if "accuracy" in r["metrics"]["reported"]["eval"]]  # not ReCoRD
     rows = []
-    for run in report.select_grid(runs, grid_keys(runs)):
+    for run in tables.select_grid(runs, grid_keys(runs)):
         metrics, config = run["metrics"], run["config"]
         accuracy = metrics["reported"]["eval"]["accuracy"]
         low, high = wilson_interval(accuracy, metrics["n_eval"])

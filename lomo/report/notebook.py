@@ -49,7 +49,7 @@ def parse_parameters(pairs: list[list[str]], yaml_text: str | None) -> dict[str,
     if yaml_text:
         extra = yaml.safe_load(yaml_text)
         if not isinstance(extra, dict):
-            raise SystemExit(f"lomo notebook: -y needs a YAML mapping, got {yaml_text!r}")
+            raise ValueError(f"-y needs a YAML mapping, got {yaml_text!r}")
         parameters.update(extra)
     return parameters
 
@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> None:
     run_notebook(args.notebook, args.output, parse_parameters(args.parameter, args.yaml))
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("notebook", help="execute an analysis notebook (papermill)")
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    parser = subparsers.add_parser("notebook", help=summary)
     parser.add_argument("notebook", help="the notebook to run (analysis/*.ipynb)")
     parser.add_argument("output", help="where the executed notebook is saved")
     parser.add_argument(

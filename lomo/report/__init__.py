@@ -1,0 +1,1 @@
+"""Reporting, without torch: SuperGLUE tables, analysis helpers, the README section, notebooks."""
