@@ -24,6 +24,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lomo import LOMO
 from lomo.sync import ReplicatedSync, ZeRO3Sync
 from lomo.train.distributed import broadcast_parameters, init_process_group
+from lomo.train.models import DTYPES
 
 PRESETS = {"7b": dict(hidden=4096, intermediate=11008, layers=32, heads=32, vocab=32000)}
 
@@ -47,7 +48,7 @@ def main() -> None:
     if args.preset:
         for key, value in PRESETS[args.preset].items():
             setattr(args, key, value)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = DTYPES[args.dtype]
 
     device = init_process_group()
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -142,6 +142,18 @@ def test_invalid_config_value_stops_before_any_work(tmp_path):
     assert "magic" in done.stdout + done.stderr
 
 
+def test_command_line_settings_are_typed_like_lomo_finetune():
+    """--config 'finetune={epochs: 2}' reaches Snakemake as the string "2": typed by the key
+    as lomo finetune types it, then validated; a bad value names its block and key."""
+    data = f"superglue_dir={DATA}"
+    done = snakemake("-n", "-p", "--config", "finetune={epochs: 2}", data)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " --epochs 2 " in done.stdout and " --protocol val-split " in done.stdout
+    bad = snakemake("-n", "--config", "finetune={epochs: two}", data)
+    assert bad.returncode != 0
+    assert "config: finetune: epochs: expected a whole number, got 'two'" in bad.stdout + bad.stderr
+
+
 def test_unreachable_data_source_stops_with_what_to_set():
     # config/config.yaml leaves superglue_dir unset; the hub is unreachable (HF_HUB_OFFLINE).
     done = snakemake("-n", env={"LOMO_SUPERGLUE_DIR": ""})

@@ -37,9 +37,9 @@ from lomo.measure.workloads import (
     optimizer_state_tensors,
     run_worker_process,
 )
+from lomo.train.models import DTYPES
 
 OPTIMIZERS = ("adamw", "sgd", "lomo", "adalomo", "lomo-optim", "adalomo-optim")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CELLS = ("parameters", "gradients", "optimizer_states", "activations")
 COMPARED = (*((cell, cell) for cell in CELLS), ("census_peak", "total"))  # ours, Table 1 column
 REFERENCE = Path(__file__).resolve().parents[2] / "paper" / "reference" / "table1_memory.csv"

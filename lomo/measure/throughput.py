@@ -21,8 +21,9 @@ import torch
 
 from lomo.io import write_atomic
 from lomo.measure.census import ProcessPeak
-from lomo.measure.memory import DTYPES, build_workload, to_csv
+from lomo.measure.memory import build_workload, to_csv
 from lomo.measure.workloads import LLAMA_SHAPES, check_model, make_step, run_worker_process
+from lomo.train.models import DTYPES
 
 OPTIMIZERS = ("lomo", "lomo-optim", "adalomo", "adalomo-optim", "sgd", "adamw")
 REFERENCE = Path(__file__).resolve().parents[2] / "paper" / "reference" / "table2_throughput.csv"

