@@ -19,6 +19,7 @@ updates.
 """
 
 import math
+import random
 from collections.abc import Callable
 from itertools import chain
 from typing import Any
@@ -213,13 +214,13 @@ class FusedOptimizer(torch.optim.Optimizer):
                 "happens inside the backward pass, so there is no separate step"
             )
         fresh_forward = self.norm_pass_required and self.sync.fresh_forward_per_pass
-        rng = _rng_state() if fresh_forward else None
+        rng = rng_state() if fresh_forward else None
         with torch.enable_grad():
             loss = closure()
         if self.norm_pass_required:
             self.grad_norm(loss, retain_graph=not fresh_forward)
         if fresh_forward and not self.overflow:
-            _set_rng_state(rng)
+            set_rng_state(rng)
             with torch.enable_grad():
                 loss = closure()
         self.fused_backward(loss)
@@ -252,16 +253,20 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._hook_handles = []
 
 
-def _rng_state() -> tuple[Tensor, list[Tensor] | None]:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    return torch.get_rng_state(), cuda
+def rng_state() -> dict[str, Any]:
+    """torch's (and CUDA's) and Python's random state: a pass that must replay the same dropout
+    masks (the update pass after the norm pass), or a checkpoint, restores it."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
-def _set_rng_state(state: tuple[Tensor, list[Tensor] | None]) -> None:
-    cpu, cuda = state
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _fp16_params(model: nn.Module) -> bool:

@@ -80,7 +80,7 @@ def main() -> None:
             broadcast_parameters(model)
         sync = ReplicatedSync() if args.mode == "ddp" else None
     if args.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable({"use_reentrant": False})
     opt = LOMO(model, lr=1e-3, clip_grad_norm=1.0, sync=sync)
     n_params = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
 

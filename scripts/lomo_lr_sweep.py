@@ -31,10 +31,9 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from scipy.stats import binomtest
 
 from lomo.io import write_atomic
-from lomo.report.analysis import correctness
+from lomo.report.analysis import correctness, mcnemar_p
 from lomo.report.tables import wilson_interval
 
 RUNS = Path("results/laptop/superglue/smollm2-135m")
@@ -84,9 +83,7 @@ def summarize(run: Path, zero_shot: Path, label: str) -> dict:
         "gold_counts": dict(sorted(golds.items())),
         "only_run_right": only_run,
         "only_zero_shot_right": only_zero,
-        "mcnemar_p": binomtest(only_run, only_run + only_zero).pvalue
-        if only_run + only_zero
-        else 1.0,
+        "mcnemar_p": mcnemar_p(only_run, only_zero),
         "majority": max(golds.values()) / n,
         "zero_shot": sum(right_zero.values()) / len(right_zero),
         "zero_shot_calibrated": calibrated_accuracy(zero_records),

@@ -77,7 +77,7 @@ def worker(name: str) -> None:
     engine, *_ = deepspeed.initialize(model=model, config=ds_config)
     model.config.use_cache = False
     if setting.ac:  # as lomo finetune does
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable({"use_reentrant": False})
     model.train()
     census = MemoryCensus(model)  # before the optimizer: its gradient hooks run first
     # clipping by norm 1.0 as lomo finetune's default: a norm pass, then an update pass

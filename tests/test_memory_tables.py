@@ -87,10 +87,10 @@ def test_chunked_and_plain_loss_are_separate_rows():
     assert "(HF loss)" in memory.format_latex(lines, "caption")
 
 
-def test_cli_renders_csv_tex_and_figure_from_raw(tmp_path, capsys):
+def test_cli_renders_csv_and_tex_from_raw(tmp_path, capsys):
     raw = tmp_path / "raw.json"
     raw.write_text(json.dumps([fake_raw(n, opt) for opt in ("lomo", "adamw") for n in (1, 2)]))
-    out = {ext: tmp_path / f"sub/table.{ext}" for ext in ("csv", "tex", "png")}
+    out = {ext: tmp_path / f"sub/table.{ext}" for ext in ("csv", "tex")}
     cli.main(
         [
             "memory",
@@ -100,8 +100,6 @@ def test_cli_renders_csv_tex_and_figure_from_raw(tmp_path, capsys):
             str(out["csv"]),
             "--tex",
             str(out["tex"]),
-            "--figure",
-            str(out["png"]),
         ]
     )
     printed = capsys.readouterr().out
@@ -110,7 +108,6 @@ def test_cli_renders_csv_tex_and_figure_from_raw(tmp_path, capsys):
     with open(out["csv"]) as f:
         assert [r["optimizer"] for r in csv.DictReader(f)] == ["lomo", "adamw"]
     assert r"35.00 / 12.55 (2.79)" in out["tex"].read_text()
-    assert out["png"].stat().st_size > 0
     assert not list(tmp_path.glob("sub/*.tmp*"))
 
 

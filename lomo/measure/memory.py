@@ -275,71 +275,6 @@ def to_csv(lines: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def plot(lines: list[dict], path: str, title: str) -> None:
-    """Stacked bars like the paper's Figure 2: ours, and the paper's next to it if comparable."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = dict(
-        parameters="#4c72b0", gradients="#dd8452", optimizer_states="#55a868", activations="#c44e52"
-    )
-    labels = dict(
-        parameters="Parameters",
-        gradients="Gradients",
-        optimizer_states="Optimizer states",
-        activations="Activations",
-    )
-    with_paper = any(line["paper_parameters_gb"] != "" for line in lines)
-    fig, ax = plt.subplots(figsize=(min(12.0, max(6.0, 1.2 * len(lines))), 4.5))
-    width = 0.38 if with_paper else 0.6
-    for i, line in enumerate(lines):
-        bars = [(i - width / 2 if with_paper else i, False)]
-        if line["paper_parameters_gb"] != "":  # e.g. AdaLomo has no row in Table 1
-            bars.append((i + width / 2, True))
-        for x, is_paper in bars:
-            bottom = 0.0
-            for cell in CELLS:
-                value = line[f"paper_{cell}_gb"] if is_paper else line[f"{cell}_gb"]
-                ax.bar(
-                    x,
-                    value,
-                    width,
-                    bottom=bottom,
-                    color=colors[cell],
-                    hatch="//" if is_paper else None,
-                    edgecolor="white",
-                    label=labels[cell] if i == 0 and not is_paper else None,
-                )
-                bottom += value
-            if not is_paper:
-                ax.plot(
-                    [x - width / 2, x + width / 2],
-                    [line["census_peak_gb"]] * 2,
-                    "k-",
-                    lw=1.5,
-                    label="Measured peak" if i == 0 else None,
-                )
-    if with_paper:
-        ax.bar(0, 0, 0, color="white", edgecolor="grey", hatch="//", label="Paper (hatched)")
-    ax.set_xticks(range(len(lines)))
-    ax.set_xticklabels(
-        [
-            f"{line['optimizer']}\nAC {line['ac']}" + ("\nHF loss" if line["loss"] == "hf" else "")
-            for line in lines
-        ]
-    )
-    ax.set_ylabel("Memory (GiB)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format=Path(path).suffix[1:], dpi=150)
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
-
-
 def lomo_summary(rows: list[dict]) -> str:
     """The checks of the issue: LOMO's peak against its bound, and the ratios to the peers."""
     by_key = {(r["dtype"], r["ac"], r["chunked_loss"], r["optimizer"]): r for r in rows}
@@ -435,12 +370,6 @@ def run_memory(args: argparse.Namespace) -> None:
         write_atomic(args.csv, to_csv(lines))
     if args.tex:
         write_atomic(args.tex, format_latex(lines, note.replace("_", r"\_")))
-    if args.figure:
-        plot(
-            lines,
-            args.figure,
-            f"{rows[0]['model']}, {rows[0]['dtype']}, batch {rows[0]['batch']} x {rows[0]['seq']}",
-        )
 
 
 def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
@@ -496,7 +425,6 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser.add_argument("--from-raw", help="render the tables from a --raw file, measure nothing")
     parser.add_argument("--csv", help="write the table here (CSV)")
     parser.add_argument("--tex", help="write the table here (LaTeX, Table 1 layout)")
-    parser.add_argument("--figure", help="write the stacked-bar figure here (PNG or PDF)")
     parser.set_defaults(func=run_memory)
 
 

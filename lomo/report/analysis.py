@@ -182,8 +182,8 @@ def newcombe_paired_interval(
         raise ValueError("a paired interval needs at least one example")
     right_a, right_b = both + a_only, both + b_only
     p_a, p_b = right_a / n, right_b / n
-    l_a, u_a = wilson_limits(right_a, n, confidence)
-    l_b, u_b = wilson_limits(right_b, n, confidence)
+    l_a, u_a = wilson_interval(right_a / n, n, confidence)
+    l_b, u_b = wilson_interval(right_b / n, n, confidence)
     margins = right_a * (n - right_a) * right_b * (n - right_b)
     cross = both * neither - a_only * b_only
     if margins == 0 or 0 <= cross <= n / 2:
@@ -196,9 +196,10 @@ def newcombe_paired_interval(
     return float(diff), float(diff - below), float(diff + above)
 
 
-def wilson_limits(successes: int, n: int, confidence: float) -> tuple[float, float]:
-    interval = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
-    return interval.low, interval.high
+def mcnemar_p(a_only: int, b_only: int) -> float:
+    """McNemar's exact test of two methods on the same examples: the two-sided binomial test of
+    the discordant examples (only A right vs only B right)."""
+    return binomtest(a_only, a_only + b_only).pvalue if a_only + b_only else 1.0
 
 
 def pooled_paired_difference(counts: pd.DataFrame, confidence: float = 0.95) -> dict:
@@ -238,13 +239,12 @@ def pooled_paired_difference(counts: pd.DataFrame, confidence: float = 0.95) -> 
         above=[high - d for d, _, high in per_cell],
     )
     a_only, b_only = int(counts.a_only.sum()), int(counts.b_only.sum())
-    discordant = a_only + b_only
     return {
         **pool_cells(cells),
         "examples": int(counts[PAIRED_CELLS].to_numpy().sum()),
         "a_only": a_only,
         "b_only": b_only,
-        "p_value": binomtest(a_only, discordant).pvalue if discordant else 1.0,
+        "p_value": mcnemar_p(a_only, b_only),
     }
 
 

@@ -63,9 +63,10 @@ def load_reference(path: str | None) -> dict[tuple[str, str, str], float]:
         }
 
 
-def wilson_interval(accuracy: float, n: int) -> tuple[float, float]:
+def wilson_interval(accuracy: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of an accuracy measured on n examples."""
     successes = round(accuracy * n)
-    interval = binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
+    interval = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
     return interval.low, interval.high
 
 

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from lomo.io import write_atomic
 from lomo.loss import causal_lm_loss
-from lomo.optim import LOMO, AdaLomo, FusedOptimizer
+from lomo.optim import LOMO, AdaLomo, FusedOptimizer, rng_state, set_rng_state
 from lomo.sync import GradSync
 from lomo.train.config import CHOICES, FUSED_METHODS, FinetuneConfig, load_config
 from lomo.train.evaluate import IGNORE_INDEX, encode_train_example, evaluate
@@ -89,7 +89,7 @@ def build_model(config: FinetuneConfig, runtime: Runtime) -> nn.Module:
         config.model, DTYPES[config.dtype], config.attn_implementation, config.global_batch
     )
     if config.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable({"use_reentrant": False})
     if config.method in ("lora", "lora+lomo"):
         from peft import LoraConfig, get_peft_model
 
@@ -312,20 +312,6 @@ def select_epoch(config: FinetuneConfig, per_epoch: list[dict]) -> tuple[str, di
         rule = "epoch with the best eval score (the paper's protocol: selection on eval itself)"
     best = max(per_epoch, key=lambda e: primary(config.task, e[key]))  # first best on ties
     return rule, best
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class RunFolderError(OSError):

@@ -107,7 +107,11 @@ rule memory_throughput_notebook:
         throughput=THROUGHPUT_TABLES,
     output:
         notebook=f"{ANALYSIS}/notebooks/memory_throughput.ipynb",
-        memory=f"{ARTIFACTS}/figures/memory_breakdown.png",
+        memory=report(
+            f"{ARTIFACTS}/figures/memory_breakdown.png",
+            caption="../report/memory_figure.rst",
+            category="Memory and throughput",
+        ),
         throughput=f"{ARTIFACTS}/figures/throughput_tgs.png",
     params:
         lomo=LOMO,

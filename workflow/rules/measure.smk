@@ -27,11 +27,6 @@ rule memory_table:
         ),
         tex=f"{ARTIFACTS}/tables/memory_{{memory_name}}.tex",
         raw=f"{ARTIFACTS}/tables/memory_{{memory_name}}_raw.json",
-        figure=report(
-            f"{ARTIFACTS}/figures/memory_{{memory_name}}.png",
-            caption="../report/memory_figure.rst",
-            category="Memory and throughput",
-        ),
     params:
         lomo=LOMO,
         flags=lambda w: measurement_flags(MEMORY[w.memory_name]),
@@ -48,7 +43,7 @@ rule memory_table:
         runtime=config["resources"]["runtime"],
     shell:
         "{params.lomo} memory {params.flags} --reference paper/reference/table1_memory.csv"
-        " --raw {output.raw} --csv {output.csv} --tex {output.tex} --figure {output.figure}"
+        " --raw {output.raw} --csv {output.csv} --tex {output.tex}"
         " > {log} 2>&1"
 
 
