@@ -302,10 +302,15 @@ def test_evaluate_cli_writes_results_and_predictions(tmp_path):
     assert summary["model"] == "tiny-llama"
     assert summary["template"] == "lomo+score-eos"
     assert (summary["task"], summary["split"], summary["n"]) == ("copa", "val", 3)
-    assert summary["metrics"]["accuracy"] in (0, 1 / 3, 2 / 3, 1)
     rows = [json.loads(line) for line in (tmp_path / "copa.jsonl").read_text().splitlines()]
     assert [row["idx"] for row in rows] == [0, 1, 2]
     assert all(len(row["scores"]) == 2 for row in rows)
+    # each row's prediction is its best-scoring option; the accuracy counts them by hand
+    assert all(row["pred"] == row["scores"].index(max(row["scores"])) for row in rows)
+    gold = [ex["label"] for ex in get_task("copa").load("val", "local", DATA_DIR)[:3]]
+    assert [row["gold"] for row in rows] == gold
+    right = sum(row["pred"] == g for row, g in zip(rows, gold, strict=True))
+    assert summary["metrics"]["accuracy"] == pytest.approx(right / 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copa.json", "copa.jsonl"]
 
 

@@ -108,7 +108,8 @@ def test_cli_renders_csv_and_tex_from_raw(tmp_path, capsys):
     with open(out["csv"]) as f:
         assert [r["optimizer"] for r in csv.DictReader(f)] == ["lomo", "adamw"]
     assert r"35.00 / 12.55 (2.79)" in out["tex"].read_text()
-    assert not list(tmp_path.glob("sub/*.tmp*"))
+    # written atomically: no temporary file (write_atomic's ".table.csv-XXXX") is left behind
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["table.csv", "table.tex"]
 
 
 def test_memory_bad_input_is_refused():

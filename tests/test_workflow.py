@@ -154,14 +154,22 @@ def test_command_line_settings_are_typed_like_lomo_finetune():
     assert "config: finetune: epochs: expected a whole number, got 'two'" in bad.stdout + bad.stderr
 
 
-def test_unreachable_data_source_stops_with_what_to_set():
+def test_planning_works_without_data_and_the_first_job_that_reads_it_stops(tmp_path):
     # config/config.yaml leaves superglue_dir unset; the hub is unreachable (HF_HUB_OFFLINE).
-    done = snakemake("-n", env={"LOMO_SUPERGLUE_DIR": ""})
+    for args in (["--lint"], ["-n"]):
+        done = snakemake(*args, env={"LOMO_SUPERGLUE_DIR": ""})
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "set superglue_dir" in done.stderr  # said at once, as a warning
+    missing = tmp_path / "superglue"
+    args = ["--configfile", "config/ci.yaml", "--config", f"superglue_dir={missing}"]
+    planned = snakemake("-n", *args)
+    assert planned.returncode == 0 and "is not a folder" in planned.stderr
+    run = "results/ci/superglue/tiny-llama/zero-shot/rte/seed42"
+    done = snakemake("--cores", "1", f"{run}/metrics.json", *args, timeout=900)
     assert done.returncode != 0
-    assert "set superglue_dir" in done.stdout + done.stderr
-    missing = snakemake("-n", "--config", "superglue_dir=/nonexistent/superglue")
-    assert missing.returncode != 0
-    assert "is not a folder" in missing.stdout + missing.stderr
+    log = (ROOT / "results/ci/logs/finetune/tiny-llama/zero-shot/rte/seed42.log").read_text()
+    assert f"lomo finetune: data folder {missing} does not exist" in log
+    assert not (ROOT / run / "metrics.json").exists()
 
 
 def test_settings_to_flags():
@@ -213,6 +221,17 @@ def test_ci_profile_end_to_end_and_partial_rerun():
     done = snakemake(*args, "--report", str(report))
     assert done.returncode == 0, done.stderr[-3000:]
     assert b"superglue.csv" in report.read_bytes()
+
+    # Every file the run wrote is declared (an output or a log) by some rule; Snakemake lists
+    # the files inside a directory() output (a run's data/) as untracked, so those are skipped.
+    listed = snakemake(*args, "--list-untracked")
+    assert listed.returncode == 0, listed.stderr
+    untracked = [
+        line
+        for line in (listed.stdout + listed.stderr).splitlines()
+        if line.startswith("results/ci/") and not re.search(r"/seed\d+/data/", line)
+    ]
+    assert untracked == [], untracked
 
     # Deleting one run's metrics recomputes that run and what reads it, nothing else.
     (results / "superglue/tiny-llama/lora/rte/seed42/metrics.json").unlink()

@@ -1,8 +1,11 @@
 """Analysis rules: the SGD-claim measurements and the notebooks in analysis/ (`lomo notebook`).
 
 Executed notebooks land in results/{profile}/analysis/notebooks/; tables and figures in
-{ARTIFACTS}/{tables,figures}/ (paper/ for the laptop and paper profiles, whose README Results
-section the readme_results rule rewrites).
+{ARTIFACTS}/{tables,figures}/ (paper/ for the laptop and paper profiles). Every file a notebook
+writes is a declared output: a table is CSV + LaTeX, a figure PNG + PDF (lomo.report.analysis
+save_table / save_figure); the parts a notebook skips for lack of runs are declared only when
+the profile has those runs. The readme_results rule renders the README's Results section into
+a file; `lomo readme-results --write` puts it into README.md.
 """
 
 ANALYSIS = f"{RESULTS}/analysis"
@@ -14,6 +17,15 @@ SGD_GPUS = 1 if "--device cuda" in SGD_SETTINGS else 0
 DISTANCE_RUNS = [run for run in map(distance_run, ("lomo", "adamw")) if run]
 MEASUREMENTS = json.dumps({"memory_tables": MEMORY_TABLES, "throughput_tables": THROUGHPUT_TABLES})
 NOTEBOOK_PARAMS = f"-p results_dir {RESULTS} -p profile {PROFILE} -p out_dir {ARTIFACTS}"
+RUN_METHODS = {(method_of(variant), task) for _, variant, task in RUN_SETTINGS}
+# Figure 3's comparison: lora, lora+lomo or lomo runs on its tasks (analysis.figure3_comparison)
+FIGURE3_RUNS = any(
+    method in ("lora", "lora+lomo", "lomo") and task in ("boolq", "multirc")
+    for method, task in RUN_METHODS
+)
+# The optimizer comparison: full-parameter runs (the sgd_claims notebook's FULL)
+FULL_PARAMETER_RUNS = any(m in ("lomo", "sgd", "adamw", "adalomo") for m, _ in RUN_METHODS)
+
 
 
 
@@ -55,12 +67,20 @@ rule compare_to_paper:
         notebook=f"{ANALYSIS}/notebooks/compare_to_paper.ipynb",
         table=f"{ARTIFACTS}/tables/compare_superglue.csv",
         claims=f"{ARTIFACTS}/tables/claims_compare.csv",
-        nll=f"{ARTIFACTS}/tables/compare_nll.csv",
         figure=report(
             f"{ARTIFACTS}/figures/compare_superglue.png",
             caption="../report/compare_superglue.rst",
             category="Analysis",
         ),
+        pdf=f"{ARTIFACTS}/figures/compare_superglue.pdf",
+        tables=tables(
+            "compare_nll",
+            *(["compare_memory"] if MEMORY_TABLES else []),
+            *(["compare_throughput"] if THROUGHPUT_TABLES else []),
+            *(["compare_figure3"] if FIGURE3_RUNS else []),
+        ),
+        latex=f"{ARTIFACTS}/tables/compare_superglue.tex",
+        figure3=figures("compare_figure3") if FIGURE3_RUNS else [],
     params:
         lomo=LOMO,
         notebook_params=NOTEBOOK_PARAMS,
@@ -87,7 +107,20 @@ rule sgd_claims_notebook:
             caption="../report/sgd_claims.rst",
             category="Analysis",
         ),
-        smoothness=f"{ARTIFACTS}/figures/sgd_smoothness.png",
+        tables=tables(
+            "sgd_implicit_batch",
+            "sgd_smoothness",
+            "sgd_hessian",
+            "sgd_smoothness_steps",
+            *(["optimizer_comparison"] if FULL_PARAMETER_RUNS else []),
+            *(["distance_travelled", "distance_travelled_layers"] if DISTANCE_RUNS else []),
+        ),
+        figures=[
+            f"{ARTIFACTS}/figures/sgd_implicit_batch.pdf",
+            *figures("sgd_smoothness", "sgd_smoothness_steps"),
+            *(figures("optimizer_comparison") if FULL_PARAMETER_RUNS else []),
+            *(figures("distance_travelled") if DISTANCE_RUNS else []),
+        ],
     params:
         lomo=LOMO,
         notebook_params=NOTEBOOK_PARAMS,
@@ -112,7 +145,7 @@ rule memory_throughput_notebook:
             caption="../report/memory_figure.rst",
             category="Memory and throughput",
         ),
-        throughput=f"{ARTIFACTS}/figures/throughput_tgs.png",
+        figures=[f"{ARTIFACTS}/figures/memory_breakdown.pdf", *figures("throughput_tgs")],
     params:
         lomo=LOMO,
         notebook_params=NOTEBOOK_PARAMS,
@@ -136,11 +169,10 @@ rule readme_results:
     params:
         lomo=LOMO,
         tables=lambda w, input: os.path.dirname(input[0]),
-        write="--write" if PUBLISHED else "",
     conda:
         "../../environment.yml"
     log:
         f"{RESULTS}/logs/analysis/readme_results.log",
     shell:
-        "{params.lomo} readme-results --tables {params.tables} --out {output} {params.write}"
+        "{params.lomo} readme-results --tables {params.tables} --out {output}"
         " > {log} 2>&1"

@@ -45,14 +45,17 @@ MEMORY = {entry["name"]: entry for entry in config["memory"]}
 THROUGHPUT = {entry["name"]: entry for entry in config["throughput"]}
 
 FIGURE3_TASKS = config["figure3"]["tasks"] if config.get("figure3") else []
+REQUESTED_TASKS = config["tasks"] + [t for t in FIGURE3_TASKS if t not in config["tasks"]]
 try:
     SOURCE, DATA_DIR, TASKS = resolve_source(
-        config.get("superglue_dir"),
-        config["tasks"] + [t for t in FIGURE3_TASKS if t not in config["tasks"]],
-        config["optional_tasks"],
+        config.get("superglue_dir"), REQUESTED_TASKS, config["optional_tasks"]
     )
 except SourceError as error:
-    raise WorkflowError(f"SuperGLUE data: {error}")
+    # --lint, -n and the other planning commands work without data: the first job that reads
+    # it (lomo finetune prepares its data before loading a model) stops naming the problem.
+    print(f"SuperGLUE data: {error}; jobs that read the data will fail", file=sys.stderr)
+    DATA_DIR = config.get("superglue_dir") or os.environ.get("LOMO_SUPERGLUE_DIR")
+    SOURCE, TASKS = ("local" if DATA_DIR else "hub"), REQUESTED_TASKS
 TABLE3_TASKS = [t for t in TASKS if t in config["tasks"] or t in config["optional_tasks"]]
 if config.get("figure3") and set(config["figure3"]["models"]) - set(config["models"]):
     raise WorkflowError("figure3.models must be among models")
@@ -128,3 +131,13 @@ RUNS = [
 SELECT_OVER = " ".join(selection_keys(config))
 MEMORY_TABLES = expand(f"{ARTIFACTS}/tables/memory_{{name}}.csv", name=MEMORY)
 THROUGHPUT_TABLES = expand(f"{ARTIFACTS}/tables/throughput_{{name}}.csv", name=THROUGHPUT)
+
+
+def tables(*names):
+    """A notebook table's files (lomo.report.analysis.save_table): CSV and LaTeX."""
+    return [f"{ARTIFACTS}/tables/{name}.{ext}" for name in names for ext in ("csv", "tex")]
+
+
+def figures(*names):
+    """A notebook figure's files (lomo.report.analysis.save_figure): PNG and PDF."""
+    return [f"{ARTIFACTS}/figures/{name}.{ext}" for name in names for ext in ("png", "pdf")]

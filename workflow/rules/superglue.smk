@@ -23,7 +23,17 @@ rule finetune:
     input:
         f"{RESULTS}/models/{{model}}.json",
     output:
+        # metrics.json is written last: a folder with it is a finished run (lomo finetune)
         metrics=f"{RESULTS}/superglue/{{model}}/{{variant}}/{{task}}/seed{{seed}}/metrics.json",
+        run=multiext(
+            f"{RESULTS}/superglue/{{model}}/{{variant}}/{{task}}/seed{{seed}}/",
+            "config.yaml",
+            "fingerprint.json",
+            "predictions.jsonl",
+            "resources.json",
+            "train_log.csv",
+        ),
+        data=directory(f"{RESULTS}/superglue/{{model}}/{{variant}}/{{task}}/seed{{seed}}/data"),
     params:
         name=lambda w: MODELS[w.model],
         method=lambda w: method_of(w.variant),
