@@ -722,3 +722,24 @@ def test_unchanged_figures_rerun_to_identical_bytes(tmp_path):
     again = [p.read_bytes() for p in analysis.save_figure(fig, tmp_path, "line")]
     plt.close(fig)
     assert first == again
+
+
+def test_superglue_comparison_gives_the_spread_over_seeds(tmp_path):
+    # RTE at 6/10, 7/10, 8/10 right over seeds 1-3 (sd 10 points by hand), COPA at 5/10 each
+    # (sd 0); per seed the average over the two is .55, .60, .65: sd 5 points.
+    for seed, right in zip((1, 2, 3), (6, 7, 8), strict=True):
+        write_run(tmp_path, "lomo", "rte", [(1, 1)] * right + [(0, 1)] * (10 - right), seed=seed)
+        write_run(tmp_path, "lomo", "copa", [(1, 1)] * 5 + [(0, 1)] * 5, seed=seed)
+    reference = pd.DataFrame(
+        [{"size": "7B", "method": "LOMO", "task": t, "accuracy": 80.0} for t in ("rte", "copa")]
+    )
+    table = analysis.superglue_comparison(analysis.load_runs(tmp_path), reference)
+    sd = table.set_index("task").seed_sd
+    assert sd["rte"] == pytest.approx(0.10)
+    assert sd["copa"] == pytest.approx(0.0)
+    assert sd["avg"] == pytest.approx(0.05)
+    assert table.set_index("task").loc["rte", "accuracy"] == pytest.approx(0.7)
+    lines = readme_results.superglue_lines(
+        table.astype(object).where(table.notna(), "").astype(str).to_dict("records")
+    )
+    assert any("70.0 [" in line and "(sd 10.0, 3 seeds)" in line for line in lines)

@@ -464,6 +464,10 @@ def superglue_comparison(runs: pd.DataFrame, reference: pd.DataFrame) -> pd.Data
         protocol=runs.protocol.fillna("unknown"), template=runs.template.fillna("unknown")
     )
     pooled = pool_seeds(runs, keys)
+    # the spread of the runs' accuracies over seeds (NaN for one seed)
+    pooled["seed_sd"] = (
+        runs.groupby(keys).accuracy.std().reindex(pd.MultiIndex.from_frame(pooled[keys])).to_numpy()
+    )
     pooled["paper_model"] = [paper_counterpart(m)[1] for m in pooled.model]
     pooled["paper"] = [
         paper_value.get((paper_counterpart(m)[0], PAPER_METHOD_NAMES.get(meth), t), np.nan)
@@ -474,6 +478,9 @@ def superglue_comparison(runs: pd.DataFrame, reference: pd.DataFrame) -> pd.Data
     for key, group in pooled.groupby(keys[:4]):
         shared = group[group.task.isin(paper_tasks)]
         part = shared if len(shared) else group
+        # per seed, the mean over the averaged tasks; their spread over seeds
+        cell = runs.set_index(keys[:4]).loc[[key]]
+        per_seed = cell[cell.task.isin(part.task)].groupby("seed").accuracy.mean()
         averages.append(
             {
                 **dict(zip(keys[:4], key, strict=True)),
@@ -481,6 +488,7 @@ def superglue_comparison(runs: pd.DataFrame, reference: pd.DataFrame) -> pd.Data
                 "seeds": group.seeds.max(),
                 "n": part.n.sum(),
                 "accuracy": part.accuracy.mean(),
+                "seed_sd": per_seed.std(),
                 "paper_model": group.paper_model.iloc[0],
                 "paper": shared.paper.mean()
                 if len(shared) and shared.paper.notna().all()
@@ -495,7 +503,7 @@ def superglue_comparison(runs: pd.DataFrame, reference: pd.DataFrame) -> pd.Data
     ]
     like = (table.unlike_paper == "") & table.paper.notna()
     table["ours_minus_paper"] = (table.accuracy - table.paper).where(like)
-    columns = [*keys, "seeds", "n", "accuracy", "ci_low", "ci_high", "paper_model"]
+    columns = [*keys, "seeds", "n", "accuracy", "ci_low", "ci_high", "seed_sd", "paper_model"]
     columns += ["paper_protocol", "paper", "unlike_paper", "ours_minus_paper"]
     return table[columns].sort_values(keys, ignore_index=True)
 

@@ -48,6 +48,8 @@ def superglue_lines(rows: list[dict[str, str]]) -> list[str]:
         ours = percent(r["accuracy"])
         if r["ci_low"]:  # averages over tasks have no interval
             ours += f" [{percent(r['ci_low'])}, {percent(r['ci_high'])}]"
+        if r.get("seed_sd"):  # several seeds: their spread
+            ours += f" (sd {percent(r['seed_sd'])}, {r['seeds']} seeds)"
         paper = "-"
         if r["paper"]:
             paper = f"{percent(r['paper'])} ({r['paper_model']}, {r['paper_protocol']})"
