@@ -78,9 +78,7 @@ def load_run(path: str) -> dict:
         metrics = json.loads(metrics_path.read_text())
         config = yaml.safe_load(config_path.read_text())
     except (OSError, json.JSONDecodeError, yaml.YAMLError) as error:
-        raise ValueError(
-            f"lomo table: cannot read the run {metrics_path.parent}: {error}"
-        ) from None
+        raise ValueError(f"cannot read the run {metrics_path}: {error}") from None
     return {"path": str(metrics_path), "metrics": metrics, "config": config}
 
 
