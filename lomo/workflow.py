@@ -9,7 +9,12 @@ method's settings (so a Figure 3 run that equals a Table 3 run is the same run).
 """
 
 import itertools
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+from tasks.superglue import TASKS
 
 
 def model_slug(name_or_path: str) -> str:
@@ -85,3 +90,20 @@ def selection_keys(config: dict) -> list[str]:
     """The settings the tables select over (the grid's keys): runs differing only in these
     are one table cell, chosen by the protocol's rule."""
     return sorted({key for grid in config["grid"].values() for key in grid})
+
+
+def check_task_names(config: dict, schema_path: str | Path) -> None:
+    """Every task the config names is declared in tasks.superglue.TASKS. The schema marks where
+    task names go (`$defs/task`) without listing them, so the declarations stay the one list:
+    it is filled in here and the config checked against the schema again."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema["$defs"]["task"]["enum"] = list(TASKS)
+    error = best_match(Draft202012Validator(schema).iter_errors(config))
+    if error is not None:
+        where = ".".join(map(str, error.absolute_path))
+        raise ValueError(
+            f"config: {where}: {error.message} (tasks are declared in tasks/superglue/tasks.py)"
+        )

@@ -21,7 +21,9 @@ from pathlib import Path
 import datasets
 import yaml
 
-from tasks.superglue.data import FOLDERS
+from tasks.superglue import TASKS
+
+FOLDERS = {name: task.folder for name, task in TASKS.items()}  # the official folder names
 
 SPLITS = {"train": "train", "val": "validation"}  # official file name -> hub split
 

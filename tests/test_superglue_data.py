@@ -4,8 +4,8 @@ import re
 import pytest
 from superglue_paths import DATA_DIR
 
-from tasks.superglue import TASKS, DataError, get_task, prepare
-from tasks.superglue.data import DataNotFoundError, load_split
+from tasks.superglue import TASKS, DataError, get_task, load_split, prepare
+from tasks.superglue.data import DataNotFoundError
 from tasks.superglue.source import SourceError, local_tasks, resolve_source
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 from superglue_hub import (
+    FOLDERS,
     SPLITS,
     read_official,
     write_full_size,
@@ -20,8 +21,8 @@ from superglue_hub import (
 )
 from superglue_paths import DATA_DIR
 
-from tasks.superglue import DataError, data, get_task, get_template, prepare
-from tasks.superglue.data import FOLDERS, HUB_REVISION, load_split
+from tasks.superglue import DataError, data, get_task, get_template, load_split, prepare
+from tasks.superglue.data import HUB_REVISION
 
 TEMPLATES = ["lomo", "lomo+pronuon+score-eos", "mezo", "lm-eval"]
 # Every split of the local data: BoolQ and ReCoRD hold back their validation files.

@@ -142,6 +142,15 @@ def test_invalid_config_value_stops_before_any_work(tmp_path):
     assert "magic" in done.stdout + done.stderr
 
 
+def test_invalid_task_name_stops_naming_the_declared_tasks(tmp_path):
+    """The schema lists no task names; the workflow checks them against tasks.superglue.TASKS."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "config/ci.yaml").read_text().replace("[copa, rte]", "[copa, mnli]"))
+    done = snakemake("-n", "--configfile", str(bad), "--config", f"superglue_dir={DATA}")
+    assert done.returncode != 0
+    assert "config: tasks.1: 'mnli' is not one of ['boolq', 'cb'," in done.stdout + done.stderr
+
+
 def test_command_line_settings_are_typed_like_lomo_finetune():
     """--config 'finetune={epochs: 2}' reaches Snakemake as the string "2": typed by the key
     as lomo finetune types it, then validated; a bad value names its block and key."""

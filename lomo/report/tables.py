@@ -20,6 +20,7 @@ import yaml
 from scipy.stats import binomtest
 
 from lomo.io import write_atomic
+from tasks.superglue import get_task
 
 # The paper's Table 3 names its models by size; our runs name them by hub id.
 PAPER_MODEL_SIZES = {
@@ -82,12 +83,8 @@ def load_run(path: str) -> dict:
     return {"path": str(metrics_path), "metrics": metrics, "config": config}
 
 
-def primary_metric(task: str) -> str:
-    return "f1" if task == "record" else "accuracy"
-
-
 def primary_value(run: dict, split: str) -> float:
-    return run["metrics"]["reported"][split][primary_metric(run["metrics"]["task"])]
+    return run["metrics"]["reported"][split][get_task(run["metrics"]["task"]).primary_metric]
 
 
 def select_grid(runs: list[dict], select_over: list[str]) -> list[dict]:
@@ -138,7 +135,7 @@ def collect(paths: list[str], reference: dict, select_over: list[str] = ()) -> l
     for run in runs:
         metrics = run["metrics"]
         reported = metrics["reported"]
-        metric = primary_metric(metrics["task"])
+        metric = get_task(metrics["task"]).primary_metric
         value = reported["eval"][metric]
         n = metrics["n_eval"]
         low, high = wilson_interval(value, n) if metric == "accuracy" else (None, None)

@@ -294,13 +294,6 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
-PRIMARY_METRIC = {"record": "f1"}
-
-
-def primary(task: str, metrics: dict[str, float]) -> float:
-    return metrics[PRIMARY_METRIC.get(task, "accuracy")]
-
-
 def select_epoch(config: FinetuneConfig, per_epoch: list[dict]) -> tuple[str, dict]:
     """Paper protocol: the best epoch on the evaluation set (the paper's reported number).
     heldout: the epoch best on dev; its test score is reported."""
@@ -310,7 +303,8 @@ def select_epoch(config: FinetuneConfig, per_epoch: list[dict]) -> tuple[str, di
     else:
         key = "eval"
         rule = "epoch with the best eval score (the paper's protocol: selection on eval itself)"
-    best = max(per_epoch, key=lambda e: primary(config.task, e[key]))  # first best on ties
+    metric = get_task(config.task).primary_metric
+    best = max(per_epoch, key=lambda e: e[key][metric])  # first best on ties
     return rule, best
 
 

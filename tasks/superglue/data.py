@@ -1,18 +1,13 @@
 """Load SuperGLUE splits from the official jsonl layout or the Hugging Face hub into one format.
 
 Both sources give the same records, shaped like the rows of `aps/super_glue` (the flat layout
-that the official LOMO code, MeZO and lm-evaluation-harness read):
-
-- boolq:   idx, question, passage, label (0 False, 1 True)
-- cb:      idx, premise, hypothesis, label (0 entailment, 1 contradiction, 2 neutral)
-- copa:    idx, premise, choice1, choice2, question ("cause"/"effect"), label (0/1)
-- multirc: idx {paragraph, question, answer}, paragraph, question, answer, label (0/1);
-           one record per answer option
-- record:  idx {passage, query}, passage, query, entities, answers (sorted unique strings);
-           one record per query
-- rte:     idx, premise, hypothesis, label (0 entailment, 1 not_entailment)
-- wic:     idx, word, sentence1, sentence2, start1, end1, start2, end2, label (0/1)
-- wsc:     idx, text, span1_index, span2_index, span1_text, span2_text, label (0/1)
+that the official LOMO code, MeZO and lm-evaluation-harness read). A record is the task's
+`idx`, its declared `fields` and, for tasks with label names, `label` (the label's index in the
+declaration's `labels`, which is the hub's ClassLabel id); see the declarations in tasks.py.
+Tasks whose official rows are nested say how to read them (`from_jsonl`, `from_hub`; the
+functions at the end of this file): MultiRC gives one record per answer option (idx
+{paragraph, question, answer}), ReCoRD one per query (idx {passage, query}, `entities` and
+`answers` as sorted unique strings, no label), WSC lifts its `target` fields.
 
 Rows are checked as they load, each error a one-line `DataError` naming the file:line (or hub
 row) and the field or ids: field types (no nulls), labels, UTF-8, and ids unique in a split.
@@ -22,6 +17,10 @@ import json
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tasks.superglue.tasks import Task
 
 # The hub copy we read: `aps/super_glue` at a pinned commit, so a later change to the repository
 # cannot change the data under finished runs. At this revision the repository is the parquet
@@ -34,55 +33,6 @@ HUB_DATASET = "aps/super_glue"
 HUB_REVISION = "3de24cf8022e94f4ee4b9d55a6f539891524d646"
 SPLITS = {"train": "train", "val": "validation"}  # our name -> hub split name
 
-# Label names in the official jsonl files, in the hub's ClassLabel order (index = label id).
-LABEL_NAMES = {
-    "boolq": (False, True),
-    "cb": ("entailment", "contradiction", "neutral"),
-    "copa": (0, 1),
-    "multirc": (0, 1),
-    "rte": ("entailment", "not_entailment"),
-    "wic": (False, True),
-    "wsc": (False, True),
-}
-
-# Official folder name, and the fields of each record with their types (ReCoRD's entities and
-# answers are lists of strings). All but MultiRC's and ReCoRD's are copied from the jsonl row.
-FOLDERS = {
-    "boolq": "BoolQ",
-    "cb": "CB",
-    "copa": "COPA",
-    "multirc": "MultiRC",
-    "record": "ReCoRD",
-    "rte": "RTE",
-    "wic": "WiC",
-    "wsc": "WSC",
-}
-FIELDS = {
-    "boolq": {"question": str, "passage": str},
-    "cb": {"premise": str, "hypothesis": str},
-    "copa": {"premise": str, "choice1": str, "choice2": str, "question": str},
-    "multirc": {"paragraph": str, "question": str, "answer": str},
-    "record": {"passage": str, "query": str, "entities": list, "answers": list},
-    "rte": {"premise": str, "hypothesis": str},
-    "wic": {
-        "word": str,
-        "sentence1": str,
-        "sentence2": str,
-        "start1": int,
-        "end1": int,
-        "start2": int,
-        "end2": int,
-    },
-    "wsc": {
-        "text": str,
-        "span1_index": int,
-        "span2_index": int,
-        "span1_text": str,
-        "span2_text": str,
-    },
-}
-# Keys of the struct ids; the other tasks' idx is an integer.
-IDX_KEYS = {"multirc": ("paragraph", "question", "answer"), "record": ("passage", "query")}
 TYPE_NAMES = {str: "a string", int: "an integer", list: "a list of strings"}
 
 
@@ -94,19 +44,20 @@ class DataNotFoundError(DataError, FileNotFoundError):
     """A task folder or split file that is not there; the message says what was looked for."""
 
 
-def label_id(task: str, value: object, where: str) -> int:
-    names = LABEL_NAMES[task]
+def label_id(task: "Task", value: object, where: str) -> int:
     # `True in (0, 1)` holds in Python, so compare types as well as values.
-    for i, name in enumerate(names):
+    for i, name in enumerate(task.labels):
         if type(value) is type(name) and value == name:
             return i
-    raise DataError(f"{where}: label {value!r} is not one of the {task} labels {list(names)}")
+    raise DataError(
+        f"{where}: label {value!r} is not one of the {task.name} labels {list(task.labels)}"
+    )
 
 
-def hub_label(task: str, value: object, where: str) -> int:
-    if type(value) is not int or not 0 <= value < len(LABEL_NAMES[task]):
-        n = len(LABEL_NAMES[task])
-        raise DataError(f"{where}: label {value!r} is not a {task} label id in 0..{n - 1}")
+def hub_label(task: "Task", value: object, where: str) -> int:
+    n = len(task.labels)
+    if type(value) is not int or not 0 <= value < n:
+        raise DataError(f"{where}: label {value!r} is not a {task.name} label id in 0..{n - 1}")
     return value
 
 
@@ -128,36 +79,23 @@ def describe(value: object) -> str:
     return "null" if value is None else f"{value!r:.40} ({type(value).__name__})"
 
 
-def check_fields(task: str, record: dict, where: str) -> dict:
+def check_fields(task: "Task", record: dict, where: str) -> dict:
     """Every field of `record` has its schema type (so no null or number renders as text in a
-    prompt), and a ReCoRD query's answers are among its entities."""
-    for field, kind in FIELDS[task].items():
+    prompt), then the task's own check (ReCoRD: a query's answers are among its entities)."""
+    for field, kind in task.fields.items():
         value = record[field]
         if not has_type(value, kind):
             expected = TYPE_NAMES[kind]
             raise DataError(f"{where}: field {field!r} is {describe(value)}, expected {expected}")
     idx = record["idx"]
-    if task in IDX_KEYS:
-        ok = isinstance(idx, dict) and all(type(idx.get(key)) is int for key in IDX_KEYS[task])
-        expected = f"{{{', '.join(f'{key}: integer' for key in IDX_KEYS[task])}}}"
+    if task.idx_keys:
+        ok = isinstance(idx, dict) and all(type(idx.get(key)) is int for key in task.idx_keys)
+        expected = f"{{{', '.join(f'{key}: integer' for key in task.idx_keys)}}}"
     else:
         ok, expected = type(idx) is int, "an integer"
     if not ok:
         raise DataError(f"{where}: idx is {describe(idx)}, expected {expected}")
-    return check_record(record, where) if task == "record" else record
-
-
-def unique_sorted(values: list[str]) -> list[str]:
-    return sorted(set(values))
-
-
-def check_record(record: dict, where: str) -> dict:
-    if not record["answers"]:
-        raise DataError(f"{where}: ReCoRD query has no answers")
-    outside = [answer for answer in record["answers"] if answer not in record["entities"]]
-    if outside:
-        raise DataError(f"{where}: ReCoRD answers {outside} are not among the passage entities")
-    return record
+    return task.check(record, where) if task.check else record
 
 
 def check_unique(records: list[dict], numbers: list[int], unit: str, where: str) -> None:
@@ -186,50 +124,11 @@ def check_unique(records: list[dict], numbers: list[int], unit: str, where: str)
 # --- official jsonl rows -> records ----------------------------------------------------------
 
 
-def local_rows(task: str, row: dict, where: str) -> list[dict]:
-    if task == "multirc":
-        require(row, ("idx", "passage"), where)
-        records = []
-        for question in row["passage"]["questions"]:
-            for answer in question["answers"]:
-                label = answer.get("label")
-                records.append(
-                    {
-                        "idx": {
-                            "paragraph": row["idx"],
-                            "question": question["idx"],
-                            "answer": answer["idx"],
-                        },
-                        "paragraph": row["passage"]["text"],
-                        "question": question["question"],
-                        "answer": answer["text"],
-                        "label": label_id(task, label, where),
-                    }
-                )
-        return records
-    if task == "record":
-        require(row, ("idx", "passage", "qas"), where)
-        text = row["passage"]["text"]
-        # Official entity spans are inclusive of `end`.
-        spans = row["passage"]["entities"]
-        entities = unique_sorted([text[span["start"] : span["end"] + 1] for span in spans])
-        return [
-            {
-                "idx": {"passage": row["idx"], "query": qa["idx"]},
-                "passage": text,
-                "query": qa["query"],
-                "entities": entities,
-                "answers": unique_sorted([a["text"] for a in qa.get("answers", [])]),
-            }
-            for qa in row["qas"]
-        ]
-    fields = FIELDS[task]
-    if task == "wsc":
-        require(row, ("idx", "text", "target", "label"), where)
-        row = {**row, **row["target"]}
-    require(row, ("idx", *fields, "label"), where)
+def labelled_rows(task: "Task", row: dict, where: str) -> list[dict]:
+    """The usual row: idx, the task's fields as they are, and the label by name."""
+    require(row, ("idx", *task.fields, "label"), where)
     label = label_id(task, row["label"], where)
-    return [{"idx": row["idx"], **{f: row[f] for f in fields}, "label": label}]
+    return [{"idx": row["idx"], **{f: row[f] for f in task.fields}, "label": label}]
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
@@ -253,11 +152,11 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             yield lineno, row
 
 
-def task_folder(data_dir: str | Path, task: str) -> Path:
+def task_folder(data_dir: str | Path, task: "Task") -> Path:
     """The task's folder in `data_dir`: the official name (RTE/) or that name in another letter
     case (rte/, Rte/), as unpacked archives and hand-made copies name it."""
     data_dir = Path(data_dir)
-    name = FOLDERS[task]
+    name = task.folder
     if (data_dir / name).is_dir():
         return data_dir / name
     if not data_dir.is_dir():
@@ -265,16 +164,16 @@ def task_folder(data_dir: str | Path, task: str) -> Path:
     folders = sorted(p.name for p in data_dir.iterdir() if p.is_dir())
     matches = [folder for folder in folders if folder.lower() == name.lower()]
     if len(matches) > 1:
-        raise DataError(f"{data_dir}: several folders could hold {task}: {matches}; keep one")
+        raise DataError(f"{data_dir}: several folders could hold {task.name}: {matches}; keep one")
     if not matches:
         raise DataNotFoundError(
-            f"{data_dir}: no {name}/ folder for {task} (in any letter case); "
+            f"{data_dir}: no {name}/ folder for {task.name} (in any letter case); "
             f"found: {folders or 'no folders'}"
         )
     return data_dir / matches[0]
 
 
-def load_local(task: str, split: str, data_dir: str | Path) -> list[dict]:
+def load_local(task: "Task", split: str, data_dir: str | Path) -> list[dict]:
     folder = task_folder(data_dir, task)
     path = folder / f"{split}.jsonl"
     if path.exists() and not path.is_file():
@@ -282,16 +181,17 @@ def load_local(task: str, split: str, data_dir: str | Path) -> list[dict]:
     if not path.exists():
         present = sorted(p.name for p in folder.glob("*.jsonl") if p.is_file())
         raise DataNotFoundError(
-            f"no {split} split for {task}: {path} does not exist (found: {present or 'nothing'})"
+            f"no {split} split for {task.name}: {path} does not exist "
+            f"(found: {present or 'nothing'})"
         )
     records, lines = [], []
     try:
         for lineno, row in read_jsonl(path):
             where = f"{path}:{lineno}"
             try:
-                rows = local_rows(task, row, where)
+                rows = task.from_jsonl(task, row, where)
             except (KeyError, TypeError, AttributeError) as error:
-                raise DataError(f"{where}: unexpected {task} structure ({error!r})") from error
+                raise DataError(f"{where}: unexpected {task.name} structure ({error!r})") from error
             records.extend(check_fields(task, record, where) for record in rows)
             lines.extend([lineno] * len(rows))
     except OSError as error:
@@ -303,43 +203,35 @@ def load_local(task: str, split: str, data_dir: str | Path) -> list[dict]:
 # --- hub rows -> records ---------------------------------------------------------------------
 
 
-def hub_record(task: str, row: dict, where: str) -> dict:
-    if task == "record":
-        return {
-            "idx": dict(row["idx"]),
-            "passage": row["passage"],
-            "query": row["query"],
-            # The hub lists the entity texts unsorted (a set in the old loading script).
-            "entities": unique_sorted(row["entities"]),
-            "answers": unique_sorted(row["answers"]),
-        }
-    idx = dict(row["idx"]) if task == "multirc" else row["idx"]
+def labelled_hub_record(task: "Task", row: dict, where: str) -> dict:
+    """The usual hub row: idx (a struct for tasks with idx_keys), the fields, the label id."""
+    idx = dict(row["idx"]) if task.idx_keys else row["idx"]
     label = hub_label(task, row["label"], where)
-    return {"idx": idx, **{f: row[f] for f in FIELDS[task]}, "label": label}
+    return {"idx": idx, **{f: row[f] for f in task.fields}, "label": label}
 
 
-def load_hub(task: str, split: str) -> list[dict]:
+def load_hub(task: "Task", split: str) -> list[dict]:
+    """The task's rows of the hub config named like the task."""
     import datasets  # heavy import, only needed with network access
 
-    rows = datasets.load_dataset(HUB_DATASET, task, split=SPLITS[split], revision=HUB_REVISION)
-    where = f"{HUB_DATASET}/{task} {SPLITS[split]}"
+    name = task.name
+    rows = datasets.load_dataset(HUB_DATASET, name, split=SPLITS[split], revision=HUB_REVISION)
+    where = f"{HUB_DATASET}/{name} {SPLITS[split]}"
     records = []
     for i, row in enumerate(rows):
         try:
-            record = hub_record(task, row, f"{where} row {i}")
+            record = task.from_hub(task, row, f"{where} row {i}")
         except (KeyError, TypeError) as error:
-            raise DataError(f"{where} row {i}: unexpected {task} structure ({error!r})") from error
+            raise DataError(f"{where} row {i}: unexpected {name} structure ({error!r})") from error
         records.append(check_fields(task, record, f"{where} row {i}"))
     check_unique(records, list(range(len(records))), "rows", where)
     return records
 
 
-def load_split(
-    task: str, split: str, source: str = "local", data_dir: str | Path | None = None
+def load(
+    task: "Task", split: str, source: str = "local", data_dir: str | Path | None = None
 ) -> list[dict]:
     """Load one split ("train" or "val") of a task from `source` ("local" or "hub")."""
-    if task not in FOLDERS:
-        raise ValueError(f"unknown task {task!r}: expected one of {', '.join(FOLDERS)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
     if source == "local":
@@ -351,9 +243,85 @@ def load_split(
     else:
         raise ValueError(f"unknown source {source!r}: expected 'local' or 'hub'")
     if not records:
-        raise DataError(f"{task} {split} from {source} is empty")
+        raise DataError(f"{task.name} {split} from {source} is empty")
     return records
 
 
 def to_jsonl(records: list[dict]) -> str:
     return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+
+
+# --- the tasks whose rows are not the usual ones (named by their declarations in tasks.py) ----
+
+
+def wsc_rows(task: "Task", row: dict, where: str) -> list[dict]:
+    """WSC's span fields are in the row's `target`."""
+    require(row, ("idx", "text", "target", "label"), where)
+    return labelled_rows(task, {**row, **row["target"]}, where)
+
+
+def multirc_rows(task: "Task", row: dict, where: str) -> list[dict]:
+    """One record per answer option of each question of a paragraph."""
+    require(row, ("idx", "passage"), where)
+    records = []
+    for question in row["passage"]["questions"]:
+        for answer in question["answers"]:
+            label = answer.get("label")
+            records.append(
+                {
+                    "idx": {
+                        "paragraph": row["idx"],
+                        "question": question["idx"],
+                        "answer": answer["idx"],
+                    },
+                    "paragraph": row["passage"]["text"],
+                    "question": question["question"],
+                    "answer": answer["text"],
+                    "label": label_id(task, label, where),
+                }
+            )
+    return records
+
+
+def unique_sorted(values: list[str]) -> list[str]:
+    return sorted(set(values))
+
+
+def record_rows(task: "Task", row: dict, where: str) -> list[dict]:
+    """One record per query of a passage; the passage's entities and the query's answers as
+    sorted unique strings."""
+    require(row, ("idx", "passage", "qas"), where)
+    text = row["passage"]["text"]
+    # Official entity spans are inclusive of `end`.
+    spans = row["passage"]["entities"]
+    entities = unique_sorted([text[span["start"] : span["end"] + 1] for span in spans])
+    return [
+        {
+            "idx": {"passage": row["idx"], "query": qa["idx"]},
+            "passage": text,
+            "query": qa["query"],
+            "entities": entities,
+            "answers": unique_sorted([a["text"] for a in qa.get("answers", [])]),
+        }
+        for qa in row["qas"]
+    ]
+
+
+def record_hub_record(task: "Task", row: dict, where: str) -> dict:
+    return {
+        "idx": dict(row["idx"]),
+        "passage": row["passage"],
+        "query": row["query"],
+        # The hub lists the entity texts unsorted (a set in the old loading script).
+        "entities": unique_sorted(row["entities"]),
+        "answers": unique_sorted(row["answers"]),
+    }
+
+
+def check_record(record: dict, where: str) -> dict:
+    if not record["answers"]:
+        raise DataError(f"{where}: ReCoRD query has no answers")
+    outside = [answer for answer in record["answers"] if answer not in record["entities"]]
+    if outside:
+        raise DataError(f"{where}: ReCoRD answers {outside} are not among the passage entities")
+    return record

@@ -1,4 +1,6 @@
-"""Task metrics from predicted option indices (label ids, or entity indices for ReCoRD).
+"""Task metrics from predicted option indices (label ids, or entity indices for ReCoRD). Each
+function takes the examples and one prediction per example and returns the metrics by name; a
+task's declaration (tasks.py) names its function and which of its metrics is the primary one.
 
 - every task: accuracy (MultiRC: per answer option, as in the paper's Table 3)
 - CB: macro-F1 over the three classes (SuperGLUE's CB metric)
@@ -80,21 +82,3 @@ def record_metrics(examples: list[dict], preds: list[int]) -> dict[str, float]:
         hits.append(float(entity in answers))
     n = len(examples)
     return {"accuracy": sum(hits) / n, "em": sum(em) / n, "f1": sum(f1) / n}
-
-
-METRICS = {
-    "boolq": accuracy,
-    "cb": cb_metrics,
-    "copa": accuracy,
-    "multirc": multirc_metrics,
-    "record": record_metrics,
-    "rte": accuracy,
-    "wic": accuracy,
-    "wsc": accuracy,
-}
-
-
-def compute_metrics(task: str, examples: list[dict], preds: list[int]) -> dict[str, float]:
-    if len(examples) != len(preds) or not examples:
-        raise ValueError(f"need one prediction per example, got {len(preds)} for {len(examples)}")
-    return METRICS[task](examples, preds)

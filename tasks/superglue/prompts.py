@@ -1,7 +1,10 @@
-"""Prompt templates: one declaration per task per template set.
+"""Prompt templates: one function per task per template set; each task's declaration
+(tasks.py) lists its functions by template name.
 
-A template turns a record into the prompt text and one candidate answer string per option
-(per label id, or per entity for ReCoRD); prompt + candidate is the full scored text.
+A template function takes a record and the `Template` (its name and quirks) and returns the
+prompt text and one candidate answer string per option (per label id, or per entity for
+ReCoRD); prompt + candidate is the full scored text. The task's `gold` function gives the index
+of the right candidate.
 
 Template sets:
 - `lomo`: the official LOMO code (src/mydatasets.py, src/prompts.py). Prompt parts end in
@@ -264,61 +267,15 @@ def lmeval_wsc(ex: dict, t: Template) -> tuple[str, list[str]]:
 
 
 TemplateFn = Callable[[dict, Template], tuple[str, list[str]]]
-LMEVAL: dict[str, TemplateFn] = {
-    "boolq": lmeval_boolq,
-    "cb": lmeval_cb,
-    "copa": lmeval_copa,
-    "multirc": lmeval_multirc,
-    "record": lmeval_record,
-    "rte": lmeval_rte,
-    "wic": lmeval_wic,
-    "wsc": lmeval_wsc,
-}
-TEMPLATES: dict[str, dict[str, TemplateFn]] = {
-    "lomo": {
-        "boolq": lomo_boolq,
-        "cb": lomo_cb,
-        "copa": lomo_copa,
-        "multirc": lomo_multirc,
-        "record": lomo_record,
-        "rte": lomo_rte,
-        "wic": lomo_wic,
-        "wsc": lomo_wsc,
-    },
-    "mezo": {
-        "boolq": mezo_boolq,
-        "cb": mezo_cb,
-        "copa": mezo_copa,
-        "multirc": mezo_multirc,
-        "record": mezo_record,
-        "rte": mezo_rte,
-        "wic": mezo_wic,
-        "wsc": mezo_wsc,
-    },
-    "lm-eval": LMEVAL,
-    "lm-eval-clean": LMEVAL,  # the functions tell the two apart by the template name
-}
 
 
-def get_template(spec: str) -> Template:
-    """Parse a template spec such as "mezo" or "lomo+pronuon+last-prompt-token"."""
-    name, *quirks = spec.split("+")
-    if name not in TEMPLATES:
-        raise ValueError(f"unknown template {name!r}: expected one of {', '.join(TEMPLATES)}")
-    unknown = sorted(set(quirks) - set(QUIRKS))
-    if unknown:
-        raise ValueError(f"unknown quirk(s) {unknown}: expected some of {', '.join(QUIRKS)}")
-    if quirks and name != "lomo":
-        raise ValueError(f"quirks {quirks} reproduce the official LOMO code; use them with 'lomo'")
-    return Template(name, frozenset(quirks))
+# --- the gold option ---------------------------------------------------------------------------
 
 
-def gold_index(task: str, ex: dict) -> int:
-    # ReCoRD trains on the first gold entity; its metrics use all of them.
-    return ex["entities"].index(ex["answers"][0]) if task == "record" else ex["label"]
+def label_gold(ex: dict) -> int:
+    return ex["label"]
 
 
-def render(task: str, ex: dict, template: Template) -> Prompt:
-    """Prompt text, one candidate per option (label id / ReCoRD entity), and the gold index."""
-    text, candidates = TEMPLATES[template.name][task](ex, template)
-    return Prompt(text, candidates, gold_index(task, ex))
+def first_answer_gold(ex: dict) -> int:
+    """ReCoRD trains on the first gold entity; its metrics use all of them."""
+    return ex["entities"].index(ex["answers"][0])

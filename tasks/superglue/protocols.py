@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from lomo.io import write_atomic
-from tasks.superglue.data import DataError, load_split, to_jsonl
+from tasks.superglue.data import DataError, to_jsonl
+from tasks.superglue.tasks import get_task
 
 PROTOCOLS = ("paper", "heldout", "val-split")
 
@@ -93,13 +94,15 @@ def prepare(
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
-    val = load_split(task, "val", source, data_dir)
+    declared = get_task(task)
+    val = declared.load("val", source, data_dir)
     if protocol == "val-split":
-        labels = None if task == "record" else [ex["label"] for ex in val]
+        # Stratified by label where the task has labels (ReCoRD has none).
+        labels = None if declared.labels is None else [ex["label"] for ex in val]
         rows = val_split_rows(len(val), labels, train_size, test_size, seed)
         sources = {"train": ("val", val), "eval": ("val", val)}
     else:
-        train = load_split(task, "train", source, data_dir)
+        train = declared.load("train", source, data_dir)
         if protocol == "paper":
             rows = {
                 "train": paper_rows(len(train), num_train, seed),

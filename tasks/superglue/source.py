@@ -8,13 +8,13 @@ import os
 from pathlib import Path
 
 from tasks.superglue.data import (
-    FOLDERS,
     HUB_DATASET,
     HUB_REVISION,
     DataError,
     DataNotFoundError,
     task_folder,
 )
+from tasks.superglue.tasks import TASKS
 
 ENV_VAR = "LOMO_SUPERGLUE_DIR"
 
@@ -39,7 +39,7 @@ def local_tasks(folder: Path) -> list[str]:
     """Tasks whose train and validation files are both present in `folder` (task folders in
     any letter case, as `load_split` finds them)."""
     present = []
-    for task in FOLDERS:
+    for name, task in TASKS.items():
         try:
             task_dir = task_folder(folder, task)
         except DataNotFoundError:
@@ -47,7 +47,7 @@ def local_tasks(folder: Path) -> list[str]:
         except DataError as error:  # two folders for one task
             raise SourceError(str(error)) from error
         if (task_dir / "train.jsonl").is_file() and (task_dir / "val.jsonl").is_file():
-            present.append(task)
+            present.append(name)
     return present
 
 
@@ -70,7 +70,7 @@ def resolve_source(
         if missing:
             raise SourceError(
                 f"{path} lacks train.jsonl/val.jsonl for {', '.join(missing)} "
-                f"(expected e.g. {path / FOLDERS[missing[0]] / 'val.jsonl'}); remove those "
+                f"(expected e.g. {path / TASKS[missing[0]].folder / 'val.jsonl'}); remove those "
                 "tasks from `tasks` or use a complete SuperGLUE folder"
             )
         return "local", str(path), list(tasks) + [t for t in optional_tasks if t in present]

@@ -13,7 +13,14 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from lomo.train.config import coerce_settings
-from lomo.workflow import expand_runs, method_of, model_slug, selection_keys, settings_to_flags
+from lomo.workflow import (
+    check_task_names,
+    expand_runs,
+    method_of,
+    model_slug,
+    selection_keys,
+    settings_to_flags,
+)
 from tasks.superglue.source import SourceError, resolve_source
 
 
@@ -28,7 +35,13 @@ try:
         }
 except ValueError as error:
     raise WorkflowError(f"config: {error}")
-validate(config, "../../config/schemas/config.schema.yaml")
+SCHEMA = f"{workflow.basedir}/config/schemas/config.schema.yaml"
+validate(config, SCHEMA)
+# The schema lists no task names; the task declarations (tasks/superglue/tasks.py) do.
+try:
+    check_task_names(config, SCHEMA)
+except ValueError as error:
+    raise WorkflowError(str(error))
 
 PROFILE = config["profile"]
 # The lomo CLI of the Python running Snakemake: works from a venv that is not activated.
