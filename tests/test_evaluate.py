@@ -323,7 +323,8 @@ def test_evaluate_cli_writes_results_and_predictions(tmp_path):
     ],
 )
 def test_evaluate_cli_bad_input_writes_nothing(tmp_path, flags, error, message):
-    args = ["evaluate", "--model", "tiny-llama", "--data-dir", str(DATA_DIR)]
+    # --debug: the exception itself (without it, one line: tests/test_cli_errors.py)
+    args = ["evaluate", "--debug", "--model", "tiny-llama", "--data-dir", str(DATA_DIR)]
     with pytest.raises(error, match=message):
         cli(args + flags + ["--out", str(tmp_path / "r.json")])
     assert list(tmp_path.iterdir()) == []
@@ -332,7 +333,7 @@ def test_evaluate_cli_bad_input_writes_nothing(tmp_path, flags, error, message):
 def test_evaluate_cli_malformed_data_writes_nothing(tmp_path):
     (tmp_path / "data" / "WSC").mkdir(parents=True)
     (tmp_path / "data" / "WSC" / "val.jsonl").write_text("{oops\n")
-    args = ["evaluate", "--model", "tiny-llama", "--task", "wsc"]
+    args = ["evaluate", "--debug", "--model", "tiny-llama", "--task", "wsc"]
     with pytest.raises(DataError, match="WSC/val.jsonl:1: malformed JSON"):
         cli(args + ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r.json")])
     assert not (tmp_path / "r.json").exists()
