@@ -12,14 +12,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from paths import DATA_DIR, ROOT
 from scipy.stats import binomtest
 
 from lomo.cli import main as lomo_main
 from lomo.report import analysis, readme_results
 from lomo.train import finetune as ft
-from tests.superglue_paths import DATA_DIR
 
-ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "data" / "analysis"  # lomo memory / throughput CSVs
 NOTEBOOKS = ("compare_to_paper", "sgd_claims", "memory_throughput")
 MEASUREMENTS = json.dumps(

@@ -4,14 +4,11 @@ status 1 (a traceback only with --debug); what each case leaves behind."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from paths import DATA_DIR, ROOT
 
 from lomo.cli import main
-from tests.superglue_paths import DATA_DIR
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def one_line_error(capsys, argv: list[str]) -> str:

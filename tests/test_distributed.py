@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from distributed_worker import PERSISTENCE, RUNS, STEPS, make_optimizer
+from paths import DATA_DIR
 from tiny_models import lm_loss, tiny_llama, token_batches
 
 TESTS = Path(__file__).resolve().parent
@@ -103,12 +104,11 @@ def test_data_parallel_equals_single_process(results, run):
 
 # --- the runner: `lomo finetune --deepspeed` on two ranks, a rank killed, resume ----------------
 
-DATA = TESTS.parents[1] / "shared" / "superglue"
 RUN = dict(
     model="tiny-llama",
     method="lomo",
     task="rte",
-    data_dir=str(DATA),
+    data_dir=str(DATA_DIR),
     protocol="val-split",
     train_size=8,
     test_size=4,

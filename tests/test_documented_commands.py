@@ -22,12 +22,11 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from paths import DATA_DIR, ROOT
 
 from lomo.cli import build_parser
 from lomo.train import finetune as ft
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "superglue"
 SMOKE = "--epochs 1 --limit-train 8 --limit-eval 8 --max-length 64 --global-batch 4"
 SMOKE += " --micro-batch 4 --eval-batch 8"
 
@@ -43,8 +42,8 @@ def readme_commands() -> list[str]:
 def substitute(command: str) -> str:
     command = re.sub(r"huggyllama/llama-\w+|smollm2-135m", "tiny-llama", command)
     command = re.sub(r"--nproc_per_node \d+", "--nproc_per_node 2", command)
-    command = command.replace("--source hub", f"--source local --data-dir {DATA}")
-    command = command.replace("../shared/superglue", str(DATA)).replace(
+    command = command.replace("--source hub", f"--source local --data-dir {DATA_DIR}")
+    command = command.replace("../shared/superglue", str(DATA_DIR)).replace(
         "--dtype fp16", "--dtype bf16"
     )
     return re.sub(r"--task boolq|\bboolq\b", lambda m: m[0].replace("boolq", "rte"), command)
@@ -125,7 +124,7 @@ def test_sbatch_scripts_run_under_slurm_variables(nodes, tmp_path):
         "SLURM_JOB_NODELIST": ",".join(["localhost"] * nodes),
         "SLURM_NNODES": str(nodes),
         "SLURM_GPUS_ON_NODE": str(2 // nodes),  # 2 ranks in all
-        "LOMO_SUPERGLUE_DIR": str(DATA),
+        "LOMO_SUPERGLUE_DIR": str(DATA_DIR),
         "LOMO_RESULTS_DIR": str(tmp_path),
         "LOMO_RDZV_PORT": str(29500 + os.getpid() % 1000),
     }

@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from superglue_paths import DATA_DIR
+from paths import DATA_DIR
 from test_superglue_prompts import real_example
 
 from lomo.cli import main as cli

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from paths import DATA_DIR
 
 from lomo import LOMO
 from lomo.cli import main
@@ -19,14 +20,12 @@ from lomo.train.evaluate import encode_train_example, evaluate
 from lomo.train.models import load_model, load_tokenizer
 from tasks.superglue import get_task, get_template, prepare
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "superglue"
-
 
 def tiny_config(**overrides) -> ft.FinetuneConfig:
     values = dict(
         model="tiny-llama",
         task="rte",
-        data_dir=str(DATA),
+        data_dir=str(DATA_DIR),
         protocol="val-split",
         train_size=8,
         test_size=4,
@@ -363,7 +362,7 @@ def test_train_set_nll_is_scored_with_the_final_weights(tmp_path):
     config = tiny_config(method="lomo", save_model=True)
     metrics = ft.finetune(config, tmp_path)
     data = prepare(
-        "rte", "val-split", "local", str(DATA), train_size=8, test_size=4, seed=config.seed
+        "rte", "val-split", "local", str(DATA_DIR), train_size=8, test_size=4, seed=config.seed
     )
     model = load_model(str(tmp_path / "model"))
     _, rows = evaluate(
@@ -470,7 +469,7 @@ def test_resume_on_changed_data_names_what_changed(tmp_path, monkeypatch):
     for task in ("RTE",):
         (data / task).mkdir(parents=True)
         for name in ("train.jsonl", "val.jsonl"):
-            (data / task / name).write_text((DATA / task / name).read_text())
+            (data / task / name).write_text((DATA_DIR / task / name).read_text())
     config = tiny_config(method="lomo", epochs=2, data_dir=str(data))
     real_step = ft.train_step
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 # Lowest first: a module may import its own layer and those before it.
 LAYERS = [
     ("io", ["lomo.io"]),

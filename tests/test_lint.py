@@ -1,10 +1,10 @@
 """The code base stays `ruff` clean (configuration in pyproject.toml)."""
 
+import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from paths import ROOT
 
 
 def test_ruff_clean():
@@ -29,3 +29,19 @@ def test_environment_yml_pins_what_pyproject_pins():
     environment = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
     assert {line for line in pip if line != "-e ."} == wanted
+
+
+def test_tests_that_read_the_data_skip_with_the_reason_without_it():
+    env = {**os.environ, "LOMO_TEST_SUPERGLUE_DIR": "/nonexistent/superglue"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider"]
+        + ["tests/test_superglue_data.py", "tests/test_report.py"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert "the real SuperGLUE data is not at /nonexistent/superglue" in done.stdout
+    assert " passed" in done.stdout and " skipped" in done.stdout and "error" not in done.stdout

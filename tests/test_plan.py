@@ -5,10 +5,10 @@ import argparse
 import json
 import shlex
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from paths import ROOT
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lomo import LOMO
@@ -25,8 +25,6 @@ from lomo.measure.plan import (
     plan,
 )
 from lomo.train import finetune
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_llama_7b_parameters_by_hand():

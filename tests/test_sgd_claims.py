@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 import yaml
+from paths import DATA_DIR
 from torch import nn
 
 from lomo.cli import main as lomo_main
 from lomo.measure import sgd_claims as sc
 from lomo.train import finetune as ft
-from tests.superglue_paths import DATA_DIR
 from tests.tiny_models import lm_loss, tiny_llama, token_batches
 
 

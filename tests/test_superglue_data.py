@@ -2,7 +2,7 @@ import json
 import re
 
 import pytest
-from superglue_paths import DATA_DIR
+from paths import DATA_DIR
 
 from tasks.superglue import TASKS, DataError, get_task, load_split, prepare
 from tasks.superglue.data import DataNotFoundError

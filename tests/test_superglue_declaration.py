@@ -4,11 +4,10 @@ scored, passes the workflow's config check, selects epochs and fills the tables.
 
 import dataclasses
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml
-from superglue_paths import DATA_DIR
+from paths import DATA_DIR, ROOT
 
 from lomo.report.tables import primary_value
 from lomo.workflow import check_task_names
@@ -17,7 +16,6 @@ from tasks.superglue.data import DataNotFoundError
 from tasks.superglue.prompts import lomo_rte
 from tasks.superglue.source import resolve_source
 
-ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "config/schemas/config.schema.yaml"
 
 

@@ -11,6 +11,7 @@ import datasets
 import numpy as np
 import pytest
 import yaml
+from paths import DATA_DIR
 from superglue_hub import (
     FOLDERS,
     SPLITS,
@@ -19,7 +20,6 @@ from superglue_hub import (
     write_hub_copy,
     write_hub_dataset,
 )
-from superglue_paths import DATA_DIR
 
 from tasks.superglue import DataError, data, get_task, get_template, load_split, prepare
 from tasks.superglue.data import HUB_REVISION

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from superglue_paths import DATA_DIR
+from paths import DATA_DIR
 
 from tasks.superglue import get_task, get_template
 from tasks.superglue.prompts import wsc_fixed

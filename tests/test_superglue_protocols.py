@@ -4,7 +4,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from superglue_paths import DATA_DIR
+from paths import DATA_DIR
 
 from tasks.superglue import DataError, prepare
 from tasks.superglue.protocols import heldout_rows, paper_rows

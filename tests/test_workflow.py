@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from paths import DATA_DIR, ROOT
 
 from lomo.cli import build_parser
 from lomo.train import finetune as ft
 from lomo.workflow import settings_to_flags
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "superglue"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
@@ -36,7 +35,7 @@ def snakemake(*args: str, env: dict | None = None, timeout: int = 120):
 
 
 def test_lint_is_clean():
-    done = snakemake("--lint", env={"LOMO_SUPERGLUE_DIR": str(DATA)})
+    done = snakemake("--lint", env={"LOMO_SUPERGLUE_DIR": str(DATA_DIR)})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Congratulations" in done.stdout + done.stderr
 
@@ -146,7 +145,7 @@ def test_invalid_task_name_stops_naming_the_declared_tasks(tmp_path):
     """The schema lists no task names; the workflow checks them against tasks.superglue.TASKS."""
     bad = tmp_path / "bad.yaml"
     bad.write_text((ROOT / "config/ci.yaml").read_text().replace("[copa, rte]", "[copa, mnli]"))
-    done = snakemake("-n", "--configfile", str(bad), "--config", f"superglue_dir={DATA}")
+    done = snakemake("-n", "--configfile", str(bad), "--config", f"superglue_dir={DATA_DIR}")
     assert done.returncode != 0
     assert "config: tasks.1: 'mnli' is not one of ['boolq', 'cb'," in done.stdout + done.stderr
 
@@ -154,7 +153,7 @@ def test_invalid_task_name_stops_naming_the_declared_tasks(tmp_path):
 def test_command_line_settings_are_typed_like_lomo_finetune():
     """--config 'finetune={epochs: 2}' reaches Snakemake as the string "2": typed by the key
     as lomo finetune types it, then validated; a bad value names its block and key."""
-    data = f"superglue_dir={DATA}"
+    data = f"superglue_dir={DATA_DIR}"
     done = snakemake("-n", "-p", "--config", "finetune={epochs: 2}", data)
     assert done.returncode == 0, done.stdout + done.stderr
     assert " --epochs 2 " in done.stdout and " --protocol val-split " in done.stdout
