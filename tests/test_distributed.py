@@ -12,24 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 from distributed_worker import PERSISTENCE, RUNS, STEPS, make_optimizer
+from launch import torchrun
 from paths import DATA_DIR
 from tiny_models import lm_loss, tiny_llama, token_batches
 
 TESTS = Path(__file__).resolve().parent
 TOLERANCE = 1e-5
-
-
-def torchrun(
-    args: list[str], timeout: float, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    """Two local ranks; `--standalone` picks a free port, so parallel runs do not collide.
-    `timeout` is a hard limit: a hang fails the test instead of the CI job."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc_per_node", "2", *args]
-    env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
 
 
 @pytest.fixture(scope="module")

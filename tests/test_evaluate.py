@@ -3,8 +3,8 @@ import json
 
 import pytest
 import torch
+from examples import real_example
 from paths import DATA_DIR
-from test_superglue_prompts import real_example
 
 from lomo.cli import main as cli
 from lomo.train.evaluate import (

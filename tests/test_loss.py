@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from launch import torchrun
 from loss_worker import rank_batch
-from test_distributed import torchrun
 from tiny_models import tiny_llama, token_batches
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves

@@ -9,22 +9,13 @@ import warnings
 from pathlib import Path
 
 import pytest
+from examples import EXAMPLES, real_example
 from paths import DATA_DIR
 
 from tasks.superglue import get_task, get_template
 from tasks.superglue.prompts import wsc_fixed
 
 # (task, split, position in the loaded split) of the real examples used below.
-EXAMPLES = {
-    "boolq": ("train", 11),
-    "cb": ("val", 14),
-    "copa": ("val", 32),
-    "multirc": ("val", 2147),
-    "record": ("train", 12),
-    "rte": ("val", 208),
-    "wic": ("val", 239),
-    "wsc": ("val", 10),
-}
 
 BOOLQ_PASSAGE = (
     "Northwest Florida State College -- The school voted to change its name to Okaloosa-Walton "
@@ -186,11 +177,6 @@ GOLDEN["lm-eval"] = {
     ),
 }
 GOLD = {"boolq": 1, "cb": 1, "copa": 0, "multirc": 1, "record": 4, "rte": 1, "wic": 1, "wsc": 0}
-
-
-def real_example(task: str, position: int | None = None) -> dict:
-    split, default = EXAMPLES[task]
-    return get_task(task).load(split, "local", DATA_DIR)[default if position is None else position]
 
 
 @pytest.mark.parametrize("template", list(GOLDEN))
