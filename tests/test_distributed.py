@@ -16,6 +16,8 @@ from launch import torchrun
 from paths import DATA_DIR
 from tiny_models import lm_loss, tiny_llama, token_batches
 
+pytestmark = pytest.mark.e2e  # every test here runs several processes
+
 TESTS = Path(__file__).resolve().parent
 TOLERANCE = 1e-5
 

@@ -84,6 +84,7 @@ def test_every_lomo_command_parses_and_validates_as_written(command):
             ft.load_config(args.config, overrides)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "command",
     [c for c in COMMANDS if c.startswith("torchrun") and "lomo.cli finetune" in c],
@@ -98,6 +99,7 @@ def test_readme_torchrun_lines_run_on_two_cpu_ranks(command, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["n_train"] == 8
 
 
+@pytest.mark.e2e
 def test_readme_bench_distributed_line_runs(tmp_path):
     (command,) = [c for c in COMMANDS if "bench_distributed.py" in c]
     done = run(f"{command} --layers 1 --hidden 64 --intermediate 128 --steps 2 --warmup 1", ROOT)
@@ -112,6 +114,7 @@ def test_readme_prepare_model_line_runs():
     assert json.loads(done.stdout)["model"] == "tiny-llama"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("nodes", [1, 2])
 def test_sbatch_scripts_run_under_slurm_variables(nodes, tmp_path):
     script = "lomo_zero3_1node.sbatch" if nodes == 1 else "lomo_zero3_2nodes.sbatch"
@@ -170,3 +173,11 @@ def test_inline_lomo_commands_parse(command):
         build_parser().parse_args(shlex.split(command)[1:])
     except SystemExit as exit:  # --help exits 0; a usage error exits 2
         assert exit.code == 0, command
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    quick_start = (ROOT / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
+    (test_line,) = [line for line in quick_start.splitlines() if line.endswith("# the tests")]
+    command = test_line.removesuffix("# the tests").strip()
+    ci = [line for line in (ROOT / ".ci/run").read_text().splitlines() if "pytest" in line]
+    assert ci == [command]

@@ -250,6 +250,7 @@ def zero3_results(tmp_path_factory) -> dict:
     return torch.load(out, weights_only=False)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
 def test_zero3_gradients_equal_hugging_face_on_each_rank(zero3_results, tie):
     """Each rank's gradients, as the post-accumulate-grad hooks see them (once per parameter)

@@ -162,6 +162,7 @@ def test_command_line_settings_are_typed_like_lomo_finetune():
     assert "config: finetune: epochs: expected a whole number, got 'two'" in bad.stdout + bad.stderr
 
 
+@pytest.mark.e2e
 def test_planning_works_without_data_and_the_first_job_that_reads_it_stops(tmp_path):
     # config/config.yaml leaves superglue_dir unset; the hub is unreachable (HF_HUB_OFFLINE).
     for args in (["--lint"], ["-n"]):
@@ -196,6 +197,7 @@ def test_settings_to_flags():
     )
 
 
+@pytest.mark.e2e
 def test_ci_profile_end_to_end_and_partial_rerun():
     profile = "ci-test"
     results = ROOT / "results" / profile
@@ -260,6 +262,7 @@ def test_ci_profile_end_to_end_and_partial_rerun():
     shutil.rmtree(results)
 
 
+@pytest.mark.e2e
 def test_rehearsal_profile_end_to_end():
     """The paper profile's path on 2 CPU ranks: every job through torchrun under ZeRO-3, the
     grid selected in the table, the held-out column, Figure 3's ranks, notebooks, report."""
