@@ -31,6 +31,7 @@ from lomo.measure.census import MemoryCensus, ProcessPeak, proc_status_bytes
 from lomo.measure.workloads import (
     LLAMA_SHAPES,
     STATEFUL,
+    add_workload_arguments,
     build_model,
     check_model,
     make_step,
@@ -374,24 +375,13 @@ def run_memory(args: argparse.Namespace) -> None:
 
 def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser = subparsers.add_parser("memory", help=summary)
-    parser.add_argument(
-        "--model",
-        default="llama-7b",
-        help=f"{', '.join(LLAMA_SHAPES)}, random-100m or a lomo.train.models name",
-    )
+    add_workload_arguments(parser, attn="eager", seq=512, batch=8, clip=False)
     parser.add_argument(
         "--layers",
         nargs="*",
         type=int,
         default=[],
         help="depths to measure a LLaMA shape at, for extrapolation (e.g. 1 2)",
-    )
-    parser.add_argument("--dtype", default="bf16", choices=list(DTYPES))
-    parser.add_argument(
-        "--attn",
-        default="eager",
-        choices=["eager", "sdpa"],
-        help="attention implementation (eager materialises the score matrix)",
     )
     parser.add_argument(
         "--optimizers", nargs="+", default=["adamw", "sgd", "lomo", "adalomo"], choices=OPTIMIZERS
@@ -402,23 +392,6 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
         default=["off", "on"],
         choices=["off", "on"],
         help="activation checkpointing",
-    )
-    parser.add_argument("--seq", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument(
-        "--clip",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="clip by global norm 1.0 (LOMO: an extra backward pass)",
-    )
-    parser.add_argument(
-        "--chunked-loss",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="chunked linear + cross-entropy (lomo.loss); --no-chunked-loss: model(...).loss",
-    )
-    parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
     )
     parser.add_argument("--reference", default=str(REFERENCE), help="the paper's Table 1 (CSV)")
     parser.add_argument("--raw", help="write the per-configuration measurements here (JSON)")

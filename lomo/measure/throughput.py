@@ -22,8 +22,13 @@ import torch
 from lomo.io import write_atomic
 from lomo.measure.census import ProcessPeak
 from lomo.measure.memory import build_workload, to_csv
-from lomo.measure.workloads import LLAMA_SHAPES, check_model, make_step, run_worker_process
-from lomo.train.models import DTYPES
+from lomo.measure.workloads import (
+    LLAMA_SHAPES,
+    add_workload_arguments,
+    check_model,
+    make_step,
+    run_worker_process,
+)
 
 OPTIMIZERS = ("lomo", "lomo-optim", "adalomo", "adalomo-optim", "sgd", "adamw")
 REFERENCE = Path(__file__).resolve().parents[2] / "paper" / "reference" / "table2_throughput.csv"
@@ -215,40 +220,17 @@ def run_throughput(args: argparse.Namespace) -> None:
 
 def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser = subparsers.add_parser("throughput", help=summary)
-    parser.add_argument(
-        "--model",
-        default="llama-7b",
-        help=f"{', '.join(LLAMA_SHAPES)}, random-100m or a lomo.train.models name",
-    )
+    add_workload_arguments(parser, attn="sdpa", seq=1024, batch=1, clip=True)
     parser.add_argument("--layers", type=int, help="decoder layers of a LLaMA shape (default all)")
-    parser.add_argument("--dtype", default="bf16", choices=list(DTYPES))
-    parser.add_argument("--attn", default="sdpa", choices=["eager", "sdpa"])
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS)
-    parser.add_argument("--seq", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument(
         "--ac",
         default="on",
         choices=["off", "on"],
         help="activation checkpointing (on in the paper's runs)",
     )
-    parser.add_argument(
-        "--clip",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="clip by global norm 1.0, as the paper (LOMO: an extra backward)",
-    )
-    parser.add_argument(
-        "--chunked-loss",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="chunked linear + cross-entropy (lomo.loss); --no-chunked-loss: model(...).loss",
-    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
-    )
     parser.add_argument("--threads", type=int, help="CPU threads per worker (default: torch's)")
     parser.add_argument("--reference", default=str(REFERENCE), help="the paper's Table 2 (CSV)")
     parser.add_argument("--csv", help="write the table here (CSV)")

@@ -11,6 +11,7 @@
   (low-precision model, fp32 master weights held by the optimizer).
 """
 
+import argparse
 import json
 import subprocess
 import sys
@@ -234,3 +235,42 @@ def run_worker_process(module: str, spec: dict) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"{module} worker failed for {spec}:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def add_workload_arguments(
+    parser: argparse.ArgumentParser, attn: str, seq: int, batch: int, clip: bool
+) -> None:
+    """The flags that name a measured workload, shared by `lomo memory` and `lomo throughput`
+    (each with its table's defaults: Table 1 measured eager attention at 512 x 8 without
+    clipping, Table 2 trained at 1024 x 1 with clipping)."""
+    from lomo.train.models import DTYPES
+
+    parser.add_argument(
+        "--model",
+        default="llama-7b",
+        help=f"{', '.join(LLAMA_SHAPES)}, random-100m or a lomo.train.models name",
+    )
+    parser.add_argument("--dtype", default="bf16", choices=list(DTYPES))
+    parser.add_argument(
+        "--attn",
+        default=attn,
+        choices=["eager", "sdpa"],
+        help="attention implementation (eager materialises the score matrix)",
+    )
+    parser.add_argument("--seq", type=int, default=seq)
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument(
+        "--clip",
+        action=argparse.BooleanOptionalAction,
+        default=clip,
+        help="clip by global norm 1.0, as the paper (LOMO: an extra backward pass)",
+    )
+    parser.add_argument(
+        "--chunked-loss",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="chunked linear + cross-entropy (lomo.loss); --no-chunked-loss: model(...).loss",
+    )
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
+    )
