@@ -742,3 +742,12 @@ def test_superglue_comparison_gives_the_spread_over_seeds(tmp_path):
         table.astype(object).where(table.notna(), "").astype(str).to_dict("records")
     )
     assert any("70.0 [" in line and "(sd 10.0, 3 seeds)" in line for line in lines)
+
+
+def test_load_runs_reads_only_the_given_runs(tmp_path):
+    """A workflow passes its own runs: a stale run folder of an earlier config is not read."""
+    kept = write_run(tmp_path, "lomo", "rte", [(1, 1)] * 3 + [(0, 1)])
+    write_run(tmp_path, "lomo", "cb", [(0, 1)] * 4)  # left over from another config
+    assert set(analysis.load_runs(tmp_path).task) == {"rte", "cb"}
+    only = analysis.load_runs(tmp_path, [str(kept / "metrics.json")])
+    assert list(only.task) == ["rte"] and list(only.accuracy) == [0.75]

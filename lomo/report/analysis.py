@@ -33,16 +33,15 @@ FIGURE3_MODEL, FIGURE3_HF_MODEL = "LLaMA-13B", "huggyllama/llama-13b"
 FIGURE3_METHODS = {"lora": "LoRA", "lora+lomo": "LoRA+LOMO", "lomo": "LOMO"}  # ours: paper's
 
 
-def load_runs(results_dir: str | Path) -> pd.DataFrame:
+def load_runs(results_dir: str | Path, paths: list[str] | None = None) -> pd.DataFrame:
     """One row per fine-tuning cell (model, method, task, seed, data protocol, prompt template,
     LoRA rank): n, accuracy (reported epoch), its 95% Wilson interval and the run folder.
     Where a cell holds several runs (the points of an lr x warmup grid), the one the protocol's
     rule selects (`lomo.report.tables.select_grid`, as the workflow's tables), with the number of
     points and the chosen settings. `lora_r` is None for methods without LoRA."""
-    runs = [
-        tables.load_run(str(path))
-        for path in sorted(Path(results_dir).glob("superglue/*/*/*/seed*/metrics.json"))
-    ]
+    if paths is None:  # every run under results_dir (a workflow passes its own runs)
+        paths = sorted(Path(results_dir).glob("superglue/*/*/*/seed*/metrics.json"))
+    runs = [tables.load_run(str(path)) for path in paths]
     runs = [r for r in runs if "accuracy" in r["metrics"]["reported"]["eval"]]  # not ReCoRD
     rows = []
     for run in tables.select_grid(runs, grid_keys(runs)):

@@ -15,7 +15,8 @@ SGD_MODELS = config["claims"]["sgd_models"]
 SGD_SETTINGS = config["claims"]["sgd_settings"]
 SGD_GPUS = 1 if "--device cuda" in SGD_SETTINGS else 0
 DISTANCE_RUNS = [run for run in map(distance_run, ("lomo", "adamw")) if run]
-MEASUREMENTS = json.dumps({"memory_tables": MEMORY_TABLES, "throughput_tables": THROUGHPUT_TABLES})
+# What the notebooks read: this profile's runs (not every folder under results/) and tables.
+MEASUREMENTS = {"memory_tables": MEMORY_TABLES, "throughput_tables": THROUGHPUT_TABLES}
 NOTEBOOK_PARAMS = f"-p results_dir {RESULTS} -p profile {PROFILE} -p out_dir {ARTIFACTS}"
 RUN_METHODS = {(method_of(variant), task) for _, variant, task in RUN_SETTINGS}
 # Figure 3's comparison: lora, lora+lomo or lomo runs on its tasks (analysis.figure3_comparison)
@@ -84,14 +85,14 @@ rule compare_to_paper:
     params:
         lomo=LOMO,
         notebook_params=NOTEBOOK_PARAMS,
-        measurements=MEASUREMENTS,
+        inputs=json.dumps({"run_metrics": RUNS, **MEASUREMENTS}),
     conda:
         "../../environment.yml"
     log:
         f"{RESULTS}/logs/analysis/compare_to_paper.log",
     shell:
         "{params.lomo} notebook {input.notebook} {output.notebook} {params.notebook_params}"
-        " -y '{params.measurements}' > {log} 2>&1"
+        " -y '{params.inputs}' > {log} 2>&1"
 
 
 rule sgd_claims_notebook:
@@ -124,13 +125,14 @@ rule sgd_claims_notebook:
     params:
         lomo=LOMO,
         notebook_params=NOTEBOOK_PARAMS,
+        inputs=json.dumps({"run_metrics": RUNS}),
     conda:
         "../../environment.yml"
     log:
         f"{RESULTS}/logs/analysis/sgd_claims_notebook.log",
     shell:
         "{params.lomo} notebook {input.notebook} {output.notebook} {params.notebook_params}"
-        " -p sgd_claims_json {input.measured} > {log} 2>&1"
+        " -p sgd_claims_json {input.measured} -y '{params.inputs}' > {log} 2>&1"
 
 
 rule memory_throughput_notebook:
@@ -149,14 +151,14 @@ rule memory_throughput_notebook:
     params:
         lomo=LOMO,
         notebook_params=NOTEBOOK_PARAMS,
-        measurements=MEASUREMENTS,
+        inputs=json.dumps(MEASUREMENTS),
     conda:
         "../../environment.yml"
     log:
         f"{RESULTS}/logs/analysis/memory_throughput.log",
     shell:
         "{params.lomo} notebook {input.notebook} {output.notebook} {params.notebook_params}"
-        " -y '{params.measurements}' > {log} 2>&1"
+        " -y '{params.inputs}' > {log} 2>&1"
 
 
 rule readme_results:
