@@ -163,7 +163,7 @@ def test_notebooks_produce_their_tables_and_figures(ci_results, tmp_path):
         assert claims[claim] == expected, (claim, evidence[claim])
     executed = (tmp_path / "compare_to_paper.ipynb").read_text()
     assert "Figure 3 skipped" in executed  # the ci profile has no BoolQ/MultiRC runs
-    assert "lomo memory ~ inference memory (tiny-llama, fp32, AC no)" in claims
+    assert "lomo memory ~ inference memory (tiny-llama, fp32, eager attention, AC no)" in claims
     measured = [c for c, v in claims.items() if v != "not measured"]
     assert any(c.startswith("sequential SGD steps") for c in measured)
     assert any(c.startswith("the loss surface is smooth where SGD moves") for c in measured)

@@ -556,14 +556,14 @@ def inference_memory_claims(memory: pd.DataFrame, paper_overhead: float) -> list
         ]
     claims = []
     for row in memory[memory.optimizer == "lomo"].to_dict("records"):
-        setting = f"{row['model']}, {row['dtype']}, AC {row['ac']}"
+        attention = f", {row['attn']} attention" if "attn" in row else ""
+        setting = f"{row['model']}, {row['dtype']}{attention}, AC {row['ac']}"
         trained = row["gradients_gb"] + row["optimizer_states_gb"]
         overhead = trained / row["parameters_gb"]
-        same_setting = (
-            (memory.model == row["model"])
-            & (memory.dtype == row["dtype"])
-            & (memory.ac == row["ac"])
-        )
+        same_setting = (memory.model == row["model"]) & (memory.dtype == row["dtype"])
+        same_setting &= memory.ac == row["ac"]
+        if "attn" in row:
+            same_setting &= memory.attn == row["attn"]
         adamw = memory[same_setting & (memory.optimizer == "adamw")]
         contrast = ""
         if len(adamw):
