@@ -59,5 +59,5 @@ def test_parameters():
         "profile": "42",
         "lrs": [0.1, 1],
     }
-    with pytest.raises(SystemExit, match="YAML mapping"):
+    with pytest.raises(ValueError, match="YAML mapping"):
         parse_parameters([], "[1, 2]")

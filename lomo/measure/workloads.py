@@ -84,9 +84,9 @@ def llama_shaped(
 
 def check_model(name: str) -> None:
     """Stop on a model name no worker can build, before any worker starts."""
-    if name not in LLAMA_SHAPES and name != "random-100m":
-        from lomo.train.models import resolve
+    from lomo.train.models import KNOWN_MODELS, resolve
 
+    if name not in LLAMA_SHAPES and name != "random-100m" and name not in KNOWN_MODELS:
         resolve(name)
 
 
