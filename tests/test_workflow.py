@@ -170,15 +170,18 @@ def test_planning_works_without_data_and_the_first_job_that_reads_it_stops(tmp_p
         assert done.returncode == 0, done.stdout + done.stderr
         assert "set superglue_dir" in done.stderr  # said at once, as a warning
     missing = tmp_path / "superglue"
+    profile = "no-data-test"
     args = ["--configfile", "config/ci.yaml", "--config", f"superglue_dir={missing}"]
+    args += [f"profile={profile}"]
     planned = snakemake("-n", *args)
     assert planned.returncode == 0 and "is not a folder" in planned.stderr
-    run = "results/ci/superglue/tiny-llama/zero-shot/rte/seed42"
+    run = f"results/{profile}/superglue/tiny-llama/zero-shot/rte/seed42"
     done = snakemake("--cores", "1", f"{run}/metrics.json", *args, timeout=900)
     assert done.returncode != 0
-    log = (ROOT / "results/ci/logs/finetune/tiny-llama/zero-shot/rte/seed42.log").read_text()
-    assert f"lomo finetune: data folder {missing} does not exist" in log
+    log = ROOT / f"results/{profile}/logs/finetune/tiny-llama/zero-shot/rte/seed42.log"
+    assert f"lomo finetune: data folder {missing} does not exist" in log.read_text()
     assert not (ROOT / run / "metrics.json").exists()
+    shutil.rmtree(ROOT / "results" / profile)
 
 
 def test_settings_to_flags():
@@ -227,11 +230,6 @@ def test_ci_profile_end_to_end_and_partial_rerun():
     for figure in ("compare_superglue", "sgd_implicit_batch", "memory_breakdown"):
         assert (artifacts / "figures" / f"{figure}.png").stat().st_size > 1000, figure
     assert "lomo beats zero-shot" in (artifacts / "README_results.md").read_text()
-    report = results / "report.html"
-    done = snakemake(*args, "--report", str(report))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert b"superglue.csv" in report.read_bytes()
-
     # Every file the run wrote is declared (an output or a log) by some rule; Snakemake lists
     # the files inside a directory() output (a run's data/) as untracked, so those are skipped.
     listed = snakemake(*args, "--list-untracked")
@@ -239,9 +237,15 @@ def test_ci_profile_end_to_end_and_partial_rerun():
     untracked = [
         line
         for line in (listed.stdout + listed.stderr).splitlines()
-        if line.startswith("results/ci/") and not re.search(r"/seed\d+/data/", line)
+        if line.startswith(f"{results.relative_to(ROOT)}/")
+        and not re.search(r"/seed\d+/data/", line)
     ]
     assert untracked == [], untracked
+
+    report = results / "report.html"
+    done = snakemake(*args, "--report", str(report))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert b"superglue.csv" in report.read_bytes()
 
     # Deleting one run's metrics recomputes that run and what reads it, nothing else.
     (results / "superglue/tiny-llama/lora/rte/seed42/metrics.json").unlink()
