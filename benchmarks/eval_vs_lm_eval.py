@@ -34,8 +34,12 @@ SYSTEMS = ("lm-eval", "ours-old", "ours-new")
 def run_ours(args: argparse.Namespace) -> dict:
     import torch
 
-    from lomo.train.evaluate import evaluate
-    from lomo.train.models import load_model, load_tokenizer
+    try:
+        from lomo.train.evaluate import evaluate
+        from lomo.train.models import load_model, load_tokenizer
+    except ModuleNotFoundError:  # --old-commit predates the package's layers (lomo/train/)
+        from lomo.evaluate import evaluate
+        from lomo.models import load_model, load_tokenizer
     from tasks.superglue import get_task, get_template
 
     torch.set_num_threads(args.threads)
