@@ -34,10 +34,14 @@ SYSTEMS = ("lm-eval", "ours-old", "ours-new")
 def run_ours(args: argparse.Namespace) -> dict:
     import torch
 
-    try:
+    import lomo
+
+    # An --old-commit from before lomo/train/: test for the folder, since importing
+    # lomo.train would find ours through the editable install and mix the two versions.
+    if (Path(lomo.__file__).parent / "train").is_dir():
         from lomo.train.evaluate import evaluate
         from lomo.train.models import load_model, load_tokenizer
-    except ModuleNotFoundError:  # --old-commit predates the package's layers (lomo/train/)
+    else:
         from lomo.evaluate import evaluate
         from lomo.models import load_model, load_tokenizer
     from tasks.superglue import get_task, get_template
