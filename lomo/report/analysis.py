@@ -181,8 +181,8 @@ def newcombe_paired_interval(
         raise ValueError("a paired interval needs at least one example")
     right_a, right_b = both + a_only, both + b_only
     p_a, p_b = right_a / n, right_b / n
-    l_a, u_a = wilson_interval(right_a / n, n, confidence)
-    l_b, u_b = wilson_interval(right_b / n, n, confidence)
+    l_a, u_a = wilson_interval(p_a, n, confidence)
+    l_b, u_b = wilson_interval(p_b, n, confidence)
     margins = right_a * (n - right_a) * right_b * (n - right_b)
     cross = both * neither - a_only * b_only
     if margins == 0 or 0 <= cross <= n / 2:
@@ -264,6 +264,16 @@ def pool_cells(cells: pd.DataFrame) -> dict:
     }
 
 
+def claim_setting(runs: pd.DataFrame, model: str, methods: list[str]) -> str:
+    """What a claim comparing `methods` on `model` names: the model and the one data protocol
+    of their runs (a claim is per protocol)."""
+    cells = runs[(runs.model == model) & runs.method.isin(methods)]
+    protocols = sorted(set(cells.protocol.dropna()))
+    if len(protocols) > 1:
+        raise ValueError(f"runs of several protocols {protocols}: one claim per protocol")
+    return f"{model}, {protocols[0]} protocol" if protocols else model
+
+
 def paired_nll_differences(
     runs: pd.DataFrame, model: str, method: str, baseline: str, confidence: float = 0.95
 ) -> pd.DataFrame:
@@ -303,11 +313,7 @@ def nll_claim(runs: pd.DataFrame, model: str, method: str, baseline: str, settin
     (`paired_nll_differences`, pooled by `pool_cells`). NLL moves long before accuracy does
     at small scale; accuracy has its own claim."""
     confidence = settings["confidence"]
-    cells = runs[(runs.model == model) & runs.method.isin([method, baseline])]
-    protocols = sorted(set(cells.protocol.dropna()))
-    if len(protocols) > 1:
-        raise ValueError(f"runs of several protocols {protocols}: one claim per protocol")
-    setting = f"{model}, {protocols[0]} protocol" if protocols else model
+    setting = claim_setting(runs, model, [method, baseline])
     claim = f"{method} lowers the held-out gold-answer NLL below {baseline} ({setting})"
     differences = paired_nll_differences(runs, model, method, baseline, confidence)
     if differences.empty:
@@ -363,11 +369,7 @@ def method_claim(
     pooled interval (`pooled_paired_difference`), with `settings` the config's `claims` block
     (confidence, noninferiority_margin_points); evidence names the tasks, seeds and examples."""
     confidence, margin_points = settings["confidence"], settings["noninferiority_margin_points"]
-    cells = runs[(runs.model == model) & runs.method.isin([method_a, method_b])]
-    protocols = sorted(set(cells.protocol.dropna()))
-    if len(protocols) > 1:
-        raise ValueError(f"runs of several protocols {protocols}: one claim per protocol")
-    setting = f"{model}, {protocols[0]} protocol" if protocols else model
+    setting = claim_setting(runs, model, [method_a, method_b])
     claim = (
         f"{method_a} not worse than {method_b} (margin {margin_points:g} points, {setting})"
         if noninferiority
