@@ -157,6 +157,14 @@ def _zero3_chunk_count(head: nn.Module, num_chunks: int) -> int:
     return int(count.item())
 
 
+def frozen_partitioned_head(model: nn.Module) -> bool:
+    """A frozen ZeRO-3 partitioned LM head (LoRA under ZeRO-3), which the chunked loss cannot
+    use: measured with DeepSpeed 0.19.8, the chunk's recompute in backward sees the released,
+    empty partition (torch's CheckpointError), where a trainable head is gathered again."""
+    weight = model.get_output_embeddings().weight
+    return hasattr(weight, "ds_id") and not weight.requires_grad
+
+
 def causal_lm_loss(
     model: nn.Module,
     input_ids: Tensor,
@@ -179,9 +187,7 @@ def causal_lm_loss(
     if not chunked:
         return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
     head = model.get_output_embeddings()
-    if hasattr(head.weight, "ds_id") and not head.weight.requires_grad:
-        # Measured with DeepSpeed 0.19.8: the recompute in backward sees the released, empty
-        # partition (torch's CheckpointError), where a trainable head is gathered again.
+    if frozen_partitioned_head(model):
         raise NotImplementedError(
             "the chunked loss cannot recompute a frozen ZeRO-3 partitioned LM head in backward "
             "(DeepSpeed does not gather it again): pass chunked=False"

@@ -38,7 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lomo.io import write_atomic
-from lomo.loss import causal_lm_loss
+from lomo.loss import causal_lm_loss, frozen_partitioned_head
 from lomo.optim import LOMO, AdaLomo, FusedOptimizer, rng_state, set_rng_state
 from lomo.sync import GradSync
 from lomo.train.config import CHOICES, FUSED_METHODS, FinetuneConfig, load_config
@@ -177,11 +177,11 @@ def batch_loss(
     config: FinetuneConfig, model: nn.Module, batch: dict[str, torch.Tensor]
 ) -> torch.Tensor:
     # LoRA dropout on the LM head would draw its masks per chunk: exact only without it. A
-    # frozen ZeRO-3 head (LoRA) is not gathered again for the chunks' recompute (see lomo.loss).
+    # frozen ZeRO-3 head (LoRA) is not gathered again for the chunks' recompute (lomo.loss).
     lora_head_dropout = "lm_head" in config.lora_targets and config.lora_dropout > 0
     lora_head_dropout = lora_head_dropout and "lora" in config.method
-    frozen_zero3_head = config.deepspeed is not None and config.method == "lora"
-    chunked = config.chunked_loss and not (lora_head_dropout or frozen_zero3_head)
+    chunked = config.chunked_loss and not lora_head_dropout
+    chunked = chunked and not frozen_partitioned_head(model)
     return causal_lm_loss(model, **batch, chunked=chunked)
 
 
