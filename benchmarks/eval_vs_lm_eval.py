@@ -11,6 +11,10 @@ Our two scorers use the `lm-eval` template, which renders lm-eval's default Supe
 and lm-eval reads the same validation examples, written in the hub layout to a local json file.
 The old scorer is `lomo/` and `tasks/` of `--old-commit`, extracted with `git archive`.
 The table (markdown) and every measurement (json) are written to `--out`.
+
+A long benchmark can run in parts (`--systems`, each part with its own `--out`) and be
+tabulated together: `--merge A/eval_vs_lm_eval.json B/eval_vs_lm_eval.json --out C`. A ratio
+needs both systems measured on the same items (a `--limit` run is its own task row).
 """
 
 import argparse
@@ -140,6 +144,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=int, help="only the first N examples (smoke runs)")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
+    parser.add_argument("--merge", nargs="+", type=Path, help="tabulate these results, run none")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     args.model = str(Path(args.model).expanduser())
@@ -150,6 +156,12 @@ def main() -> None:
 
     from lomo.io import write_atomic
 
+    if args.merge:
+        runs = [run for path in args.merge for run in json.loads(path.read_text())["runs"]]
+        table = summarize(runs)
+        write_atomic(args.out / "eval_vs_lm_eval.md", table)
+        print(table)
+        return
     with tempfile.TemporaryDirectory(prefix="eval-bench-") as tmp:
         work = Path(tmp)
         old_code = work / "old"
@@ -167,8 +179,8 @@ def main() -> None:
         runs = []
         for round_ in range(args.rounds):
             for name in args.tasks:
-                for k in range(len(SYSTEMS)):
-                    system = SYSTEMS[(k + round_) % len(SYSTEMS)]
+                for k in range(len(args.systems)):
+                    system = args.systems[(k + round_) % len(args.systems)]
                     command = [python[system], __file__, "--worker", system, "--task", name]
                     command += ["--model", args.model, "--data-dir", str(args.data_dir)]
                     command += ["--threads", str(args.threads)]
@@ -194,7 +206,7 @@ def main() -> None:
                     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
                     result = json.loads(line.removeprefix("RESULT "))
                     result.update(
-                        task=name,
+                        task=name if not args.limit else f"{name}[:{args.limit}]",
                         system=system,
                         round=round_,
                         load_before=load_before,
@@ -208,7 +220,7 @@ def main() -> None:
                         flush=True,
                     )
     args.out.mkdir(parents=True, exist_ok=True)
-    table = summarize(runs, args.tasks)
+    table = summarize(runs)
     settings = {k: str(v) for k, v in vars(args).items() if k not in ("worker", "task")}
     write_atomic(
         args.out / "eval_vs_lm_eval.json", json.dumps({"settings": settings, "runs": runs}) + "\n"
@@ -217,9 +229,18 @@ def main() -> None:
     print(table)
 
 
-def summarize(runs: list[dict], tasks: list[str]) -> str:
+def agreement(chosen: dict[str, list[str]], a: str, b: str) -> str:
+    """How many of the two systems' predictions agree ('-' unless both were measured)."""
+    if a not in chosen or b not in chosen:
+        return "-"
+    same = sum(x == y for x, y in zip(chosen[a], chosen[b], strict=True))
+    return f"{same}/{len(chosen[a])}"
+
+
+def summarize(runs: list[dict]) -> str:
     """Per task and clock (wall, CPU of the process): items, seconds of each system (median
-    over rounds), the two ratios, and how many predictions (the chosen answer's text) agree."""
+    over rounds; '-' if not measured), the two ratios, and how many predictions (the chosen
+    answer's text) agree."""
     import statistics
 
     lines = [
@@ -228,23 +249,26 @@ def summarize(runs: list[dict], tasks: list[str]) -> str:
         "| load avg |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in tasks:
-        by_system = {
-            s: [r for r in runs if r["task"] == name and r["system"] == s] for s in SYSTEMS
-        }
-        chosen = {s: rs[0]["chosen"] for s, rs in by_system.items()}
-        n = len(chosen["ours-new"])
-        agree_lm = sum(a == b for a, b in zip(chosen["ours-new"], chosen["lm-eval"], strict=True))
-        agree_old = sum(a == b for a, b in zip(chosen["ours-new"], chosen["ours-old"], strict=True))
-        accuracy = " / ".join(f"{by_system[s][0]['accuracy']:.4f}" for s in SYSTEMS)
+    for name in dict.fromkeys(r["task"] for r in runs):
+        measured = {s: [r for r in runs if (r["task"], r["system"]) == (name, s)] for s in SYSTEMS}
+        measured = {s: rs for s, rs in measured.items() if rs}
+        chosen = {s: rs[0]["chosen"] for s, rs in measured.items()}
+        n = len(next(iter(chosen.values())))
+        agree = agreement(chosen, "ours-new", "lm-eval"), agreement(chosen, "ours-new", "ours-old")
+        accuracy = " / ".join(
+            f"{measured[s][0]['accuracy']:.4f}" if s in measured else "-" for s in SYSTEMS
+        )
         loads = [r["load_before"] for r in runs if r["task"] == name]
         for clock, key in (("wall", "seconds"), ("cpu", "cpu_seconds")):
-            t = {s: statistics.median(r[key] for r in rs) for s, rs in by_system.items()}
+            t = {s: statistics.median(r[key] for r in rs) for s, rs in measured.items()}
+            cells = [f"{t[s]:.1f}" if s in t else "-" for s in SYSTEMS]
+            ratios = [
+                f"{t[a] / t[b]:.2f}" if a in t and b in t else "-"
+                for a, b in (("ours-new", "lm-eval"), ("ours-old", "ours-new"))
+            ]
             lines.append(
-                f"| {name} | {clock} | {n} | {t['lm-eval']:.1f} | {t['ours-old']:.1f} "
-                f"| {t['ours-new']:.1f} | {t['ours-new'] / t['lm-eval']:.2f} "
-                f"| {t['ours-old'] / t['ours-new']:.2f} | {agree_lm}/{n} "
-                f"| {agree_old}/{n} | {accuracy} | {min(loads):.1f}-{max(loads):.1f} |"
+                f"| {name} | {clock} | {n} | {' | '.join(cells)} | {' | '.join(ratios)} "
+                f"| {' | '.join(agree)} | {accuracy} | {min(loads):.1f}-{max(loads):.1f} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -1,3 +1,4 @@
+import contextlib
 import functools
 import json
 
@@ -6,6 +7,7 @@ import torch
 from examples import real_example
 from paths import DATA_DIR
 
+import lomo.train.evaluate as evaluate_module
 from lomo.cli import main as cli
 from lomo.train.evaluate import (
     IGNORE_INDEX,
@@ -266,6 +268,62 @@ def test_one_token_prompt_alone_and_beside_longer_ones(model, batch_size):
                 logprobs = torch.log_softmax(model(sequence[None]).logits[0, :-1].double(), -1)
             expected = logprobs[torch.arange(len(sequence) - 1), sequence[1:]][-n:].sum()
             assert (total, n) == (pytest.approx(expected.item(), abs=1e-5), len(answer_ids))
+
+
+def test_examples_with_the_same_prompt_run_it_once(model, tokenizer):
+    # MultiRC under lm-eval's template: a question's answers are examples with one prompt.
+    task, template = get_task("multirc"), get_template("lm-eval")
+    examples = task.load("val", "local", DATA_DIR)[:12]
+    prompts = {task.render(example, template).text for example in examples}
+    assert 1 < len(prompts) < len(examples)
+    with counted_forwards(model) as forwards:
+        check_against_reference(model, tokenizer, ("multirc", "val", 12, "lm-eval", 1024), 4)
+    prompt_rows = sum(rows for kind, rows in forwards if kind == "prompts")
+    assert prompt_rows == 2 * len(prompts)  # once per distinct prompt, per reduction
+
+
+@contextlib.contextmanager
+def counted_forwards(model):
+    """(kind, rows) of the scorer's forwards: 'prompts' (they keep the last prompt token's
+    logits), 'prefix' (a shared prefix: no cache in, all logits) or 'answers' (on a cache)."""
+    forwards = []
+
+    def count(module, args, kwargs):
+        if "input_ids" not in kwargs:  # the reference scorer's calls
+            return
+        if kwargs.get("logits_to_keep") is not None:
+            kind = "prompts"
+        else:
+            kind = "prefix" if kwargs.get("past_key_values") is None else "answers"
+        forwards.append((kind, kwargs["input_ids"].shape[0]))
+
+    handle = model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        yield forwards
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("template", ["lomo", "lm-eval"])
+def test_a_shared_passage_runs_once_per_batch(model, tokenizer, template):
+    # MultiRC: the examples of a paragraph share it (and, under the official template, the
+    # question) but differ after it: the batch runs the common part as one row.
+    with counted_forwards(model) as forwards:
+        check_against_reference(model, tokenizer, ("multirc", "val", 12, template, 1024), 4)
+    assert ("prefix", 1) in forwards
+    assert all(rows == 1 for kind, rows in forwards if kind == "prefix")
+
+
+def test_prompt_order_and_shared_prefix_by_hand(monkeypatch):
+    monkeypatch.setattr(evaluate_module, "SHARED_PREFIX_MIN", 3)
+    passage = [7, 7, 7, 7]
+    prompts = [[1, 2], passage + [5], [1, 2, 3, 4, 5, 6], passage + [5, 6, 8], [9, 9, 9]]
+    # families by the first 3 tokens: {1, 3} (longest 7), {2} (6), {0} (2), {4} (3)
+    assert evaluate_module.prompt_order(prompts) == [3, 1, 2, 4, 0]
+    assert evaluate_module.shared_prefix_length([prompts[3], prompts[1]]) == 4
+    assert evaluate_module.shared_prefix_length([passage + [5], passage + [5, 6]]) == 4
+    assert evaluate_module.shared_prefix_length([passage, passage + [1]]) == 3  # one own token
+    assert evaluate_module.shared_prefix_length([[7, 7, 1, 1], [7, 7, 2, 2]]) == 0  # below 3
 
 
 def test_scoring_needs_prompt_and_answer_tokens(model):

@@ -208,3 +208,38 @@ def test_memory_worker_on_a_llama_shape_matches_hand_counts():
     n_params = 202_383_360 + 2 * 32000 * 4096 + 4096
     assert raw["category_peak"]["parameters"] == 2 * n_params
     assert raw["category_peak"]["gradients"] == 2 * 32000 * 4096
+
+
+def test_memory_workers_measure_with_a_fixed_mmap_threshold(tmp_path):
+    # glibc's dynamic mmap threshold keeps freed blocks resident and inflated the CPU process
+    # peak by 0.2-0.5 GB at SmolLM2 size; every worker must run with the threshold fixed.
+    raw = tmp_path / "raw.json"
+    cli.main(
+        [
+            "memory",
+            "--model",
+            "tiny-llama",
+            "--dtype",
+            "fp32",
+            "--attn",
+            "sdpa",
+            "--seq",
+            "16",
+            "--batch",
+            "2",
+            "--optimizers",
+            "lomo",
+            "adalomo",
+            "--ac",
+            "off",
+            "--raw",
+            str(raw),
+        ]
+    )
+    rows = json.loads(raw.read_text())
+    assert [r["optimizer"] for r in rows] == ["lomo", "adalomo"]
+    assert all(
+        r["malloc_mmap_threshold"] == memory.WORKER_ENV["MALLOC_MMAP_THRESHOLD_"] for r in rows
+    )
+    assert memory.WORKER_ENV["MALLOC_MMAP_THRESHOLD_"] == str(64 * 1024)
+    assert all(r["process_peak"] > 0 and r["census_peak"] > 0 for r in rows)

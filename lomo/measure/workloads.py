@@ -13,6 +13,7 @@
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -225,13 +226,15 @@ def make_step(
     return torch_step, opt
 
 
-def run_worker_process(module: str, spec: dict) -> dict:
-    """Run `python -m module --worker SPEC` in a fresh process; return its last JSON line.
+def run_worker_process(module: str, spec: dict, env: dict[str, str] | None = None) -> dict:
+    """Run `python -m module --worker SPEC` in a fresh process (with `env` added to this
+    process's environment); return its last JSON line.
 
     A fresh process per configuration: no allocator cache, optimizer hook or peak shared.
     """
     command = [sys.executable, "-m", module, "--worker", json.dumps(spec)]
-    done = subprocess.run(command, capture_output=True, text=True)
+    environment = {**os.environ, **(env or {})}
+    done = subprocess.run(command, capture_output=True, text=True, env=environment)
     if done.returncode != 0:
         raise RuntimeError(f"{module} worker failed for {spec}:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -24,6 +24,10 @@ from tasks.superglue.protocols import prepare
 
 IGNORE_INDEX = -100
 REDUCTIONS = ("sum", "mean")
+# Prompts of a batch that share at least this many leading tokens (MultiRC's and BoolQ's
+# passage, a few-shot preamble) run the shared part once; below it a second forward costs more
+# than it saves.
+SHARED_PREFIX_MIN = 32
 Pair = tuple[list[int], list[int]]  # (prompt token ids, answer token ids)
 Group = tuple[list[int], list[list[int]]]  # (prompt token ids, answer token ids per candidate)
 
@@ -106,7 +110,28 @@ def encode_train_example(
     }
 
 
-@torch.no_grad()
+def prompt_order(prompts: list[list[int]]) -> list[int]:
+    """The order prompts are scored in: longest first (little padding), except that prompts
+    beginning with the same `SHARED_PREFIX_MIN` tokens stay together (a family, placed by its
+    longest prompt), so a batch of them can run their common prefix once."""
+    families: dict[tuple[int, ...], list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        families.setdefault(tuple(prompt[:SHARED_PREFIX_MIN]), []).append(i)
+    order = []
+    for family in sorted(families.values(), key=lambda f: -max(len(prompts[i]) for i in f)):
+        order += sorted(family, key=lambda i: -len(prompts[i]))
+    return order
+
+
+def shared_prefix_length(prompts: list[list[int]]) -> int:
+    """How many leading tokens the prompts share, if at least `SHARED_PREFIX_MIN`, else 0;
+    never all of a prompt (its last token's logits score the first answer token)."""
+    shared = min(len(prompt) for prompt in prompts) - 1
+    for prompt in prompts[1:]:
+        shared = next((k for k in range(shared) if prompt[k] != prompts[0][k]), shared)
+    return shared if shared >= SHARED_PREFIX_MIN else 0
+
+
 def score_candidates(
     model: PreTrainedModel,
     groups: list[Group],
@@ -117,23 +142,60 @@ def score_candidates(
     """(summed log-probability of the answer tokens given the prompt, number of answer tokens)
     for each candidate of each (prompt ids, [answer ids per candidate]) group.
 
-    Every prompt runs once for all its candidates, in at most two forwards per batch:
-    1. The prompts of `batch_size` examples (sorted by length, longest first, so a batch wastes
-       little on padding; right-padded) run keeping their keys and values (`past_key_values`)
-       and the logits of one position per row, the last prompt token (`logits_to_keep`), which
-       predict the first answer token of every candidate. One-token answers end here.
+    Groups with the same prompt ids are scored as one group with all their candidates, so each
+    distinct prompt runs once (MultiRC under lm-eval's template: a question's 5 answers, on
+    average, are 5 examples with one prompt)."""
+    if any(not prompt_ids or not all(answers) for prompt_ids, answers in groups):
+        raise ValueError("every candidate needs at least one prompt token and one answer token")
+    distinct: dict[tuple[int, ...], Group] = {}
+    offsets = []  # per group: its prompt, and where its candidates start in the distinct group
+    for prompt_ids, answers in groups:
+        shared = distinct.setdefault(tuple(prompt_ids), (prompt_ids, []))
+        offsets.append((tuple(prompt_ids), len(shared[1])))
+        shared[1].extend(answers)
+    scored = dict(
+        zip(
+            distinct,
+            score_distinct_prompts(
+                model, list(distinct.values()), batch_size, pad_token_id, progress
+            ),
+            strict=True,
+        )
+    )
+    return [
+        scored[key][start : start + len(answers)]
+        for (key, start), (_, answers) in zip(offsets, groups, strict=True)
+    ]
+
+
+@torch.no_grad()
+def score_distinct_prompts(
+    model: PreTrainedModel,
+    groups: list[Group],
+    batch_size: int,
+    pad_token_id: int,
+    progress: bool = False,
+) -> list[list[tuple[float, int]]]:
+    """`score_candidates` for groups whose prompts all differ.
+
+    Every prompt runs once for all its candidates, in at most three forwards per batch:
+    0. If the batch's prompts share at least `SHARED_PREFIX_MIN` leading tokens (`prompt_order`
+       puts such prompts together), the shared part runs once, as one row, keeping its cache.
+    1. The prompts of `batch_size` examples (longest first, so a batch wastes little on
+       padding; right-padded), or their parts after the shared prefix, run keeping their keys
+       and values (`past_key_values`) and the logits of one position per row, the last prompt
+       token (`logits_to_keep`), which predict the first answer token of every candidate.
+       One-token answers end here.
     2. Candidates of two or more tokens (4 x `batch_size` per forward, sorted by length) run
        their answer tokens but the last on a copy of their own prompt's cache; every position
        there predicts an answer token.
     Log-probabilities are thus taken at answer positions only, never over the prompt. Padding
     inside the cache is masked and positions continue from each prompt's true length, so a score
-    equals that of the unpadded sequence. Both steps call the model's forward (ZeRO-3
+    equals that of the unpadded sequence. Every step calls the model's forward (ZeRO-3
     evaluation counts forward calls)."""
-    if any(not prompt_ids or not all(answers) for prompt_ids, answers in groups):
-        raise ValueError("every candidate needs at least one prompt token and one answer token")
     device = next(model.parameters()).device
     results = [[(0.0, 0)] * len(answers) for _, answers in groups]
-    order = sorted(range(len(groups)), key=lambda i: -len(groups[i][0]))
+    order = prompt_order([prompt_ids for prompt_ids, _ in groups])
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc="scoring", unit="batch", disable=not progress):
         batch = order[start : start + batch_size]
@@ -143,11 +205,28 @@ def score_candidates(
         for row, i in enumerate(batch):
             prompt_ids[row, : prompt_lengths[row]] = torch.tensor(groups[i][0])
             prompt_mask[row, : prompt_lengths[row]] = 1
+        shared = shared_prefix_length([groups[i][0] for i in batch])
+        prefix_cache = None
+        if shared:
+            prefix = model(input_ids=prompt_ids[:1, :shared].to(device), use_cache=True)
+            prefix_cache = DynamicCache(
+                [
+                    (
+                        layer.keys.expand(len(batch), -1, -1, -1),
+                        layer.values.expand(len(batch), -1, -1, -1),
+                    )
+                    for layer in prefix.past_key_values.layers
+                ]
+            )
         output = model(
-            input_ids=prompt_ids.to(device),
+            input_ids=prompt_ids[:, shared:].to(device),
             attention_mask=prompt_mask.to(device),
+            position_ids=torch.arange(shared, prompt_ids.shape[1])
+            .expand(len(batch), -1)
+            .to(device),
+            past_key_values=prefix_cache,
             use_cache=True,
-            logits_to_keep=(prompt_lengths - 1)[:, None].to(device),
+            logits_to_keep=(prompt_lengths - 1 - shared)[:, None].to(device),
         )
         first_logprobs = torch.log_softmax(output.logits[:, 0].float(), dim=-1)
         totals = {}
