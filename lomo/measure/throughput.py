@@ -4,8 +4,10 @@ Each optimizer runs in a fresh subprocess: warm-up steps (not timed), then `--st
 training steps. TGS = batch x sequence / step time, one device. Reported: the median TGS, the
 spread (slowest and fastest step), the number of timed steps, and the allocator's peak memory
 over the timed steps (GPU: max_memory_allocated; CPU: resident high-water mark above the bare
-process). On CPU only the ratios between optimizers mean something; on a GPU the absolute TGS
-can be set beside the paper's (which used 8 RTX 3090s with ZeRO-3 for SGD and AdamW).
+process, with glibc's default allocator, which keeps freed blocks: the timed run is the run a
+user makes; `lomo memory` measures memory with freed blocks returned). On CPU only the ratios
+between optimizers mean something; on a GPU the absolute TGS can be set beside the paper's
+(which used 8 RTX 3090s with ZeRO-3 for SGD and AdamW).
 `lomo-optim` 0.1.1 runs in the same table as a peer of our LOMO and AdaLomo.
 """
 
