@@ -207,6 +207,33 @@ def test_each_method_on_two_ranks_equals_one_process(method_runs, tmp_path, meth
         assert float(logs[0][-1]["loss"]) < float(logs[0][0]["loss"])
 
 
+def test_zero3_evaluation_with_shared_prompts_equals_one_process(tmp_path):
+    # MultiRC's examples share prompts and paragraphs: the scorer's extra prefix forwards must
+    # stay balanced over the ranks (every forward gathers the partitioned weights).
+    from evaluate_worker import N_EXAMPLES, TEMPLATES
+
+    from lomo.train.evaluate import evaluate
+    from lomo.train.models import load_model, load_tokenizer
+    from tasks.superglue import get_task, get_template
+
+    out = tmp_path / "rows.json"
+    done = torchrun(["evaluate_worker.py", str(out)], 300, TESTS)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    rows = json.loads(out.read_text())
+    model, tokenizer, task = (
+        load_model("tiny-llama"),
+        load_tokenizer("tiny-llama"),
+        get_task("multirc"),
+    )
+    examples = task.load("val", "local", DATA_DIR)[:N_EXAMPLES]
+    for name in TEMPLATES:
+        _, expected = evaluate(model, tokenizer, task, examples, get_template(name), 4)
+        assert [r["pred"] for r in rows[name]] == [r["pred"] for r in expected]
+        for ours, reference in zip(rows[name], expected, strict=True):
+            assert ours["idx"] == reference["idx"]
+            assert ours["scores"] == pytest.approx(reference["scores"], rel=1e-5, abs=1e-5)
+
+
 def test_deepspeed_without_torchrun_runs_as_one_rank_zero3(tmp_path):
     """`lomo finetune --deepspeed` started as a plain process (one GPU, or the SGD-claims rerun
     of a ZeRO-3 run) forms a one-process group instead of asking MPI for one."""
