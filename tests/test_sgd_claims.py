@@ -215,8 +215,16 @@ def run_folder(tmp_path, epochs: int):
     return out
 
 
-def test_cli_writes_every_section(tmp_path):
-    run = run_folder(tmp_path, epochs=1)
+@pytest.mark.parametrize("source_threads", [1, 2])
+def test_cli_writes_every_section(tmp_path, source_threads):
+    # The source run's thread count differs from the command's --threads 1 in one case: the
+    # rerun must use the recorded count to be exact (float sums depend on the split).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(source_threads)
+    try:
+        run = run_folder(tmp_path, epochs=1)
+    finally:
+        torch.set_num_threads(previous)
     out = tmp_path / "claims.json"
     lomo_main(
         [
@@ -255,6 +263,7 @@ def test_cli_writes_every_section(tmp_path):
     assert len(model["hessian"]["history"]) == 3
     (distance,) = result["distance"]
     assert distance["method"] == "lomo" and distance["epochs"] == 1
+    assert distance["threads"] == source_threads
     assert distance["rerun_reported"] == distance["source_reported"]  # the rerun is exact
     assert {t["layer"] for t in distance["tensors"]} >= {"layers.0", "layers.1", "embed_tokens"}
     assert all(t["distance"] > 0 for t in distance["tensors"] if "layers" in t["layer"])

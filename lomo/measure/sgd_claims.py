@@ -309,6 +309,14 @@ def parameter_distances(start: nn.Module, end: nn.Module) -> list[dict]:
     return rows
 
 
+def recorded_threads(run_dir: Path) -> int | None:
+    """The torch thread count a finished run recorded in its resources.json (None if absent)."""
+    resources = run_dir / "resources.json"
+    if not resources.exists():
+        return None
+    return json.loads(resources.read_text()).get("threads")
+
+
 def distance_travelled(run_dir: str | Path) -> dict:
     """Rerun the fine-tuning run in `run_dir` (from its config.yaml) with the model saved, in
     a temporary folder, and measure how far each tensor moved from its initial value. A
@@ -319,9 +327,18 @@ def distance_travelled(run_dir: str | Path) -> dict:
     config = dataclasses.replace(config, deepspeed=None)
     if config.method not in ("lomo", "adalomo", "sgd", "adamw"):
         raise ValueError(f"{run_dir}: distance needs a full-parameter method, not {config.method}")
-    with tempfile.TemporaryDirectory(prefix="lomo-distance-") as tmp:
-        metrics = finetune(config, tmp)
-        tuned = AutoModelForCausalLM.from_pretrained(Path(tmp) / "model", dtype=torch.float32)
+    # Float sums depend on how many threads split them: the rerun is exact only with the
+    # source run's thread count (resources.json records it).
+    threads = recorded_threads(run_dir)
+    previous = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        with tempfile.TemporaryDirectory(prefix="lomo-distance-") as tmp:
+            metrics = finetune(config, tmp)
+            tuned = AutoModelForCausalLM.from_pretrained(Path(tmp) / "model", dtype=torch.float32)
+    finally:
+        torch.set_num_threads(previous)
     rows = parameter_distances(load_model(config.model, torch.float32), tuned)
     source_metrics = run_dir / "metrics.json"
     original = json.loads(source_metrics.read_text()) if source_metrics.exists() else None
@@ -334,6 +351,7 @@ def distance_travelled(run_dir: str | Path) -> dict:
         "lr": config.lr,
         "epochs": config.epochs,
         "n_train": metrics["n_train"],
+        "threads": threads,
         "rerun_reported": metrics["reported"]["eval"],
         "source_reported": original["reported"]["eval"] if original else None,
         "tensors": rows,
