@@ -40,8 +40,9 @@ def settings_to_flags(settings: dict[str, Any]) -> str:
 def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
     """Every combination of a method's grid, e.g. {lr: [a, b], warmup_ratio: [c]} ->
     [{lr: a, warmup_ratio: c}, {lr: b, warmup_ratio: c}]; no grid is one empty point."""
-    keys = sorted(grid)
-    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
+    keys = sorted(grid)  # each value list is read by its own key, whatever the YAML's order
+    values = [grid[key] for key in keys]
+    return [dict(zip(keys, point, strict=True)) for point in itertools.product(*values)]
 
 
 def variant_name(method: str, own: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ steps, the fit verdict, the printed command against `lomo finetune`'s own parser
 import argparse
 import json
 import shlex
+import subprocess
 import sys
 
 import pytest
@@ -263,3 +264,16 @@ def test_plan_within_10_percent_of_a_two_rank_zero3_peak():
 
     (row,) = plan_validation.cpu_rows({"cpu-b": plan_validation.measure("cpu-b")})
     assert abs(row["ratio"] - 1) <= 0.10, row
+
+
+def test_module_entry_point_is_lomo_plan():
+    """`python -m lomo.measure.plan ARGS` (scripts/gpu_acceptance.sh) runs `lomo plan ARGS`."""
+    done = subprocess.run(
+        [sys.executable, "-m", "lomo.measure.plan", "7b", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1])["fits"]

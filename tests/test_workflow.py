@@ -18,7 +18,7 @@ from paths import DATA_DIR, ROOT
 
 from lomo.cli import build_parser
 from lomo.train import finetune as ft
-from lomo.workflow import settings_to_flags
+from lomo.workflow import grid_points, settings_to_flags
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -305,3 +305,12 @@ def test_rehearsal_profile_end_to_end():
     done = snakemake(*args, "--report", str(report))
     assert done.returncode == 0, done.stderr[-3000:]
     shutil.rmtree(results)
+
+
+@pytest.mark.parametrize("order", [("lr", "warmup_ratio"), ("warmup_ratio", "lr")])
+def test_grid_points_pair_each_value_with_its_key(order):
+    grid = {"lr": [0.05, 0.03], "warmup_ratio": [0.1, 0.2, 0.3]}
+    points = grid_points({key: grid[key] for key in order})  # YAML order is insertion order
+    assert len(points) == 6
+    assert {p["lr"] for p in points} == {0.05, 0.03}
+    assert {p["warmup_ratio"] for p in points} == {0.1, 0.2, 0.3}

@@ -609,10 +609,7 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser.set_defaults(func=run_plan)
 
 
-if (
-    __name__ == "__main__"
-):  # `python -m lomo.measure.plan ARGS`: as `lomo plan ARGS`, without the CLI's imports
-    parser = argparse.ArgumentParser(prog="lomo")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    arguments = parser.parse_args(["plan", *sys.argv[1:]])
-    arguments.func(arguments)
+if __name__ == "__main__":  # `python -m lomo.measure.plan ARGS` is `lomo plan ARGS`
+    from lomo.cli import main
+
+    main(["plan", *sys.argv[1:]])
