@@ -55,6 +55,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from lomo.sync import all_reduce_numbers
+
 IGNORE_INDEX = -100  # Hugging Face's label for "no loss here"
 
 
@@ -152,9 +154,8 @@ def _zero3_chunk_count(head: nn.Module, num_chunks: int) -> int:
     weight = head.weight if hasattr(head, "weight") else next(head.parameters())
     if not hasattr(weight, "ds_id") or not dist.is_initialized():
         return num_chunks
-    count = torch.tensor([num_chunks], dtype=torch.int64, device=weight.ds_tensor.device)
-    dist.all_reduce(count, op=dist.ReduceOp.MAX, group=weight.ds_process_group)
-    return int(count.item())
+    (most,) = all_reduce_numbers([num_chunks], op=dist.ReduceOp.MAX, group=weight.ds_process_group)
+    return int(most)
 
 
 def frozen_partitioned_head(model: nn.Module) -> bool:

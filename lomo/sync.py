@@ -15,6 +15,9 @@ constant work per parameter (no scan over the model, unlike the official code):
 
 Global statistics (the gradient norm, AdaLomo's parameter RMS) are sums of squares over each
 rank's slice, summed over ranks with one scalar all-reduce, so every element counts once.
+Every collective takes tensors on the process group's device (NCCL takes CUDA tensors only):
+gradients and partitions live there already, and Python numbers (token counts, forward counts)
+are reduced by `all_reduce_numbers`, the one place such tensors are made.
 Rank arithmetic uses the rank within the parameter's own process group (not LOCAL_RANK, not the
 world rank), so it holds on several nodes and inside a data-parallel subgroup.
 
@@ -181,3 +184,24 @@ def refresh_persistent(param: Tensor) -> None:
     gathered = param.ds_tensor.new_empty(size * world)
     dist.all_gather_into_tensor(gathered, param.ds_tensor, group=param.ds_process_group)
     param.data.copy_(gathered[: param.ds_numel].view(param.ds_shape))
+
+
+# --- collectives on plain numbers ---------------------------------------------------------------
+
+
+def collective_device(group: dist.ProcessGroup | None = None) -> torch.device:
+    """The device a collective on `group` takes tensors on: this rank's GPU under NCCL (CUDA
+    tensors only; init_process_group sets the current device), the CPU under gloo."""
+    if "nccl" in str(dist.get_backend(group)):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_numbers(
+    values: list[float], op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM, group: Any = None
+) -> list[float]:
+    """Python numbers (a loss, a token count, a forward count) reduced over the group's ranks,
+    as one float64 tensor on the group's device (exact for integers below 2**53)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=collective_device(group))
+    dist.all_reduce(tensor, op=op, group=group)
+    return tensor.tolist()

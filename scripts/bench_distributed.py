@@ -22,7 +22,7 @@ import torch.distributed as dist
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lomo import LOMO
-from lomo.sync import ReplicatedSync, ZeRO3Sync
+from lomo.sync import ReplicatedSync, ZeRO3Sync, all_reduce_numbers
 from lomo.train.distributed import broadcast_parameters, init_process_group
 from lomo.train.models import DTYPES
 
@@ -97,8 +97,8 @@ def main() -> None:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     step_s = sum(times[args.warmup :]) / args.steps
-    peak = torch.tensor(torch.cuda.max_memory_allocated() if device.type == "cuda" else 0)
-    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
+    (peak,) = all_reduce_numbers([peak], op=dist.ReduceOp.MAX)
     if rank == 0:
         result = {
             "mode": args.mode,
@@ -111,7 +111,7 @@ def main() -> None:
             "global_batch": args.global_batch,
             "step_s": round(step_s, 4),
             "tgs": round(per_rank * args.seq / step_s, 1),
-            "peak_gpu_mem_gib": round(peak.item() / 2**30, 2),
+            "peak_gpu_mem_gib": round(peak / 2**30, 2),
         }
         print(json.dumps(result), flush=True)
     dist.barrier()  # no rank tears down its gloo pairs while another still uses them

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from lomo.sync import ZeRO3Sync
+from lomo.sync import ZeRO3Sync, all_reduce_numbers
 from lomo.train.models import TINY_LLAMA, load_model, resolve
 
 
@@ -94,9 +94,7 @@ def all_sum(value: float) -> float:
     """The sum over ranks of a Python number (a token count, a loss)."""
     if not dist.is_initialized():
         return value
-    tensor = torch.tensor(float(value), dtype=torch.float64)
-    dist.all_reduce(tensor)
-    return tensor.item()
+    return all_reduce_numbers([value])[0]
 
 
 # --- ZeRO-3 models -----------------------------------------------------------------------------
@@ -204,8 +202,7 @@ def evaluate_sharded(
     finally:
         counter.remove()
     if zero3:
-        most = torch.tensor(calls[0])
-        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        (most,) = all_reduce_numbers([calls[0]], op=dist.ReduceOp.MAX)
         device = next(model.parameters()).device
         with torch.no_grad():
             for _ in range(int(most) - calls[0]):
