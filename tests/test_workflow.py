@@ -105,6 +105,8 @@ def test_every_job_runs_exactly_what_its_profile_file_says(profile, full_supergl
         assert launcher.endswith(said["launcher"].format(python=sys.executable, gpus=gpus)), (
             launcher
         )
+        # a GPU job claims its own GPUs of the machine (lomo.gpus) before the launcher starts
+        assert (f"-m lomo.gpus {gpus} -- " in launcher) == (gpus > 0), launcher
         variants[(model, method, task)].add(variant)
     # Every grid point ran: Table 3's grid (times its extra protocols) for every method.
     for (model, method, task), names in variants.items():

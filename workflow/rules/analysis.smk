@@ -42,6 +42,7 @@ rule sgd_claims:
         data=data_flags(),
         runs=lambda wildcards, input: " ".join(os.path.dirname(path) for path in input),
         task=DISTANCE_TASK,
+        gpus=on_gpus(SGD_GPUS),
     conda:
         "../../environment.yml"
     log:
@@ -53,7 +54,7 @@ rule sgd_claims:
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
     shell:
-        "{params.lomo} sgd-claims --models {params.models} --task {params.task} {params.data}"
+        "{params.gpus}{params.lomo} sgd-claims --models {params.models} --task {params.task} {params.data}"
         " {params.settings} --distance-runs {params.runs} --threads {threads} --out {output}"
         " > {log} 2>&1"
 

@@ -123,8 +123,15 @@ def job_gpus(wildcards):
     return config.get("model_gpus", {}).get(MODELS[wildcards.model], config["resources"]["gpus"])
 
 
+def on_gpus(gpus):
+    """The prefix that runs a job's command on `gpus` GPUs that no other job of this machine
+    holds (lomo.gpus; under SLURM and on CPU-only machines the command runs as it is)."""
+    return f"{sys.executable} -m lomo.gpus {gpus} -- " if gpus else ""
+
+
 def launcher(wildcards):
-    return config["launcher"].format(python=sys.executable, gpus=job_gpus(wildcards))
+    gpus = job_gpus(wildcards)
+    return on_gpus(gpus) + config["launcher"].format(python=sys.executable, gpus=gpus)
 
 
 def deepspeed_flag(wildcards):

@@ -30,6 +30,7 @@ rule memory_table:
     params:
         lomo=LOMO,
         flags=lambda w: measurement_flags(MEMORY[w.memory_name]),
+        gpus=lambda w: on_gpus(measurement_gpus(MEMORY[w.memory_name])),
     conda:
         "../../environment.yml"
     log:
@@ -42,7 +43,7 @@ rule memory_table:
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
     shell:
-        "{params.lomo} memory {params.flags} --reference paper/reference/table1_memory.csv"
+        "{params.gpus}{params.lomo} memory {params.flags} --reference paper/reference/table1_memory.csv"
         " --raw {output.raw} --csv {output.csv} --tex {output.tex}"
         " > {log} 2>&1"
 
@@ -58,6 +59,7 @@ rule throughput_table:
     params:
         lomo=LOMO,
         flags=lambda w: measurement_flags(THROUGHPUT[w.throughput_name]),
+        gpus=lambda w: on_gpus(measurement_gpus(THROUGHPUT[w.throughput_name])),
     conda:
         "../../environment.yml"
     log:
@@ -69,5 +71,5 @@ rule throughput_table:
         mem_mb=config["resources"]["mem_mb"],
         runtime=config["resources"]["runtime"],
     shell:
-        "{params.lomo} throughput {params.flags} --reference paper/reference/table2_throughput.csv"
+        "{params.gpus}{params.lomo} throughput {params.flags} --reference paper/reference/table2_throughput.csv"
         " --csv {output.csv} --tex {output.tex} > {log} 2>&1"
