@@ -1,8 +1,11 @@
 """Atomic file writes: a reader (or a killed run's rerun) never sees half a file."""
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 def current_umask() -> int:
@@ -11,18 +14,28 @@ def current_umask() -> int:
     return mask
 
 
-def write_atomic(path: str | Path, data: str | bytes) -> None:
-    """Write via a temp file in the same folder and rename, so readers never see half a file.
-    The file gets the mode a plain open() would give (0666 less the umask): mkstemp's 0600
-    would hide results from the rest of a group on a shared cluster."""
+@contextlib.contextmanager
+def open_atomic(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file that becomes `path` when the block ends without an error (readers see the
+    old file or the whole new one, never half of it). The file gets the mode a plain open()
+    would give (0666 less the umask): mkstemp's 0600 would hide results from the rest of a group
+    on a shared cluster. Synced to disk before the rename, so a preempted node leaves no empty
+    file behind a finished name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    with open_atomic(path) as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)

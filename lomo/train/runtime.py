@@ -21,7 +21,6 @@ collectively): a rank left without an example runs one with weight 0.
 """
 
 import contextlib
-import io
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from lomo import sync
-from lomo.io import write_atomic
+from lomo.io import open_atomic
 from lomo.train import distributed
 
 KINDS = ("single", "replicated", "zero3")
@@ -192,18 +191,14 @@ class Runtime:
         if self.kind == "zero3":
             shard = {
                 "partitions": {
-                    n: p.ds_tensor.detach().cpu().clone()
-                    for n, p in trainable.items()
-                    if is_partitioned(p)
+                    n: compact(p.ds_tensor) for n, p in trainable.items() if is_partitioned(p)
                 },
                 "optimizers": [opt.state_dict() for opt in optimizers],
             }
-            write_atomic(rank_file(path, self.rank, epoch), to_bytes(shard))
+            save_atomic(rank_file(path, self.rank, epoch), shard)
             self.barrier()
         if self.main:
-            weights = {
-                n: p.detach().cpu().clone() for n, p in trainable.items() if not is_partitioned(p)
-            }
+            weights = {n: compact(p) for n, p in trainable.items() if not is_partitioned(p)}
             optimizer_states = (
                 None if self.kind == "zero3" else [o.state_dict() for o in optimizers]
             )
@@ -215,7 +210,7 @@ class Runtime:
                 "weights": weights,
                 "optimizers": optimizer_states,
             }
-            write_atomic(path, to_bytes(checkpoint))
+            save_atomic(path, checkpoint)
         if self.kind == "zero3":
             self.barrier()  # the epoch is committed: the older partitions can go
             rank_file(path, self.rank, epoch - 1).unlink(missing_ok=True)
@@ -264,10 +259,17 @@ def rank_file(path: Path, rank: int, epoch: int) -> Path:
     return path.with_name(f"{path.stem}.rank{rank}.epoch{epoch}.pt")
 
 
-def to_bytes(value: Any) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(value, buffer)
-    return buffer.getvalue()
+def compact(tensor: Tensor) -> Tensor:
+    """The tensor to save: itself (torch.save copies GPU storages to the host one at a time), or
+    a copy where it is a view into a larger storage, which torch.save would write whole."""
+    tensor = tensor.detach()
+    return tensor if tensor.untyped_storage().nbytes() == tensor.nbytes else tensor.clone()
+
+
+def save_atomic(path: Path, value: Any) -> None:
+    """torch.save streamed into the file: no serialised copy of the checkpoint in memory."""
+    with open_atomic(path) as f:
+        torch.save(value, f)
 
 
 def deepspeed_config(path: str, global_batch: int, world: int) -> dict[str, Any]:
