@@ -17,6 +17,10 @@ COMMANDS = {
         "lomo.train.models",
         "download or convert a model once, before parallel jobs use it",
     ),
+    "prepare-data": (
+        "tasks.superglue.source",
+        "copy the SuperGLUE hub dataset (pinned revision) to a folder, for offline jobs",
+    ),
     "memory": ("lomo.measure.memory", "Table 1: memory by category, measured"),
     "throughput": ("lomo.measure.throughput", "Table 2: tokens per device per second"),
     "plan": (

@@ -210,13 +210,16 @@ def labelled_hub_record(task: "Task", row: dict, where: str) -> dict:
     return {"idx": idx, **{f: row[f] for f in task.fields}, "label": label}
 
 
-def load_hub(task: "Task", split: str) -> list[dict]:
-    """The task's rows of the hub config named like the task."""
-    import datasets  # heavy import, only needed with network access
+def load_hub(task: "Task", split: str, hub_copy: str | Path | None = None) -> list[dict]:
+    """The task's rows of the hub config named like the task: from the hub at the pinned
+    revision, or from `hub_copy`, a local copy of that revision (`lomo prepare-data`), which
+    needs no network."""
+    import datasets  # heavy import, only needed for the hub layout
 
     name = task.name
-    rows = datasets.load_dataset(HUB_DATASET, name, split=SPLITS[split], revision=HUB_REVISION)
-    where = f"{HUB_DATASET}/{name} {SPLITS[split]}"
+    repo, revision = (str(hub_copy), None) if hub_copy else (HUB_DATASET, HUB_REVISION)
+    rows = datasets.load_dataset(repo, name, split=SPLITS[split], revision=revision)
+    where = f"{repo}/{name} {SPLITS[split]}"
     records = []
     for i, row in enumerate(rows):
         try:
@@ -231,7 +234,8 @@ def load_hub(task: "Task", split: str) -> list[dict]:
 def load(
     task: "Task", split: str, source: str = "local", data_dir: str | Path | None = None
 ) -> list[dict]:
-    """Load one split ("train" or "val") of a task from `source` ("local" or "hub")."""
+    """Load one split ("train" or "val") of a task from `source`: "local" (the official
+    layout in `data_dir`) or "hub" (the hub dataset; with `data_dir`, a local copy of it)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
     if source == "local":
@@ -239,7 +243,7 @@ def load(
             raise ValueError("source 'local' needs data_dir (a folder in the SuperGLUE layout)")
         records = load_local(task, split, data_dir)
     elif source == "hub":
-        records = load_hub(task, split)
+        records = load_hub(task, split, data_dir)
     else:
         raise ValueError(f"unknown source {source!r}: expected 'local' or 'hub'")
     if not records:

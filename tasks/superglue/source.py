@@ -2,9 +2,16 @@
 
 Checked before any work starts, so a missing data source stops a run with a message that
 says exactly what to set, instead of failing hours later inside a training job.
+
+`lomo prepare-data` copies the hub dataset's pinned revision to a folder once, on a machine with
+network (a cluster's login node; the workflow's `prepare_superglue` is a local rule), so that
+jobs on compute nodes without network read that copy (`--source hub --data-dir COPY`).
 """
 
+import argparse
+import json
 import os
+import shutil
 from pathlib import Path
 
 from tasks.superglue.data import (
@@ -12,6 +19,7 @@ from tasks.superglue.data import (
     HUB_REVISION,
     DataError,
     DataNotFoundError,
+    load,
     task_folder,
 )
 from tasks.superglue.tasks import TASKS
@@ -82,3 +90,59 @@ def resolve_source(
         "SuperGLUE layout (BoolQ/train.jsonl, BoolQ/val.jsonl, ...), or run on a machine that "
         f"reaches the Hugging Face hub (dataset {HUB_DATASET})"
     )
+
+
+# --- a local copy of the hub dataset ------------------------------------------------------------
+
+
+def copy_hub_dataset(tasks: list[str], out: Path, origin: str = HUB_DATASET) -> dict:
+    """The pinned revision's files of `tasks` (each config's parquet splits and the README.md
+    that declares them) in `out`, every split then read back from the copy alone; `origin` is
+    the hub dataset, or a folder holding a copy of it (rehearsals). Returns what was copied."""
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}: expected some of {', '.join(TASKS)}")
+    names = [TASKS[t].name for t in tasks]  # the hub config of each task
+    if Path(origin).is_dir():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(Path(origin) / "README.md", out / "README.md")
+        for name in names:
+            shutil.copytree(Path(origin) / name, out / name, dirs_exist_ok=True)
+    else:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(
+            origin,
+            repo_type="dataset",
+            revision=HUB_REVISION,
+            allow_patterns=["README.md", *(f"{name}/*" for name in names)],
+            local_dir=out,
+        )
+    rows = {
+        t: {split: len(load(TASKS[t], split, "hub", out)) for split in ("train", "val")}
+        for t in tasks
+    }
+    return {"origin": origin, "revision": HUB_REVISION, "rows": rows}
+
+
+def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
+    parser = subparsers.add_parser("prepare-data", help=summary, description=__doc__)
+    parser.add_argument("--tasks", nargs="+", required=True, help="SuperGLUE tasks to copy")
+    parser.add_argument("--out", required=True, help="folder for the copy")
+    parser.add_argument(
+        "--origin",
+        default=HUB_DATASET,
+        help=f"the hub dataset (default {HUB_DATASET}, revision {HUB_REVISION[:10]}), or a "
+        "folder holding a copy of it",
+    )
+    parser.set_defaults(func=prepare_data_command)
+
+
+def prepare_data_command(args: argparse.Namespace) -> None:
+    from lomo.io import write_atomic
+
+    out = Path(args.out)
+    copied = copy_hub_dataset(args.tasks, out, args.origin)
+    # Written last: a folder with prepared.json is a finished copy (the workflow's target).
+    write_atomic(out / "prepared.json", json.dumps(copied, indent=1) + "\n")
+    print(json.dumps(copied))

@@ -32,7 +32,8 @@ FULL_PARAMETER_RUNS = any(m in ("lomo", "sgd", "adamw", "adalomo") for m, _ in R
 
 rule sgd_claims:
     input:
-        [f"{run}/metrics.json" for run in DISTANCE_RUNS],
+        runs=[f"{run}/metrics.json" for run in DISTANCE_RUNS],
+        data=data_copy(),
     output:
         f"{ANALYSIS}/sgd_claims.json",
     params:
@@ -40,9 +41,9 @@ rule sgd_claims:
         models=" ".join(SGD_MODELS),
         settings=SGD_SETTINGS,
         data=data_flags(),
-        runs=lambda wildcards, input: " ".join(os.path.dirname(path) for path in input),
+        runs=lambda wildcards, input: " ".join(os.path.dirname(path) for path in input.runs),
         task=DISTANCE_TASK,
-        gpus=on_gpus(SGD_GPUS),
+        gpus=OFFLINE + on_gpus(SGD_GPUS),
     conda:
         "../../environment.yml"
     log:

@@ -70,6 +70,11 @@ except SourceError as error:
     DATA_DIR = config.get("superglue_dir") or os.environ.get("LOMO_SUPERGLUE_DIR")
     SOURCE, TASKS = ("local" if DATA_DIR else "hub"), REQUESTED_TASKS
 TABLE3_TASKS = [t for t in TASKS if t in config["tasks"] or t in config["optional_tasks"]]
+# Compute nodes may have no network: with the hub as the source, the submitting machine copies
+# the pinned dataset once (rule prepare_superglue, a local rule), and every job reads that copy
+# with the hub switched off (OFFLINE), as it reads the model prepare_model put in the HF cache.
+HUB_COPY = f"{RESULTS}/superglue_hub" if SOURCE == "hub" else None
+OFFLINE = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 "
 if config.get("figure3") and set(config["figure3"]["models"]) - set(config["models"]):
     raise WorkflowError("figure3.models must be among models")
 if config.get("deepspeed_config") and {"sgd", "adamw"} & set(config["methods"]):
@@ -131,7 +136,7 @@ def on_gpus(gpus):
 
 def launcher(wildcards):
     gpus = job_gpus(wildcards)
-    return on_gpus(gpus) + config["launcher"].format(python=sys.executable, gpus=gpus)
+    return OFFLINE + on_gpus(gpus) + config["launcher"].format(python=sys.executable, gpus=gpus)
 
 
 def deepspeed_flag(wildcards):
@@ -140,7 +145,13 @@ def deepspeed_flag(wildcards):
 
 
 def data_flags():
-    return f"--source {SOURCE}" + (f" --data-dir {DATA_DIR}" if DATA_DIR else "")
+    data_dir = HUB_COPY or DATA_DIR
+    return f"--source {SOURCE}" + (f" --data-dir {data_dir}" if data_dir else "")
+
+
+def data_copy():
+    """The prepared copy of the hub dataset that jobs read, if the source is the hub."""
+    return [f"{HUB_COPY}/prepared.json"] if HUB_COPY else []
 
 
 RUNS = [

@@ -2,6 +2,28 @@
 variant, task, seed), then tabulate against the paper, selecting over each method's grid."""
 
 
+# Downloads run once, on the machine that runs Snakemake (a cluster's login node has network;
+# its compute nodes may not): every job then reads local copies only.
+localrules:
+    prepare_model,
+    prepare_superglue,
+
+
+rule prepare_superglue:
+    output:
+        f"{RESULTS}/superglue_hub/prepared.json",
+    params:
+        lomo=LOMO,
+        tasks=" ".join(TASKS),
+        out=lambda w, output: os.path.dirname(output[0]),
+    conda:
+        "../../environment.yml"
+    log:
+        f"{RESULTS}/logs/prepare_superglue.log",
+    shell:
+        "{params.lomo} prepare-data --tasks {params.tasks} --out {params.out} > {log} 2>&1"
+
+
 rule prepare_model:
     output:
         f"{RESULTS}/models/{{model}}.json",
@@ -22,6 +44,7 @@ rule prepare_model:
 rule finetune:
     input:
         f"{RESULTS}/models/{{model}}.json",
+        data_copy(),
     output:
         # metrics.json is written last: a folder with it is a finished run (lomo finetune)
         metrics=f"{RESULTS}/superglue/{{model}}/{{variant}}/{{task}}/seed{{seed}}/metrics.json",
