@@ -18,6 +18,7 @@ from lomo.cli import main
 from lomo.train import finetune as ft
 from lomo.train.evaluate import encode_train_example, evaluate
 from lomo.train.models import load_model, load_tokenizer
+from lomo.train.runtime import Runtime, rank_file
 from tasks.superglue import get_task, get_template, prepare
 
 
@@ -515,3 +516,40 @@ def test_out_is_a_file_and_stale_temp_files_go(tmp_path):
     ft.finetune(tiny_config(method="zero-shot"), run)
     assert not any(path.exists() for path in stale)
     assert (run / "notes.txt").exists()
+
+
+class PlantedCode:
+    """Unpickling this runs code: it touches a marker file (what an attacker's command would do)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path(self.marker).touch, ())
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "rank file"])
+def test_a_planted_checkpoint_is_refused_without_running_code(tmp_path, where):
+    marker = tmp_path / "code-ran"
+    planted = tmp_path / "planted.pt"
+    torch.save({"epoch": 1, "payload": PlantedCode(marker)}, planted)
+    torch.load(planted, weights_only=False)  # the control: a plain load runs it
+    assert marker.exists()
+    marker.unlink()
+    if where == "checkpoint":
+        planted.rename(tmp_path / "checkpoint.pt")
+        with pytest.raises(ft.RunFolderError, match=r"checkpoint.pt cannot be read"):
+            ft.finetune(tiny_config(method="lomo", epochs=1), tmp_path)
+    else:
+        planted.rename(rank_file(tmp_path / "checkpoint.pt", 0, 1))
+        runtime = Runtime("zero3", torch.device("cpu"))
+        written = {
+            "world_size": 1,
+            "runtime": "zero3",
+            "epoch": 1,
+            "weights": {},
+            "optimizers": None,
+        }
+        with pytest.raises(ft.RunFolderError, match=r"rank0.epoch1.pt cannot be read"):
+            runtime.load_checkpoint(written, tmp_path / "checkpoint.pt", torch.nn.Linear(2, 2), [])
+    assert not marker.exists()

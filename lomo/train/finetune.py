@@ -44,7 +44,7 @@ from lomo.sync import GradSync
 from lomo.train.config import CHOICES, FUSED_METHODS, FinetuneConfig, load_config
 from lomo.train.evaluate import IGNORE_INDEX, encode_train_example, evaluate
 from lomo.train.models import DTYPES, load_tokenizer
-from lomo.train.runtime import Runtime
+from lomo.train.runtime import RunFolderError, Runtime, read_checkpoint_file
 from tasks.superglue import get_task, get_template, prepare
 from tasks.superglue.metrics import gold_nll_per_token
 
@@ -308,10 +308,6 @@ def select_epoch(config: FinetuneConfig, per_epoch: list[dict]) -> tuple[str, di
     return rule, best
 
 
-class RunFolderError(OSError):
-    pass
-
-
 RUN_FILES = ("checkpoint.pt", "config.yaml", "metrics.json", "train_log.csv", "predictions.jsonl")
 RUN_FILES += ("resources.json", "fingerprint.json")
 
@@ -384,12 +380,7 @@ def read_checkpoint(path: Path, config: FinetuneConfig) -> dict | None:
     """The last finished epoch's checkpoint of this run, if any."""
     if not path.exists():
         return None
-    try:
-        checkpoint = torch.load(path, weights_only=False)
-    except Exception as error:  # truncated, empty, garbage: torch/pickle raise many kinds
-        raise RunFolderError(
-            f"{path} cannot be read ({type(error).__name__}): delete it to start the run over"
-        ) from error
+    checkpoint = read_checkpoint_file(path)
     if checkpoint["config"] != dataclasses.asdict(config):
         raise ValueError(
             f"{path} was written by a different config; delete it (or use another output "

@@ -231,7 +231,7 @@ class Runtime:
                 params[name].copy_(value)
         optimizer_states = checkpoint["optimizers"]
         if self.kind == "zero3":
-            shard = torch.load(rank_file(path, self.rank, checkpoint["epoch"]), weights_only=False)
+            shard = read_checkpoint_file(rank_file(path, self.rank, checkpoint["epoch"]))
             with torch.no_grad():
                 for name, value in shard["partitions"].items():
                     params[name].ds_tensor.copy_(value)
@@ -252,6 +252,23 @@ class Runtime:
         process or replicated); under ZeRO-3 the partitions are gathered one parameter at a
         time onto rank 0's CPU."""
         return distributed.gather_state_dict(model) if self.kind == "zero3" else None
+
+
+class RunFolderError(OSError):
+    """A run folder that cannot be used as it is: in use, another run's results, a file that
+    cannot be read."""
+
+
+def read_checkpoint_file(path: Path) -> dict:
+    """A checkpoint or rank file as the loop wrote it. Only tensors, numbers, strings and
+    containers are read (`weights_only`): unpickling runs code, and a file planted or altered in
+    a shared run folder must not run code on the next resume."""
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as error:  # truncated, garbage, or objects a checkpoint never holds
+        raise RunFolderError(
+            f"{path} cannot be read ({type(error).__name__}): delete it to start the run over"
+        ) from error
 
 
 def rank_file(path: Path, rank: int, epoch: int) -> Path:
