@@ -553,3 +553,36 @@ def test_a_planted_checkpoint_is_refused_without_running_code(tmp_path, where):
         with pytest.raises(ft.RunFolderError, match=r"rank0.epoch1.pt cannot be read"):
             runtime.load_checkpoint(written, tmp_path / "checkpoint.pt", torch.nn.Linear(2, 2), [])
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("change", ["weights", "none"])
+def test_resume_refuses_changed_base_weights_naming_the_file(tmp_path, monkeypatch, change):
+    """LoRA trains on the base weights read at each start: a resume after they changed in the
+    model folder would train later epochs on another base. The fingerprint covers the files."""
+    folder = tmp_path / "base"
+    load_model("tiny-llama").save_pretrained(folder)
+    load_tokenizer("tiny-llama").save_pretrained(folder)
+    config = tiny_config(model=str(folder), method="lora", epochs=2)
+    real_step = ft.train_step
+
+    def dies_in_epoch_2(*args):
+        if args[5] == 3:  # 2 updates per epoch: the first update of the second epoch
+            raise Killed
+        return real_step(*args)
+
+    monkeypatch.setattr(ft, "train_step", dies_in_epoch_2)
+    with pytest.raises(Killed):
+        ft.finetune(config, tmp_path / "run")
+    monkeypatch.setattr(ft, "train_step", real_step)
+    if change == "weights":
+        other = load_model("tiny-llama")
+        with torch.no_grad():
+            other.model.norm.weight.add_(1.0)
+        other.save_pretrained(folder)
+        with pytest.raises(ft.RunFolderError, match=r"the model's model.safetensors"):
+            ft.finetune(config, tmp_path / "run")
+    else:  # the control: the same files resume
+        ft.finetune(config, tmp_path / "run")
+        assert (tmp_path / "run" / "metrics.json").exists()
+    fingerprint = json.loads((tmp_path / "run" / "fingerprint.json").read_text())
+    assert "model.safetensors" in fingerprint["model_files"]

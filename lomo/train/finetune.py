@@ -43,7 +43,7 @@ from lomo.optim import LOMO, AdaLomo, FusedOptimizer, rng_state, set_rng_state
 from lomo.sync import GradSync
 from lomo.train.config import CHOICES, FUSED_METHODS, FinetuneConfig, load_config
 from lomo.train.evaluate import IGNORE_INDEX, encode_train_example, evaluate
-from lomo.train.models import DTYPES, load_tokenizer
+from lomo.train.models import DTYPES, load_tokenizer, model_fingerprint
 from lomo.train.runtime import RunFolderError, Runtime, read_checkpoint_file
 from tasks.superglue import get_task, get_template, prepare
 from tasks.superglue.metrics import gold_nll_per_token
@@ -352,23 +352,29 @@ def claim_folder(out: Path, config: FinetuneConfig, main: bool) -> Iterator[None
 
 def fingerprint(out: Path, config: FinetuneConfig) -> dict[str, Any]:
     """What the run's inputs were: the selected examples (hashes of the data files written for
-    the run) and the model, so a resume can check that nothing changed under it."""
+    the run) and the model, its name and its files' contents (models.model_fingerprint), so a
+    resume can check that nothing changed under it."""
     data = {
         path.name: hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted((out / "data").glob("*.jsonl"))
     }
-    return {"model": config.model, "data": data}
+    return {"model": config.model, "model_files": model_fingerprint(config.model), "data": data}
+
+
+def changed_keys(before: dict | None, now: dict | None) -> list[str]:
+    before, now = before or {}, now or {}
+    return [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
 
 
 def check_fingerprint(checkpoint: dict, now: dict, path: Path) -> None:
     before = checkpoint.get("fingerprint", {})
-    changed = [
-        k
-        for k in sorted(set(before.get("data", {})) | set(now["data"]))
-        if before.get("data", {}).get(k) != now["data"].get(k)
-    ]
+    changed = changed_keys(before.get("data"), now["data"])
     if before.get("model") != now["model"]:
         changed.append("the model")
+    changed += [
+        f"the model's {name}"
+        for name in changed_keys(before.get("model_files"), now["model_files"])
+    ]
     if changed:
         raise RunFolderError(
             f"the inputs changed since {path} was written ({', '.join(changed)} differ): restore "
@@ -501,16 +507,16 @@ def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> 
             test_size=split_size(config.test_size),
         )
         tokenizer = load_tokenizer(config.model)
-    inputs = fingerprint(out, config)
-    if checkpoint is not None:
-        check_fingerprint(checkpoint, inputs, checkpoint_path)
-    if runtime.main:
-        write_atomic(out / "fingerprint.json", json.dumps(inputs, indent=1) + "\n")
     train_examples = data.train[: config.limit_train]
     eval_sets = {"eval": data.eval[: config.limit_eval]}
     if data.dev is not None:
         eval_sets["dev"] = data.dev[: config.limit_eval]
     model = build_model(config, runtime)
+    inputs = fingerprint(out, config)  # after the model: a hub model is downloaded by then
+    if checkpoint is not None:
+        check_fingerprint(checkpoint, inputs, checkpoint_path)
+    if runtime.main:
+        write_atomic(out / "fingerprint.json", json.dumps(inputs, indent=1) + "\n")
 
     def run_eval(epoch: int) -> tuple[dict, dict]:
         return evaluate_epoch(epoch, config, runtime, model, tokenizer, eval_sets)

@@ -9,6 +9,7 @@ Names understood by `load_model` / `load_tokenizer`:
 """
 
 import argparse
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -137,6 +138,38 @@ def resolve(name_or_path: str) -> str:
         f"unknown model {name_or_path!r}: expected one of {', '.join(KNOWN_MODELS)}, "
         "a local model folder, or a Hugging Face hub id (owner/name)"
     )
+
+
+MIB = 2**20
+
+
+def file_fingerprint(path: Path) -> str:
+    """SHA-256 of a file's size, first MiB and last MiB: a safetensors file's first MiB holds its
+    header (every tensor's name, dtype, shape and offsets), and a rewrite of the weights almost
+    always reaches the ends too. 2 MiB read per file: seconds for a 130 GB model."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(MIB))
+        if size > MIB:
+            f.seek(max(MIB, size - MIB))
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+def model_fingerprint(name_or_path: str) -> dict[str, str] | None:
+    """{file name: file_fingerprint} of the model folder a run loads (a hub id: its copy in the
+    Hugging Face cache), so a resume can tell that the base weights changed under a run. None
+    for the model built in code (tiny-llama)."""
+    if name_or_path == TINY_LLAMA:
+        return None
+    folder = Path(resolve(name_or_path))
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(str(folder), local_files_only=True))
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    return {p.name: file_fingerprint(p) for p in files}
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
