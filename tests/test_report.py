@@ -121,3 +121,39 @@ def test_seeds_are_averaged_with_their_spread(tmp_path):
     assert table == [("m", "lomo", ["70.0 ± 9.4 (sd 10.0)", "70.0", "1"])]  # avg: RTE only
     (one,) = report.pivot(report.collect(runs[:1], {}))[1]
     assert one[2][0] == "60.0 ± 9.4"
+
+
+def write_fingerprint(metrics_path: str, data: dict) -> str:
+    Path(metrics_path).with_name("fingerprint.json").write_text(json.dumps({"data": data}))
+    return metrics_path
+
+
+def test_the_same_settings_on_other_data_are_kept_apart(tmp_path):
+    same = {"lr": 0.05, "warmup_ratio": 0.1}
+    a = write_fingerprint(write_run(tmp_path, "a", [0.60], **same), {"eval.jsonl": "1"})
+    b = write_fingerprint(write_run(tmp_path, "b", [0.80], **same), {"eval.jsonl": "2"})
+    rows = report.collect([a, b], {}, ["lr", "warmup_ratio"])
+    assert sorted(r["value"] for r in rows) == [0.60, 0.80]  # two rows, not one best-of-two
+    assert all(r["grid_points"] == 1 for r in rows)
+    assert len({r["variant"] for r in rows}) == 2 and all("data=" in r["variant"] for r in rows)
+    # the same examples under another folder are the same experiment: one grid of two points
+    c = write_fingerprint(write_run(tmp_path, "c", [0.70], lr=0.03), {"eval.jsonl": "1"})
+    rows = report.collect([a, c], {}, ["lr", "warmup_ratio"])
+    assert [(r["value"], r["grid_points"], r["variant"]) for r in rows] == [(0.70, 2, "lomo")]
+
+
+def test_seeds_with_their_own_examples_stay_one_row(tmp_path):
+    runs = [
+        write_fingerprint(write_run(tmp_path, f"s{seed}", [0.5], seed=seed), {"x": str(seed)})
+        for seed in (42, 43)
+    ]
+    rows = report.collect(runs, {}, ["lr"])
+    assert {r["variant"] for r in rows} == {"lomo"} and len(rows) == 2
+
+
+def test_a_run_listed_twice_counts_once(tmp_path):
+    a = write_run(tmp_path, "a", [0.60], lr=0.05)
+    b = write_run(tmp_path, "b", [0.80], lr=0.03)
+    twice = [a, b, a, str(Path(a).parent / ".." / "a" / "metrics.json")]
+    (row,) = report.collect(twice, {}, ["lr"])
+    assert row["grid_points"] == 2

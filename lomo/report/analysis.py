@@ -41,7 +41,7 @@ def load_runs(results_dir: str | Path, paths: list[str] | None = None) -> pd.Dat
     points and the chosen settings. `lora_r` is None for methods without LoRA."""
     if paths is None:  # every run under results_dir (a workflow passes its own runs)
         paths = sorted(Path(results_dir).glob("superglue/*/*/*/seed*/metrics.json"))
-    runs = [tables.load_run(str(path)) for path in paths]
+    runs = [tables.load_run(path) for path in tables.unique_paths([str(p) for p in paths])]
     runs = [r for r in runs if "accuracy" in r["metrics"]["reported"]["eval"]]  # not ReCoRD
     rows = []
     for run in tables.select_grid(runs, grid_keys(runs)):

@@ -10,6 +10,7 @@ differ in any other setting (a LoRA rank, a protocol) are separate rows, labelle
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import statistics
@@ -72,15 +73,40 @@ def wilson_interval(accuracy: float, n: int, confidence: float = 0.95) -> tuple[
 
 
 def load_run(path: str) -> dict:
-    """A finished run: its metrics.json and the config.yaml beside it."""
+    """A finished run: its metrics.json and the config.yaml beside it, and which examples it
+    used (`data`: a hash of fingerprint.json's data hashes; runs from before it have none)."""
     metrics_path = Path(path)
     config_path = metrics_path.with_name("config.yaml")
+    fingerprint_path = metrics_path.with_name("fingerprint.json")
     try:
         metrics = json.loads(metrics_path.read_text())
         config = yaml.safe_load(config_path.read_text())
-    except (OSError, json.JSONDecodeError, yaml.YAMLError) as error:
+        data = (
+            json.loads(fingerprint_path.read_text())["data"] if fingerprint_path.exists() else None
+        )
+    except (OSError, KeyError, json.JSONDecodeError, yaml.YAMLError) as error:
         raise ValueError(f"cannot read the run {metrics_path}: {error}") from None
-    return {"path": str(metrics_path), "metrics": metrics, "config": config}
+    if data is not None:
+        data = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+    return {"path": str(metrics_path), "metrics": metrics, "config": config, "data": data}
+
+
+def unique_paths(paths: list[str]) -> list[str]:
+    """Each run once, however often (or however spelled) it is listed."""
+    first = {}
+    for path in paths:
+        first.setdefault(Path(path).resolve(), path)
+    return list(first.values())
+
+
+def defining_settings(run: dict, select_over: list[str]) -> dict:
+    """What makes runs the same experiment up to the grid and the seed: every setting that
+    changes what is measured, and the examples used (the same settings on other data are
+    another experiment)."""
+    settings = {
+        k: v for k, v in run["config"].items() if k not in NOT_SETTINGS and k not in select_over
+    }
+    return {**settings, "data": run["data"]}
 
 
 def primary_value(run: dict, split: str) -> float:
@@ -92,9 +118,7 @@ def select_grid(runs: list[dict], select_over: list[str]) -> list[dict]:
     order), with `grid_points` and `chosen` (the winner's grid settings) added."""
     grids = defaultdict(list)
     for run in sorted(runs, key=lambda r: r["path"]):
-        settings = {
-            k: v for k, v in run["config"].items() if k not in NOT_SETTINGS and k not in select_over
-        }
+        settings = defining_settings(run, select_over)
         grids[json.dumps([settings, run["config"]["seed"]], sort_keys=True)].append(run)
     selected = []
     for grid in grids.values():
@@ -119,9 +143,14 @@ def variant_labels(runs: list[dict], select_over: list[str]) -> dict[str, str]:
             if key not in NOT_SETTINGS and key not in select_over:
                 if len({json.dumps(r["config"].get(key)) for r in cell}) > 1:
                     label_keys[(model, method)].add(key)
+        # Seeds may draw their own examples (val-split): data tells rows apart only when runs
+        # of one seed used different examples.
+        seeds = {r["config"]["seed"] for r in cell}
+        if any(len({r["data"] for r in cell if r["config"]["seed"] == s}) > 1 for s in seeds):
+            label_keys[(model, method)].add("data")
     labels = {}
     for run in runs:
-        config = run["config"]
+        config = {**run["config"], "data": run["data"]}
         keys = sorted(label_keys[(config["model"], config["method"])])
         extra = ", ".join(f"{k}={config[k]}" for k in keys)
         labels[run["path"]] = config["method"] + (f" ({extra})" if extra else "")
@@ -129,7 +158,7 @@ def variant_labels(runs: list[dict], select_over: list[str]) -> dict[str, str]:
 
 
 def collect(paths: list[str], reference: dict, select_over: list[str] = ()) -> list[dict]:
-    runs = select_grid([load_run(path) for path in paths], list(select_over))
+    runs = select_grid([load_run(path) for path in unique_paths(paths)], list(select_over))
     labels = variant_labels(runs, list(select_over))
     rows = []
     for run in runs:
