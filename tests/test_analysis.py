@@ -751,3 +751,24 @@ def test_load_runs_reads_only_the_given_runs(tmp_path):
     assert set(analysis.load_runs(tmp_path).task) == {"rte", "cb"}
     only = analysis.load_runs(tmp_path, [str(kept / "metrics.json")])
     assert list(only.task) == ["rte"] and list(only.accuracy) == [0.75]
+
+
+@pytest.mark.parametrize(
+    ("table", "text", "where"),
+    [
+        ("claims_compare.csv", "claim,verdict,evidence\nlomo beats zero-shot,supported\n", ":2:"),
+        ("claims_compare.csv", "claim,verdict,evidence\na,b,c\nd,e,f,g\n", ":3:"),
+        ("claims_compare.csv", "", "empty"),
+        ("claims_compare.csv", "claim,verdict\na,b\n", "lacks the columns"),
+    ],
+)
+def test_a_malformed_table_is_refused_and_the_readme_left_alone(tmp_path, table, text, where):
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    (tables / table).write_text(text)
+    readme = tmp_path / "README.md"
+    readme.write_text("# project\n")
+    with pytest.raises(SystemExit, match=where) as stop:
+        lomo_main(["readme-results", "--tables", str(tables), "--readme", str(readme), "--write"])
+    assert str(stop.value).count("\n") == 0
+    assert readme.read_text() == "# project\n"

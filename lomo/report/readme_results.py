@@ -24,8 +24,25 @@ def percent(value: str) -> str:
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a table, each with exactly the header's cells: a truncated or padded row
+    stops with its file:line (it would render as `None` cells in the README)."""
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        lines = csv.reader(f)
+        header = next(lines, None)
+        if not header:
+            raise ValueError(f"{path}: empty, no header row; rerun the notebook that writes it")
+        rows = []
+        for cells in lines:
+            if not cells:  # a blank line
+                continue
+            if len(cells) != len(header):
+                raise ValueError(
+                    f"{path}:{lines.line_num}: {len(cells)} cells where the header has "
+                    f"{len(header)}: a truncated or malformed table; rerun the notebook that "
+                    "writes it"
+                )
+            rows.append(dict(zip(header, cells, strict=True)))
+    return rows
 
 
 def superglue_lines(rows: list[dict[str, str]]) -> list[str]:
@@ -67,6 +84,9 @@ def superglue_lines(rows: list[dict[str, str]]) -> list[str]:
 
 
 def claim_lines(rows: list[dict[str, str]]) -> list[str]:
+    missing = {"claim", "verdict", "evidence"} - set(rows[0] if rows else ())
+    if rows and missing:
+        raise ValueError(f"a claims table lacks the columns {sorted(missing)}")
     lines = ["| claim | verdict | evidence |", "|---|---|---|"]
     lines += [f"| {r['claim']} | {r['verdict']} | {r['evidence']} |" for r in rows]
     return lines
