@@ -21,6 +21,7 @@ import yaml
 from scipy.stats import binomtest
 
 from lomo.io import write_atomic
+from lomo.provenance import code_and_environment
 from tasks.superglue import get_task
 
 # The paper's Table 3 names its models by size; our runs name them by hub id.
@@ -50,6 +51,7 @@ COLUMNS = [
     "chosen",
     "flags",
     "paper",
+    "code",
 ]
 # Settings that do not change what a run measures: where the data lives, how it was launched.
 NOT_SETTINGS = {"seed", "data_dir", "source", "eval_batch", "save_model", "deepspeed"}
@@ -78,17 +80,26 @@ def load_run(path: str) -> dict:
     metrics_path = Path(path)
     config_path = metrics_path.with_name("config.yaml")
     fingerprint_path = metrics_path.with_name("fingerprint.json")
+    resources_path = metrics_path.with_name("resources.json")
     try:
         metrics = json.loads(metrics_path.read_text())
         config = yaml.safe_load(config_path.read_text())
         data = (
             json.loads(fingerprint_path.read_text())["data"] if fingerprint_path.exists() else None
         )
+        resources = json.loads(resources_path.read_text()) if resources_path.exists() else {}
     except (OSError, KeyError, json.JSONDecodeError, yaml.YAMLError) as error:
         raise ValueError(f"cannot read the run {metrics_path}: {error}") from None
     if data is not None:
         data = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
-    return {"path": str(metrics_path), "metrics": metrics, "config": config, "data": data}
+    code = code_and_environment(resources.get("provenance"))
+    return {
+        "path": str(metrics_path),
+        "metrics": metrics,
+        "config": config,
+        "data": data,
+        "code": code,
+    }
 
 
 def unique_paths(paths: list[str]) -> list[str]:
@@ -193,6 +204,7 @@ def collect(paths: list[str], reference: dict, select_over: list[str] = ()) -> l
                 "chosen": run["chosen"],
                 "flags": "; ".join(metrics.get("flags", [])),
                 "paper": paper / 100 if paper is not None and like_paper else None,
+                "code": run["code"],
             }
         )
     rows.sort(key=lambda r: (r["model"], r["variant"], r["task"], r["seed"]))
@@ -251,6 +263,10 @@ def to_markdown(rows: list[dict]) -> str:
     header, table = pivot(rows)
     lines = ["| model | method | " + " | ".join(header) + " |", "|---|---|" + "---|" * len(header)]
     lines += [f"| {m} | {variant} | " + " | ".join(cells) + " |" for m, variant, cells in table]
+    codes = sorted({r["code"] for r in rows})
+    if len(codes) > 1:
+        lines += ["", "The runs of this table come from different code or packages:"]
+        lines += [f"- {code}: {sum(r['code'] == code for r in rows)} run(s)" for code in codes]
     if any(r["flags"] for r in rows):
         lines += ["", "! flagged run (one class for >= 90% of predictions, or tied option scores):"]
         lines += [

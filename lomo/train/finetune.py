@@ -40,6 +40,7 @@ from tqdm import tqdm
 from lomo.io import write_atomic
 from lomo.loss import causal_lm_loss, frozen_partitioned_head
 from lomo.optim import LOMO, AdaLomo, FusedOptimizer, rng_state, set_rng_state
+from lomo.provenance import provenance
 from lomo.sync import GradSync
 from lomo.train.config import CHOICES, FUSED_METHODS, FinetuneConfig, load_config
 from lomo.train.evaluate import IGNORE_INDEX, encode_train_example, evaluate
@@ -664,6 +665,7 @@ def finish(
         "threads": torch.get_num_threads(),
         "processes": runtime.world,
         "runtime": runtime.kind,
+        "provenance": provenance(runtime.device),
     }
     if runtime.main:
         write_atomic(out / "resources.json", json.dumps(resources, indent=1) + "\n")
