@@ -32,19 +32,24 @@ Pair = tuple[list[int], list[int]]  # (prompt token ids, answer token ids)
 Group = tuple[list[int], list[list[int]]]  # (prompt token ids, answer token ids per candidate)
 
 
-def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str) -> Pair:
+def encode_pair(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str, template: Template | None = None
+) -> Pair:
     """Token ids of the prompt and of the answer that follows it.
 
     As in lm-evaluation-harness, trailing spaces of the prompt move to the answer ("Answer: " +
     "Yes" -> "Answer:" + " Yes") so BPE tokenizers see the usual " Yes" token, and the answer
-    ids are the tail of the jointly encoded text (SentencePiece adds no stray prefix).
+    ids are the tail of the jointly encoded text (SentencePiece adds no stray prefix); where a
+    token spans the boundary the answer is encoded apart. The `lm-eval` template follows
+    lm-evaluation-harness's `_encode_pair` (lm_eval/api/model.py) to the token: all trailing
+    whitespace moves (ReCoRD's prompt ends in a newline) and the answer is always the tail.
     """
-    n_spaces = len(prompt) - len(prompt.rstrip(" "))
-    if n_spaces:
-        prompt, answer = prompt[:-n_spaces], prompt[-n_spaces:] + answer
+    lm_eval = template is not None and template.name == "lm-eval"
+    context = prompt.rstrip() if lm_eval else prompt.rstrip(" ")
+    prompt, answer = context, prompt[len(context) :] + answer
     prompt_ids = tokenizer(prompt).input_ids
     whole = tokenizer(prompt + answer).input_ids
-    if whole[: len(prompt_ids)] != prompt_ids:  # a token spans the boundary: encode apart
+    if not lm_eval and whole[: len(prompt_ids)] != prompt_ids:  # a token spans the boundary
         return prompt_ids, tokenizer(answer, add_special_tokens=False).input_ids
     return prompt_ids, whole[len(prompt_ids) :]
 
@@ -59,7 +64,7 @@ def encode_prompt(
     """Render and encode all candidates so that the longest one plus EOS fits `max_length`,
     cutting tokens from the end of the task's context field when needed."""
     prompt = task.render(example, template)
-    pairs = [encode_pair(tokenizer, prompt.text, c) for c in prompt.candidates]
+    pairs = [encode_pair(tokenizer, prompt.text, c, template) for c in prompt.candidates]
     excess = max(len(p) + len(a) for p, a in pairs) + 1 - max_length
     if excess <= 0:
         return prompt, pairs
@@ -74,7 +79,7 @@ def encode_prompt(
     while keep > 0:
         shorter = {**example, field: tokenizer.decode(context_ids[:keep])}
         prompt = task.render(shorter, template)
-        pairs = [encode_pair(tokenizer, prompt.text, c) for c in prompt.candidates]
+        pairs = [encode_pair(tokenizer, prompt.text, c, template) for c in prompt.candidates]
         excess = max(len(p) + len(a) for p, a in pairs) + 1 - max_length
         if excess <= 0:
             return prompt, pairs
