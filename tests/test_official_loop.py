@@ -11,10 +11,15 @@ import csv
 import pytest
 import torch
 import transformers
+from paths import DATA_DIR
 from test_finetune import tiny_config
 from torch.utils.data import DataLoader, DistributedSampler
 
+from lomo.loss import causal_lm_loss
 from lomo.train import finetune as ft
+from lomo.train.evaluate import encode_train_example
+from lomo.train.models import load_model, load_tokenizer
+from tasks.superglue import get_task, get_template
 
 
 class OfficialLearningRateScheduler:
@@ -130,3 +135,41 @@ def test_unset_lora_warmup_follows_warmup_ratio():
     config = tiny_config(method="lora+lomo", warmup_ratio=0.25)
     base, adapters = ft.lr_factors(config, 12)
     assert [base(k) for k in range(12)] == [adapters(k) for k in range(12)]
+
+
+def official_collate(examples: list[dict], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """The official DataCollatorForCauselLM as train_lomo.py builds it: left padding, pad id 0,
+    labels padded with -100; the model then uses its default positions 0..width-1."""
+    width = max(len(ex["input_ids"]) for ex in examples)
+    pads = [width - len(ex["input_ids"]) for ex in examples]
+    return {
+        "input_ids": torch.tensor(
+            [[pad_token_id] * p + ex["input_ids"] for p, ex in zip(pads, examples, strict=True)]
+        ),
+        "attention_mask": torch.tensor([[0] * p + [1] * (width - p) for p in pads]),
+        "labels": torch.tensor(
+            [[-100] * p + ex["labels"] for p, ex in zip(pads, examples, strict=True)]
+        ),
+    }
+
+
+def test_official_left_padding_gives_our_loss_and_gradients():
+    # Left padding shifts each row's positions by its padding; RoPE attention depends on
+    # relative positions only and the padding is masked, so only rounding differs.
+    task, tokenizer = get_task("rte"), load_tokenizer("tiny-llama")
+    examples = task.load("train", "local", DATA_DIR)[:4]
+    encoded = [
+        encode_train_example(task, ex, get_template("lomo"), tokenizer, 96) for ex in examples
+    ]
+    assert len({len(ex["input_ids"]) for ex in encoded}) == 3  # 47, 73 and 96 tokens
+    model = load_model("tiny-llama", attn_implementation="eager")
+    results = []
+    for batch in (ft.collate(encoded, tokenizer.pad_token_id), official_collate(encoded)):
+        model.zero_grad(set_to_none=True)
+        loss = causal_lm_loss(model, **batch, chunked=False)
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
+    (ours, ours_grads), (official, official_grads) = results
+    assert official == pytest.approx(ours, rel=1e-6)
+    for a, b in zip(ours_grads, official_grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
