@@ -146,6 +146,7 @@ def test_zero3_finetune_survives_a_killed_rank_and_equals_one_process(tmp_path):
     ]
     assert [int(r["step"]) for r in logs[0]] == [1, 2, 3, 4]
     for ours, expected in zip(*logs, strict=True):
+        assert ours["examples"] == expected["examples"]  # the one-process global order
         for key in ("loss", "grad_norm", "lr"):
             assert float(ours[key]) == pytest.approx(float(expected[key]), rel=TOLERANCE), key
     predictions = [
@@ -201,6 +202,7 @@ def test_each_method_on_two_ranks_equals_one_process(method_runs, tmp_path, meth
     logs = [list(csv.DictReader((d / "train_log.csv").open())) for d in (out, tmp_path)]
     assert len(logs[0]) == (0 if method == "zero-shot" else 4)
     for ours, expected in zip(*logs, strict=True):
+        assert ours["examples"] == expected["examples"]  # the one-process global order
         for key in ("loss", "grad_norm", "lr"):
             assert float(ours[key]) == pytest.approx(float(expected[key]), rel=1e-4), key
     if method != "zero-shot":  # the weights moved: the loss fell

@@ -28,6 +28,8 @@ CHOICES = {
     "protocol": PROTOCOLS,
     "reduction": ("sum", "mean"),
     "attn_implementation": ("eager", "sdpa"),
+    "data_order": ("ours", "official"),
+    "lr_schedule": ("ours", "official"),
 }
 
 
@@ -67,6 +69,12 @@ class FinetuneConfig:
     sequential_updates: bool = False  # fused methods: one update per micro batch
     lr: float = 3e-2
     warmup_ratio: float = 0.05
+    # ours: randperm seeded seed * 1000 + epoch (epochs 1..N); official: DistributedSampler(seed)
+    # with set_epoch(0..N-1), i.e. randperm seeded seed + epoch - 1 (finetune.epoch_order)
+    data_order: str = "ours"
+    # ours: warmup ceil(T * ratio) steps from lr / warmup, then linear to lr / (T - warmup) at
+    # the last step; official: the official code's schedulers (finetune.lr_factors)
+    lr_schedule: str = "ours"
     weight_decay: float = 0.0
     clip_mode: str = "norm"
     clip_value: float = 1.0  # the max norm, or the max absolute value
@@ -76,6 +84,7 @@ class FinetuneConfig:
     lora_dropout: float = 0.05
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     lora_lr: float = 5e-4
+    lora_warmup_ratio: float | None = None  # the adapters' AdamW; unset: warmup_ratio
     adam_eps: float = 1e-8  # AdamW (adamw, lora, lora+lomo); the official LoRA path used 1e-6
     # evaluation
     eval_batch: int = 16
@@ -111,6 +120,8 @@ class FinetuneConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.epochs < 0 or not 0 <= self.warmup_ratio < 1 or self.weight_decay < 0:
             raise ValueError("need epochs >= 0, 0 <= warmup_ratio < 1 and weight_decay >= 0")
+        if self.lora_warmup_ratio is not None and not 0 <= self.lora_warmup_ratio < 1:
+            raise ValueError(f"need 0 <= lora_warmup_ratio < 1, got {self.lora_warmup_ratio}")
         if self.epochs == 0 and self.method != "zero-shot":
             raise ValueError(f"epochs must be >= 1 for {self.method} (zero-shot only evaluates)")
         for name in ("limit_train", "limit_eval"):

@@ -70,10 +70,13 @@ def split_size(value: float | None) -> int | float | None:
     return int(value) if value is not None and value >= 1 else value
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The data order of one epoch: a function of (seed, epoch) alone, so resuming needs no
-    sampler state."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+def epoch_order(n: int, seed: int, epoch: int, data_order: str = "ours") -> list[int]:
+    """The data order of epoch `epoch` (counted from 1): a function of (seed, epoch) alone, so
+    resuming needs no sampler state. "official": what the official loop's
+    `DistributedSampler(seed=seed)` yields on one GPU after `set_epoch(epoch - 1)` (it counts
+    epochs from 0); under several ranks this global order is split as README explains."""
+    generator_seed = seed + epoch - 1 if data_order == "official" else seed * 1000 + epoch
+    return torch.randperm(n, generator=torch.Generator().manual_seed(generator_seed)).tolist()
 
 
 # --- model and optimizers --------------------------------------------------------------------
@@ -146,6 +149,9 @@ def build_optimizers(
     return [base, torch.optim.AdamW(adapters, lr=config.lora_lr, **adamw)]
 
 
+# Each schedule maps the 0-indexed update (torch's LambdaLR count) to a multiple of the lr.
+
+
 def warmup_then_linear(total_steps: int, warmup_ratio: float):
     warmup = math.ceil(total_steps * warmup_ratio)
 
@@ -155,6 +161,51 @@ def warmup_then_linear(total_steps: int, warmup_ratio: float):
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return factor
+
+
+def official_linear(total_steps: int, warmup_ratio: float):
+    """The official `LearningRateScheduler` (src/utils.py, 'linear'): the lr of the 1-indexed
+    step s is set before its update, s / (T w) while s / T < w, then (1 - s/T) / (1 - w),
+    which is 0 at the last step; T is at least 2 there."""
+    total = max(2, total_steps)
+
+    def factor(step: int) -> float:
+        progress = (step + 1) / total
+        if progress < warmup_ratio:
+            return progress / warmup_ratio
+        return max(0.0, (progress - 1.0) / (warmup_ratio - 1.0))  # 0.0, never -0.0
+
+    return factor
+
+
+def official_adapter_linear(total_steps: int, warmup_ratio: float):
+    """The official LoRA path's AdamW schedule: transformers' linear schedule with w * T warmup
+    steps (a float), stepped by DeepSpeed after each update, so the first update has lr 0."""
+    warmup = warmup_ratio * total_steps
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+def lr_factors(config: FinetuneConfig, total_steps: int) -> list:
+    """One schedule per optimizer of `build_optimizers`: the adapters' AdamW (lora, and the
+    second optimizer of lora+lomo) warms up over `lora_warmup_ratio` when set."""
+    schedule = official_linear if config.lr_schedule == "official" else warmup_then_linear
+    adapter_schedule = (
+        official_adapter_linear if config.lr_schedule == "official" else warmup_then_linear
+    )
+    adapter_warmup = config.warmup_ratio
+    if config.lora_warmup_ratio is not None:
+        adapter_warmup = config.lora_warmup_ratio
+    adapters = adapter_schedule(total_steps, adapter_warmup)
+    if config.method == "lora":
+        return [adapters]
+    base = schedule(total_steps, config.warmup_ratio)
+    return [base, adapters] if config.method == "lora+lomo" else [base]
 
 
 # --- one training step -----------------------------------------------------------------------
@@ -544,8 +595,11 @@ def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> 
     batch_per_update = config.global_batch // config.updates_per_batch
     micro_batch = min(config.micro_batch, batch_per_update)
     updates_per_epoch = math.ceil(len(encoded) / batch_per_update)
-    factor = warmup_then_linear(config.epochs * updates_per_epoch, config.warmup_ratio)
-    schedulers = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers]
+    factors = lr_factors(config, config.epochs * updates_per_epoch)
+    schedulers = [
+        torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        for opt, factor in zip(optimizers, factors, strict=True)
+    ]
     run = {"per_epoch": [], "predictions": {}, "log": []}
     start_epoch = 1
     if checkpoint is not None:
@@ -557,7 +611,7 @@ def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> 
     step = len(log)
     started = time.perf_counter() - (log[-1]["seconds"] if log else 0.0)
     for epoch in range(start_epoch, config.epochs + 1):
-        order = epoch_order(len(encoded), config.seed, epoch)
+        order = epoch_order(len(encoded), config.seed, epoch, config.data_order)
         batches = [order[i : i + batch_per_update] for i in range(0, len(order), batch_per_update)]
         progress = tqdm(
             batches, desc=f"epoch {epoch}/{config.epochs}", unit="step", disable=not runtime.main
@@ -590,6 +644,8 @@ def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> 
                 {
                     "step": step,
                     "epoch": epoch,
+                    # the global batch: rows of data/train.jsonl (0-based)
+                    "examples": " ".join(map(str, batch_ids)),
                     "lr": lr,
                     **stats,
                     "seconds": round(time.perf_counter() - started, 3),
@@ -687,6 +743,7 @@ def to_csv(rows: list[dict]) -> str:
     columns = [
         "step",
         "epoch",
+        "examples",
         "lr",
         "loss",
         "grad_norm",
