@@ -504,13 +504,14 @@ def loss_chunk_tokens(shape: Shape, setting: Setting) -> int | None:
     return default_chunk_tokens(setting.seq * setting.batch, shape.hidden, shape.vocab)
 
 
-def eval_batches(setting: Setting) -> dict[str, int]:
-    """The scorer's batches for prompts of `eval_prompt` tokens (default `seq`) with
-    `eval_candidates` candidates of `eval_answer` tokens each (lomo.train.evaluate.cut_batches):
-    `prompts` prompts per forward (at most eval_batch, and eval_tokens // width, at least one),
-    and `answers` candidates per answer forward (at most 4 x eval_batch, those of a batch, and
-    eval_tokens // (width + steps)); `width`, `steps` (answer tokens run on the cache)."""
-    width = setting.eval_prompt or setting.seq
+def eval_batches(setting: Setting, width: int | None = None) -> dict[str, int]:
+    """The scorer's batches for prompts of `width` tokens (default: the longest, `eval_prompt`
+    or `seq`) with `eval_candidates` candidates of `eval_answer` tokens each
+    (lomo.train.evaluate.cut_batches): `prompts` prompts per forward (at most eval_batch, and
+    eval_tokens // width, at least one), and `answers` candidates per answer forward (at most
+    4 x eval_batch, those of a batch, and eval_tokens // (width + steps)); `width`, `steps`
+    (answer tokens run on the cache)."""
+    width = width or setting.eval_prompt or setting.seq
     steps = setting.eval_answer - 1
     budget = setting.eval_tokens
     prompts = setting.eval_batch
@@ -530,7 +531,29 @@ def kv_bytes_per_token(shape: Shape, setting: Setting) -> int:
     return 2 * shape.layers * kv_width * DTYPE_BYTES[setting.dtype]
 
 
+def eval_widths(setting: Setting) -> list[int]:
+    """Prompt widths to plan the evaluation at: the longest prompt, and under a token budget
+    every shorter width that fills it (budget // k prompts, or k candidates, per forward),
+    where more rows of shorter prompts can hold more than the longest ones."""
+    longest = setting.eval_prompt or setting.seq
+    widths = {longest}
+    if setting.eval_tokens is not None:
+        steps = setting.eval_answer - 1
+        for k in range(1, 4 * setting.eval_batch + 1):
+            widths |= {setting.eval_tokens // k, setting.eval_tokens // k - steps}
+    return sorted(w for w in widths if 1 <= w <= longest)
+
+
 def evaluation_plan(shape: Shape, setting: Setting, resident: int, gathered: int) -> dict:
+    """The evaluation's per-GPU peak: `evaluation_at` the prompt width that needs the most
+    (`eval_widths`)."""
+    plans = [evaluation_at(shape, setting, resident, gathered, w) for w in eval_widths(setting)]
+    return max(plans, key=lambda result: result["peak"])
+
+
+def evaluation_at(
+    shape: Shape, setting: Setting, resident: int, gathered: int, width: int
+) -> dict:
     """The evaluation's per-GPU peak, as lomo.train.evaluate scores: two moments of a batch.
 
     - prompts: the last layer of the prompts' forward. The batch's key/value cache (rows x
@@ -550,7 +573,7 @@ def evaluation_plan(shape: Shape, setting: Setting, resident: int, gathered: int
     paper/tables/plan_validation.md)."""
     p = DTYPE_BYTES[setting.dtype]
     h, i, vocab, layers = shape.hidden, shape.intermediate, shape.vocab, shape.layers
-    batches = eval_batches(setting)
+    batches = eval_batches(setting, width)
     rows, width, steps, answers = (batches[k] for k in ("prompts", "width", "steps", "answers"))
     per_token = kv_bytes_per_token(shape, setting)
     prompt_cache = per_token * rows * width
@@ -698,7 +721,7 @@ def fit_check(result: dict, memory_gb: float, reserve_gb: float) -> tuple[bool, 
     shape, setting, evaluation = result["shape"], result["setting"], result["evaluation"]
     limit = int((memory_gb - reserve_gb) * GIB)
     problems = []
-    if result["peak"] > limit:
+    if result["peak"] > limit and setting.method != "zero-shot":  # zero-shot: evaluation only
         batch = largest_fitting_batch(shape, setting, limit)
         fix = (
             f"largest micro batch that fits: {batch} per GPU (micro_batch {batch * setting.gpus})"
