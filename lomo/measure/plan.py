@@ -52,7 +52,14 @@ COMPONENTS = (
 )
 # Evaluation (lomo.train.evaluate's scorer): the key/value cache of a batch of prompts, the
 # copies of it that the candidates' answer tokens run on, the forward's temporaries and logits.
-EVAL_COMPONENTS = ("parameters", "gathered", "prompt_cache", "answer_cache", "temporaries", "logits")
+EVAL_COMPONENTS = (
+    "parameters",
+    "gathered",
+    "prompt_cache",
+    "answer_cache",
+    "temporaries",
+    "logits",
+)
 # Built-in shapes of the models the workflow's profiles run besides LLaMA (lomo.train.models):
 # tiny-llama borrows SmolLM2's tokenizer (49152 tokens); SmolLM2-135M's published config.
 NAMED_SHAPES = {
@@ -551,9 +558,7 @@ def evaluation_plan(shape: Shape, setting: Setting, resident: int, gathered: int
     return max(plans, key=lambda result: result["peak"])
 
 
-def evaluation_at(
-    shape: Shape, setting: Setting, resident: int, gathered: int, width: int
-) -> dict:
+def evaluation_at(shape: Shape, setting: Setting, resident: int, gathered: int, width: int) -> dict:
     """The evaluation's per-GPU peak, as lomo.train.evaluate scores: two moments of a batch.
 
     - prompts: the last layer of the prompts' forward. The batch's key/value cache (rows x
@@ -780,8 +785,7 @@ def format_plan(
         f"evaluation (eval_batch {setting.eval_batch}, eval_tokens {budget}): prompts of "
         f"{batches['width']} tokens, {batches['prompts']} per forward; "
         + (
-            f"{batches['answers']} candidates of {batches['steps'] + 1} tokens per answer "
-            "forward"
+            f"{batches['answers']} candidates of {batches['steps'] + 1} tokens per answer forward"
             if batches["answers"]
             else "one-token answers (no answer forward)"
         )

@@ -321,9 +321,7 @@ def _score_answers(
     index = rows.to(device)
     # A generator: DynamicCache copies each layer's rows as it takes them, so one copy of the
     # chunk's cache exists, not two.
-    cache = DynamicCache(
-        (layer.keys[index], layer.values[index]) for layer in prompt_cache.layers
-    )
+    cache = DynamicCache((layer.keys[index], layer.values[index]) for layer in prompt_cache.layers)
     logits = model(
         input_ids=input_ids.to(device),
         attention_mask=torch.cat([prompt_mask[rows], answer_mask.long()], 1).to(device),
