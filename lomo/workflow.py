@@ -108,3 +108,64 @@ def check_task_names(config: dict, schema_path: str | Path) -> None:
         raise ValueError(
             f"config: {where}: {error.message} (tasks are declared in tasks/superglue/tasks.py)"
         )
+
+
+def job_setting(config: dict, model: str, method: str, settings: dict[str, Any]):
+    """The `lomo plan` setting of one job: its `lomo finetune` settings (FinetuneConfig's
+    defaults where the profile sets none), its GPUs (`model_gpus`, else `resources.gpus`;
+    one process for 0) and the profile's DeepSpeed config."""
+    import dataclasses
+
+    from lomo.measure.plan import ROOT, Setting, zero3_settings
+    from lomo.train.config import FinetuneConfig
+
+    run = {**dataclasses.asdict(FinetuneConfig()), **settings}
+    gpus = max(1, config.get("model_gpus", {}).get(model, config["resources"]["gpus"]))
+    deepspeed = config.get("deepspeed_config")
+    zero3 = zero3_settings(ROOT / deepspeed) if deepspeed else {}
+    return Setting(
+        **zero3,
+        method=method,
+        gpus=gpus,
+        seq=run["max_length"],
+        batch=max(1, run["micro_batch"] // gpus),  # lomo finetune: a multiple of the processes
+        dtype=run["dtype"],
+        ac=run["activation_checkpointing"],
+        attn=run["attn_implementation"],
+        chunked_loss=run["chunked_loss"],
+        lora_r=run["lora_r"],
+        lora_targets=tuple(run["lora_targets"]),
+        deepspeed=bool(deepspeed),
+        eval_batch=run["eval_batch"],
+        eval_tokens=run["eval_tokens"],
+        eval_prompt=run["max_length"],  # the scorer's truncation: the longest prompt possible
+    )
+
+
+def check_memory(config: dict, runs: dict[tuple[str, str, str], dict[str, Any]]) -> None:
+    """With `gpu_memory_gib` in the profile: every job's training and evaluation fit it per
+    GPU after `gpu_memory_reserve_gib` (default 1), as `lomo plan` predicts; else a ValueError
+    naming the first job that does not fit and the largest setting that does."""
+    memory = config.get("gpu_memory_gib")
+    if memory is None:
+        return
+    from lomo.measure.plan import fit_check, load_shape, plan
+
+    reserve = config.get("gpu_memory_reserve_gib", 1.0)
+    models = {model_slug(name): name for name in config["models"]}
+    checked: dict[tuple, tuple[bool, str]] = {}
+    for (slug, variant, task), settings in runs.items():
+        model, method = models[slug], method_of(variant)
+        setting = job_setting(config, model, method, settings)
+        if (model, setting) not in checked:
+            try:
+                shape = load_shape(model)
+            except ValueError as error:
+                raise ValueError(
+                    f"gpu_memory_gib: cannot plan {model} ({error}); give a folder with its "
+                    "config.json, or remove gpu_memory_gib"
+                ) from None
+            checked[model, setting] = fit_check(plan(shape, setting), memory, reserve)
+        fits, message = checked[model, setting]
+        if not fits:
+            raise ValueError(f"job {slug}/{variant}/{task}: {message} (lomo plan)")

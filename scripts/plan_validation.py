@@ -1,5 +1,6 @@
 """Validate `lomo plan`: per-rank peaks of LOMO under 2-rank ZeRO-3 on CPU, the paper's Tables
-1-2, and DeepSpeed's own ZeRO-3 model-state estimator; writes paper/tables/plan_validation.*.
+1-2, DeepSpeed's own ZeRO-3 model-state estimator, and the evaluation peak of the scorer on CPU
+(section c); writes paper/tables/plan_validation.*.
 
     python scripts/plan_validation.py            # measures (two torchrun jobs, ~1 min each)
 
@@ -52,6 +53,78 @@ TABLE2 = [
     ("7b", "sgd", 8, 9.49),
     ("13b", "sgd", 8, 15.74),
 ]
+
+
+# Evaluation (lomo.train.evaluate's scorer), one process: (shape, setting, prompts, task
+# template), prompts of `eval_prompt` tokens with `eval_candidates` random candidates of
+# `eval_answer` tokens. One whose peak is the answer forward (sdpa, bf16, the prompt cache
+# plus its copies) and one whose peak is the prompts' forward under a token budget (eager
+# attention's scores, fp32, grouped-query attention).
+EVAL_SHAPES = {
+    "eval-a": (
+        Shape("eval-a", hidden=256, intermediate=688, layers=4, heads=4, kv_heads=4, vocab=2000),
+        Setting(dtype="bf16", attn="sdpa", deepspeed=False, eval_batch=8, eval_prompt=128),
+        8,
+    ),
+    "eval-b": (
+        Shape("eval-b", hidden=128, intermediate=344, layers=2, heads=4, kv_heads=2, vocab=500),
+        Setting(
+            dtype="fp32",
+            attn="eager",
+            deepspeed=False,
+            eval_batch=16,
+            eval_tokens=400,
+            eval_prompt=96,
+            eval_candidates=3,
+            eval_answer=4,
+        ),
+        12,
+    ),
+}
+
+
+def eval_census_peak(shape: Shape, setting: Setting, n_prompts: int) -> int:
+    """The census peak (parameters included) of scoring `n_prompts` random prompts of
+    `eval_prompt` tokens, each with `eval_candidates` candidates of `eval_answer` tokens."""
+    from transformers import LlamaForCausalLM
+
+    from lomo.measure.census import MemoryCensus
+    from lomo.train.evaluate import score_candidates
+
+    torch.manual_seed(0)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+    model = LlamaForCausalLM(llama_config(shape, setting.attn)).to(dtype[setting.dtype]).eval()
+    generator = torch.Generator().manual_seed(0)
+
+    def tokens(n: int) -> list[int]:
+        return torch.randint(3, shape.vocab, (n,), generator=generator).tolist()
+
+    groups = [
+        (tokens(setting.eval_prompt), [tokens(setting.eval_answer)] * setting.eval_candidates)
+        for _ in range(n_prompts)
+    ]
+    census = MemoryCensus(model)
+    with census:
+        score_candidates(model, groups, setting.eval_batch, 0, max_tokens=setting.eval_tokens)
+    census.remove_hooks()
+    return census.peak
+
+
+def eval_rows(measured: dict[str, int]) -> list[dict]:
+    rows = []
+    for name, peak in measured.items():
+        shape, setting, n_prompts = EVAL_SHAPES[name]
+        result = plan(shape, setting)["evaluation"]
+        config = (
+            f"{name}: h{shape.hidden} I{shape.intermediate} L{shape.layers} "
+            f"kv{shape.kv_heads}/{shape.heads} V{shape.vocab}, {setting.dtype}, {setting.attn}, "
+            f"{n_prompts} prompts of {setting.eval_prompt} x {setting.eval_candidates} "
+            f"candidates of {setting.eval_answer}, eval_batch {setting.eval_batch}, "
+            f"eval_tokens {setting.eval_tokens}"
+        )
+        note = f"plan at the {result['peak_phase']}; measured: census peak, one process"
+        rows.append(row("c", config, "peak", peak / GIB, result["peak"] / GIB, None, note))
+    return rows
 
 
 def worker(name: str) -> None:
@@ -262,6 +335,7 @@ def to_markdown(rows: list[dict]) -> str:
         "a": "(a) per-rank peak under 2-rank ZeRO-3 on CPU (`lomo plan` vs measured, GiB)",
         "b1": "(b) Table 1: LLaMA-7B, seq 512, batch 8, fp16, one GPU (`lomo plan` vs paper, GB)",
         "b2": "(b) Table 2 memory column: seq 1024, batch 1, fp16, AC, ZeRO-3 (GB per GPU)",
+        "c": "(c) evaluation peak, the scorer on CPU (`lomo plan` vs census, GiB)",
     }
     out = [
         "# `lomo plan` validation",
@@ -280,7 +354,7 @@ def to_markdown(rows: list[dict]) -> str:
         ]
         out.append("|---|---|---|---|---|---|---|")
         for r in (r for r in rows if r["section"] == section):
-            digits = 4 if section == "a" else 2
+            digits = 4 if section in ("a", "c") else 2
             out.append(
                 f"| {r['config']} | {r['cell']} | {r['reference_gib']:.{digits}f} | "
                 f"{r['plan_gib']:.{digits}f} | {r['ratio']} | {r['deepspeed_estimate_gib']} | "
@@ -301,7 +375,8 @@ def main() -> None:
     else:
         measured = {name: measure(name) for name in SHAPES}
         write_atomic(args.raw, json.dumps(measured, indent=1))
-    rows = cpu_rows(measured) + table1_rows() + table2_rows()
+    measured_eval = {name: eval_census_peak(*EVAL_SHAPES[name]) for name in EVAL_SHAPES}
+    rows = cpu_rows(measured) + table1_rows() + table2_rows() + eval_rows(measured_eval)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()

@@ -403,3 +403,77 @@ def test_smollm2_zero_shot_copa_beats_chance(tmp_path):
     args = ["evaluate", "--model", "smollm2-135m", "--task", "copa", "--data-dir", str(DATA_DIR)]
     cli(args + ["--out", str(out)])
     assert json.loads(out.read_text())["metrics"]["accuracy"] >= 0.6  # 0.67 when recorded
+
+
+def test_cut_batches_by_hand():
+    cut = evaluate_module.cut_batches
+    widths = [9, 7, 7, 5, 3, 3, 3, 1]
+    assert [list(b) for b in cut(widths, 3, None)] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    # rows x the widest width within 14 tokens: 9 alone (9 + 7 > 14 as 2 x 9), then 7 + 7
+    assert [list(b) for b in cut(widths, 3, 14)] == [[0], [1, 2], [3, 4], [5, 6, 7]]
+    # an item wider than the budget runs alone
+    assert [list(b) for b in cut([20, 3, 30], 4, 10)] == [[0], [1], [2]]
+    assert cut([], 4, 10) == []
+
+
+@contextlib.contextmanager
+def cached_tokens(model):
+    """Rows x (cached + new positions) of every forward of the scorer."""
+    sizes = []
+
+    def count(module, args, kwargs):
+        if "input_ids" in kwargs:
+            cache = kwargs.get("past_key_values")
+            past = cache.get_seq_length() if cache is not None else 0
+            rows, new = kwargs["input_ids"].shape
+            sizes.append(rows * (past + new))
+
+    handle = model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        yield sizes
+    finally:
+        handle.remove()
+
+
+# (case, eval batch, token budget): budgets below one prompt, around a few, and above a batch
+@pytest.mark.parametrize(
+    "case, batch_size, max_tokens",
+    [
+        (SHARED_PREFIX_CASES[5], 4, 120),  # MultiRC lm-eval: ~100-token prompts, shared passage
+        (SHARED_PREFIX_CASES[5], 16, 700),
+        (SHARED_PREFIX_CASES[6], 8, 20),  # below any prompt: one prompt, one candidate a forward
+        (SHARED_PREFIX_CASES[8], 2, 150),  # ReCoRD: many multi-token candidates
+        (SHARED_PREFIX_CASES[4], 16, 64),  # COPA: multi-token answers, short prompts
+    ],
+    ids=["multirc-120", "multirc-700", "multirc96-20", "record-150", "copa-64"],
+)
+def test_token_budget_bounds_every_forward_and_keeps_the_scores(
+    model, tokenizer, case, batch_size, max_tokens
+):
+    """Scores equal the plain scorer's whatever the budget; a forward caches at most the budget,
+    unless it is one prompt (or one candidate) that alone exceeds it."""
+    name, split, n, template, max_length = case
+    task, template = get_task(name), get_template(template)
+    examples = task.load(split, "local", DATA_DIR)[:n]
+    expected = unshared_scores(model, tokenizer, task, examples, template, max_length)
+    with cached_tokens(model) as sizes, counted_forwards(model) as forwards:
+        _, rows = evaluate(
+            model,
+            tokenizer,
+            task,
+            examples,
+            template,
+            batch_size,
+            "sum",
+            max_length,
+            max_tokens=max_tokens,
+        )
+    for row, reference in zip(rows, expected, strict=True):
+        assert row["scores"] == pytest.approx([t for t, _ in reference], rel=1e-5, abs=1e-5)
+    assert len(sizes) == len(forwards)
+    for size, (kind, n_rows) in zip(sizes, forwards, strict=True):
+        assert size <= max_tokens or n_rows == 1, (kind, n_rows, size)
+    with counted_forwards(model) as unbounded:
+        evaluate(model, tokenizer, task, examples, template, batch_size, "sum", max_length)
+    if max_tokens < 100:  # the budget made more, smaller forwards
+        assert len(forwards) > len(unbounded)

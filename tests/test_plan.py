@@ -2,6 +2,7 @@
 steps, the fit verdict, the printed command against `lomo finetune`'s own parser, bad input."""
 
 import argparse
+import dataclasses
 import json
 import shlex
 import subprocess
@@ -14,6 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from lomo import LOMO
 from lomo.cli import build_parser, main
+from lomo.loss import default_chunk_tokens
 from lomo.measure.census import MemoryCensus
 from lomo.measure.plan import (
     GIB,
@@ -26,6 +28,7 @@ from lomo.measure.plan import (
     plan,
 )
 from lomo.train import finetune
+from lomo.train.config import FinetuneConfig
 
 
 def test_llama_7b_parameters_by_hand():
@@ -277,3 +280,94 @@ def test_module_entry_point_is_lomo_plan():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.splitlines()[-1])["fits"]
+
+
+# --- evaluation --------------------------------------------------------------------------------
+
+
+def plan_validation():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import plan_validation
+
+    return plan_validation
+
+
+@pytest.mark.parametrize("name", ["eval-a", "eval-b"])
+def test_evaluation_plan_matches_the_census_of_the_scorer(name):
+    """The evaluation peak against live tensor bytes of lomo.train.evaluate's scorer at two
+    shapes: the answer forward's cache copies (sdpa, bf16), and the prompts' forward under a
+    token budget (eager scores, fp32, grouped-query attention)."""
+    torch.set_num_threads(2)
+    validation = plan_validation()
+    shape, setting, n_prompts = validation.EVAL_SHAPES[name]
+    measured = validation.eval_census_peak(shape, setting, n_prompts)
+    result = plan(shape, setting)["evaluation"]
+    assert abs(result["peak"] / measured - 1) < 0.10, (result["peak"], measured)
+    expected_phase = {"eval-a": "eval answers", "eval-b": "eval prompts"}[name]
+    assert result["peak_phase"] == expected_phase
+
+
+def test_evaluation_cache_by_hand():
+    # LLaMA-7B fp16: 2 x 32 layers x 4096 x 2 bytes = 0.5 MiB of keys and values per token
+    shape = load_shape("7b")
+    setting = Setting(seq=1024, dtype="fp16", deepspeed=False, eval_batch=16)
+    evaluation = plan(shape, setting)["evaluation"]
+    assert evaluation["kv_bytes_per_token"] == 2**19
+    # no budget: 16 prompts of 1024 tokens, and their 32 candidates (2 tokens each: one runs on
+    # a copy of its prompt's cache) in one answer forward of at most 4 x 16
+    assert evaluation["batches"] == {"prompts": 16, "answers": 32, "width": 1024, "steps": 1}
+    answers = evaluation["phases"]["eval answers"]
+    assert answers["prompt_cache"] == 16 * 1024 * 2**19
+    assert answers["answer_cache"] >= 32 * 1024 * 2**19
+    # a budget of 2048 tokens: 2 prompts of 1024, one candidate (1025 tokens) per forward; the
+    # worst width is just under 1024 (2 prompts and 2 candidates of 1022 + 1 tokens)
+    budget = plan(shape, dataclasses.replace(setting, eval_tokens=2048))["evaluation"]
+    assert budget["batches"]["prompts"] * budget["batches"]["width"] <= 2048
+    assert budget["batches"]["answers"] * (budget["batches"]["width"] + 1) <= 2048
+    assert budget["phases"]["eval answers"]["prompt_cache"] <= 2048 * 2**19
+
+
+def test_defaults_are_lomo_finetunes(capsys):
+    """The chunked loss (lomo finetune's default, lomo.loss's chunk size), eval_batch from
+    FinetuneConfig, and the printed command says the evaluation budget it was planned with."""
+    shape = load_shape("7b")
+    out = run_cli(capsys, "7b", "--memory", "24")
+    chunk = default_chunk_tokens(8 * 512, 4096, 32000)
+    assert f"loss chunks of {chunk}" in out
+    command = shlex.split(out.strip().splitlines()[-1])
+    flags = command[command.index("lomo.cli") + 1 :]
+    args = finetune_parser().parse_args(flags)
+    assert args.chunked_loss is None  # lomo finetune's default: chunked
+    assert args.eval_batch == FinetuneConfig.eval_batch
+    # the budget printed is the one planned, and it fits
+    fits = verdict(capsys, "7b", "--memory", "24", "--eval-tokens", str(args.eval_tokens))
+    assert fits["fits"] and fits["eval_tokens"] == args.eval_tokens
+    full = run_cli(capsys, "7b", "--no-chunked-loss")
+    assert "full logits" in full and "--no-chunked-loss" in full.strip().splitlines()[-1]
+    chunked = plan(shape, Setting(chunked_loss=True))["phases"]["loss"]["logits"]
+    assert chunked == plan(shape, Setting(loss_chunk=chunk))["phases"]["loss"]["logits"]
+    # LoRA under ZeRO-3: lomo finetune falls back to the full logits (frozen partitioned head)
+    lora = plan(shape, Setting(method="lora", chunked_loss=True))
+    assert lora["setting"].loss_chunk is None
+    one_process = Setting(method="lora", chunked_loss=True, deepspeed=False)
+    assert plan(shape, one_process)["setting"].loss_chunk == chunk
+
+
+def test_check_refuses_in_one_line_with_the_largest_setting_that_fits(capsys):
+    args = ["plan", "7b", "--memory", "24", "--seq", "1024", "--check"]
+    with pytest.raises(SystemExit) as refused:
+        main([*args, "--eval-tokens", "none"])
+    text = str(refused.value.code)
+    assert "\n" not in text and "does not fit in 24 GiB" in text
+    largest = int(text.split("largest eval_tokens that fits: ")[1].split()[0].rstrip(";"))
+    main([*args, "--eval-tokens", str(largest)])  # fits: no exit
+    with pytest.raises(SystemExit, match="evaluation needs"):
+        main([*args, "--eval-tokens", str(largest + 1100)])
+    # training: LoRA 7B, 16 x 1024 on one 24 GB GPU (the paper profile before it accumulated)
+    lora = ["--method", "lora", "--dtype", "bf16", "--attn", "sdpa", "--batch", "16"]
+    with pytest.raises(SystemExit) as refused:
+        main([*args, *lora, "--eval-tokens", "1024"])
+    text = str(refused.value.code)
+    assert "training needs 25.1" in text and "largest micro batch that fits: 14 per GPU" in text
+    main([*args, *lora, "--eval-tokens", "1024", "--batch", "14"])
+    capsys.readouterr()

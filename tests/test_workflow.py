@@ -143,6 +143,50 @@ def test_invalid_config_value_stops_before_any_work(tmp_path):
     assert "magic" in done.stdout + done.stderr
 
 
+@pytest.mark.parametrize(
+    "profile, change, job, largest",
+    [
+        # the paper profile before LoRA accumulated micro batches: 16 x 1024 tokens of full
+        # logits on one 24 GB GPU (25.2 GiB)
+        (
+            "paper",
+            ("adam_eps: 0.000001, micro_batch: 8}", "adam_eps: 0.000001}"),
+            "huggyllama--llama-7b/lora/",
+            "largest micro batch that fits: 14 per GPU",
+        ),
+        # and before it bounded the evaluation's cache: 16 prompts of 1024 tokens at once
+        (
+            "paper",
+            ("  eval_tokens: 1024\n", ""),
+            "huggyllama--llama-7b/zero-shot/",
+            "largest eval_tokens that fits: ",
+        ),
+        # the rehearsal profile's check at the tiny model's scale
+        (
+            "rehearsal",
+            ("gpu_memory_gib: 0.25", "gpu_memory_gib: 0.038"),
+            "tiny-llama/zero-shot/",
+            "largest eval_tokens that fits: 671",
+        ),
+    ],
+    ids=["paper-lora-training", "paper-evaluation", "rehearsal"],
+)
+def test_a_job_that_does_not_fit_the_gpus_stops_the_dry_run(
+    tmp_path, full_superglue, profile, change, job, largest
+):
+    """`gpu_memory_gib`: every job is planned (lomo plan) when the workflow parses, so a dry
+    run stops with one line naming the first job that does not fit and what would."""
+    text = (ROOT / PROFILES[profile]).read_text()
+    assert text.count(change[0]) == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace(*change))
+    done = snakemake("-n", "--configfile", str(bad), "--config", f"superglue_dir={full_superglue}")
+    assert done.returncode != 0
+    output = (done.stdout + done.stderr).splitlines()
+    (line,) = [line for line in output if line.startswith("config: job ")]
+    assert job in line and "does not fit in" in line and largest in line, line
+
+
 def test_invalid_task_name_stops_naming_the_declared_tasks(tmp_path):
     """The schema lists no task names; the workflow checks them against tasks.superglue.TASKS."""
     bad = tmp_path / "bad.yaml"

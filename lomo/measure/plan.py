@@ -21,6 +21,7 @@ under torchrun: every GPU holds the whole model, so the plan is the one-GPU plan
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import shlex
@@ -29,13 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lomo.measure.workloads import LLAMA_SHAPES, LLAMA_VOCAB
+from lomo.train.config import FinetuneConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 ZERO3_CONFIG = "config/deepspeed/zero3.json"  # relative to the repository root
 GIB = 2**30
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-METHODS = ("lomo", "adalomo", "sgd", "adamw", "lora")
-FUSED = ("lomo", "adalomo")  # update inside backward: at most one gradient alive
+METHODS = ("lomo", "adalomo", "sgd", "adamw", "lora", "lora+lomo", "zero-shot")
+FUSED = ("lomo", "adalomo", "lora+lomo")  # update inside backward: at most one gradient alive
+LORA = ("lora", "lora+lomo")
 HUB_NAMES = {name: f"huggyllama/{name}" for name in LLAMA_SHAPES}  # as in config/paper.yaml
 COMPONENTS = (
     "parameters",
@@ -47,6 +50,22 @@ COMPONENTS = (
     "optimizer_states",
     "lora_adapters",
 )
+# Evaluation (lomo.train.evaluate's scorer): the key/value cache of a batch of prompts, the
+# copies of it that the candidates' answer tokens run on, the forward's temporaries and logits.
+EVAL_COMPONENTS = (
+    "parameters",
+    "gathered",
+    "prompt_cache",
+    "answer_cache",
+    "temporaries",
+    "logits",
+)
+# Built-in shapes of the models the workflow's profiles run besides LLaMA (lomo.train.models):
+# tiny-llama borrows SmolLM2's tokenizer (49152 tokens); SmolLM2-135M's published config.
+NAMED_SHAPES = {
+    "tiny-llama": ("tiny-llama", 64, 128, 2, 4, 4, 49152, False),
+    "smollm2-135m": ("smollm2-135m", 576, 1536, 30, 9, 3, 49152, True),
+}
 
 
 @dataclass(frozen=True)
@@ -75,16 +94,30 @@ class Setting:
     ac: bool = True
     attn: str = "eager"
     loss_chunk: int | None = None  # tokens per chunk of a chunked cross-entropy; None: full
+    # lomo finetune's chunked loss (lomo.loss): its own chunk size where loss_chunk is None,
+    # and full logits where lomo finetune falls back to them (LoRA's frozen ZeRO-3 head)
+    chunked_loss: bool = False
     lora_r: int = 2
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     deepspeed: bool = True  # ZeRO-3 (False: one process, or plain data parallelism)
     persistence_threshold: int = 100_000  # zero_optimization.stage3_param_persistence_threshold
     prefetch_bucket: int = 50_000_000  # zero_optimization.stage3_prefetch_bucket_size
     sub_group_size: int = 1_000_000_000  # zero_optimization.sub_group_size (DeepSpeed default)
+    # Evaluation, as lomo finetune's scorer runs it (FinetuneConfig's eval_batch / eval_tokens):
+    # at most eval_batch prompts and eval_tokens cached tokens per forward (None: no bound).
+    eval_batch: int = 16
+    eval_tokens: int | None = None
+    eval_prompt: int | None = None  # tokens of the longest prompt (None: seq, the truncation)
+    eval_candidates: int = 2  # candidates per prompt
+    eval_answer: int = 2  # tokens of the longest candidate (one word + the scored EOS)
 
 
 def load_shape(size: str) -> Shape:
-    """`7b` / `llama-7b` (LLaMA-1 shapes), or a Hugging Face config.json (file or folder)."""
+    """`7b` / `llama-7b` / `huggyllama/llama-7b` (LLaMA-1 shapes), `tiny-llama`,
+    `smollm2-135m`, or a Hugging Face config.json (file or folder)."""
+    if size in NAMED_SHAPES:
+        return Shape(*NAMED_SHAPES[size])
+    size = {hub: name for name, hub in HUB_NAMES.items()}.get(size, size)
     key = size.lower() if size.lower().startswith("llama-") else f"llama-{size.lower()}"
     if key in LLAMA_SHAPES:
         hidden, heads, intermediate, layers = LLAMA_SHAPES[key]
@@ -201,6 +234,12 @@ def check_setting(setting: Setting) -> None:
             raise ValueError(f"{name} must be >= 1, got {getattr(setting, name)}")
     if setting.loss_chunk is not None and setting.loss_chunk < 1:
         raise ValueError(f"loss chunk must be >= 1 token, got {setting.loss_chunk}")
+    for name in ("eval_batch", "eval_candidates", "eval_answer"):
+        if getattr(setting, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(setting, name)}")
+    for name in ("eval_tokens", "eval_prompt"):
+        if getattr(setting, name) is not None and getattr(setting, name) < 1:
+            raise ValueError(f"{name} must be >= 1 (or unset), got {getattr(setting, name)}")
 
 
 def lora_parameter_count(shape: Shape, setting: Setting, sizes: dict[str, int]) -> int:
@@ -232,7 +271,7 @@ def optimizer_state_bytes(
         return master * math.ceil(n_params / shard)
     if setting.method == "adamw":
         return (master + 8) * math.ceil(n_params / shard)
-    if setting.method == "lora":
+    if setting.method in LORA:
         return 8 * lora_params  # AdamW's two fp32 moments; the adapters are fp32
     return 0
 
@@ -250,6 +289,7 @@ def plan(shape: Shape, setting: Setting) -> dict:
     Resident at every moment: this GPU's parameter partition, the optimizer states, adapters.
     """
     check_setting(setting)
+    setting = dataclasses.replace(setting, loss_chunk=loss_chunk_tokens(shape, setting))
     p = DTYPE_BYTES[setting.dtype]
     gpus, h, i, vocab = setting.gpus, shape.hidden, shape.intermediate, shape.vocab
     tokens = setting.seq * setting.batch
@@ -296,7 +336,7 @@ def plan(shape: Shape, setting: Setting) -> dict:
     # (a vector for 1-d weights). SGD/AdamW with an fp16/bf16 model: fp32 master weights (4
     # bytes) and, AdamW, two fp32 moments (8 more): Table 1's 25.10 / 75.31 GB at 7B. Sharded
     # over the GPUs under ZeRO-3. LoRA: AdamW moments of the adapters.
-    lora_params = lora_parameter_count(shape, setting, sizes) if setting.method == "lora" else 0
+    lora_params = lora_parameter_count(shape, setting, sizes) if setting.method in LORA else 0
     states = optimizer_state_bytes(shape, setting, sizes, shard, lora_params)
     adapters = 4 * lora_params * (1 + 1)  # fp32 adapter weights and their gradients
 
@@ -334,7 +374,7 @@ def plan(shape: Shape, setting: Setting) -> dict:
     # on top of LOMO at 7B). SGD/AdamW: every gradient (partitioned under ZeRO-3) and the fp32
     # copy of the largest one in the master-weight step. LoRA: the adapters' (counted above).
     def update_temps(n: int) -> int:
-        if setting.method == "lomo":
+        if setting.method in ("lomo", "lora+lomo"):
             return (4 if p < 4 else 0) * math.ceil(n / shard)
         if setting.method == "adalomo":
             return 4 * n + (4 if p < 4 else 0) * math.ceil(n / shard)
@@ -342,7 +382,7 @@ def plan(shape: Shape, setting: Setting) -> dict:
             return 4 * math.ceil(n / shard)
         return 0
 
-    trainable = setting.method != "lora"
+    trainable = setting.method not in ("lora", "zero-shot")
     head_grad = p * head_matrix if trainable else 0
     layer_grad = p * largest_layer_matrix if trainable else 0
     resident_parts = {
@@ -402,9 +442,20 @@ def plan(shape: Shape, setting: Setting) -> dict:
         # The last layer's backward comes right after the head's: its gradients join the head's.
         last_layer = p * math.ceil(sum(layer_sizes.values()) / shard)
         phases["layer backward"]["gradients"] += p * math.ceil(head_matrix / shard) + last_layer
+    if setting.method == "zero-shot":  # evaluation only
+        phases = {"resident": {**zero, **resident_parts, "gathered": gathered_forward}}
     totals = {name: sum(parts.values()) for name, parts in phases.items()}
     peak_phase = max(totals, key=totals.get)
     largest_gradient = max(head_matrix, largest_layer_matrix) * p if trainable else 0
+    # Evaluation: the weights as in training's forward (under ZeRO-3 the module that runs is
+    # gathered whole, the LM head the largest, plus the prefetch bucket).
+    gathered_eval = 0
+    if zero3:
+        largest_gathered = max(head_matrix, largest_layer_matrix)
+        gathered_eval = max(
+            gathered_forward, (largest_gathered + min(setting.prefetch_bucket, partitioned)) * p
+        )
+    evaluation = evaluation_plan(shape, setting, resident, gathered_eval)
     return {
         "shape": shape,
         "setting": setting,
@@ -416,6 +467,7 @@ def plan(shape: Shape, setting: Setting) -> dict:
         "totals": totals,
         "peak_phase": peak_phase,
         "peak": totals[peak_phase],
+        "evaluation": evaluation,
         # Table 1's categories. Activations as the paper defines them, the growth across the
         # forward: the saved tensors plus, at its end, the logits (p) and their fp32
         # log-softmax (4 bytes per logit). The census's own maximum of saved tensors adds, with
@@ -440,6 +492,183 @@ def _factored(name: str, numel: int, shape: Shape) -> int:
     if name in ("layer.gate", "layer.up", "layer.down"):
         return shape.intermediate + h
     return h + numel // h
+
+
+def loss_chunk_tokens(shape: Shape, setting: Setting) -> int | None:
+    """Tokens per chunk of the training loss, None for full logits: an explicit `loss_chunk`;
+    else, with `chunked_loss`, lomo finetune's choice (lomo.train.finetune.batch_loss): full
+    logits for LoRA on a ZeRO-3 partitioned (frozen) head or with dropout on an `lm_head`
+    adapter, otherwise lomo.loss's default chunk for the batch's tokens (every token labelled:
+    the most a batch can hold)."""
+    if setting.loss_chunk is not None or not setting.chunked_loss:
+        return setting.loss_chunk
+    if setting.method == "lora" and uses_zero3(setting):
+        return None  # frozen_partitioned_head: lomo finetune computes model(...).loss
+    if setting.method in LORA and "lm_head" in setting.lora_targets:
+        return None  # lora_dropout on the head (the default 0.05) disables the chunks
+    from lomo.loss import default_chunk_tokens
+
+    return default_chunk_tokens(setting.seq * setting.batch, shape.hidden, shape.vocab)
+
+
+def eval_batches(setting: Setting, width: int | None = None) -> dict[str, int]:
+    """The scorer's batches for prompts of `width` tokens (default: the longest, `eval_prompt`
+    or `seq`) with `eval_candidates` candidates of `eval_answer` tokens each
+    (lomo.train.evaluate.cut_batches): `prompts` prompts per forward (at most eval_batch, and
+    eval_tokens // width, at least one), and `answers` candidates per answer forward (at most
+    4 x eval_batch, those of a batch, and eval_tokens // (width + steps)); `width`, `steps`
+    (answer tokens run on the cache)."""
+    width = width or setting.eval_prompt or setting.seq
+    steps = setting.eval_answer - 1
+    budget = setting.eval_tokens
+    prompts = setting.eval_batch
+    if budget is not None:
+        prompts = min(prompts, max(1, budget // width))
+    answers = 0
+    if steps:
+        answers = min(4 * setting.eval_batch, prompts * setting.eval_candidates)
+        if budget is not None:
+            answers = min(answers, max(1, budget // (width + steps)))
+    return {"prompts": prompts, "answers": answers, "width": width, "steps": steps}
+
+
+def kv_bytes_per_token(shape: Shape, setting: Setting) -> int:
+    """Keys and values of one cached token, all layers."""
+    kv_width = shape.kv_heads * (shape.hidden // shape.heads)
+    return 2 * shape.layers * kv_width * DTYPE_BYTES[setting.dtype]
+
+
+def eval_widths(setting: Setting) -> list[int]:
+    """Prompt widths to plan the evaluation at: the longest prompt, and under a token budget
+    every shorter width that fills it (budget // k prompts, or k candidates, per forward),
+    where more rows of shorter prompts can hold more than the longest ones."""
+    longest = setting.eval_prompt or setting.seq
+    widths = {longest}
+    if setting.eval_tokens is not None:
+        steps = setting.eval_answer - 1
+        for k in range(1, 4 * setting.eval_batch + 1):
+            widths |= {setting.eval_tokens // k, setting.eval_tokens // k - steps}
+    return sorted(w for w in widths if 1 <= w <= longest)
+
+
+def evaluation_plan(shape: Shape, setting: Setting, resident: int, gathered: int) -> dict:
+    """The evaluation's per-GPU peak: `evaluation_at` the prompt width that needs the most
+    (`eval_widths`)."""
+    plans = [evaluation_at(shape, setting, resident, gathered, w) for w in eval_widths(setting)]
+    return max(plans, key=lambda result: result["peak"])
+
+
+def evaluation_at(shape: Shape, setting: Setting, resident: int, gathered: int, width: int) -> dict:
+    """The evaluation's per-GPU peak, as lomo.train.evaluate scores: two moments of a batch.
+
+    - prompts: the last layer of the prompts' forward. The batch's key/value cache (rows x
+      width, every layer), and the layer's temporaries: per token p (4h + 3I) (the hidden
+      states, the MLP's three I-wide tensors) and the rotary cos/sin (2 x head_dim x p);
+      eager attention adds its mask (p per score of a row) and the scores it returns (p per
+      score and head, alive through the MLP) or, in the attention itself, its masked scores
+      and their fp32 softmax (8 bytes per score in fp32; p + 8 in fp16/bf16, whose upcast
+      copy the CPU census sees) and, with grouped-query attention, the keys and values
+      repeated to every head. Then the logits of one position per prompt (p, and the fp32
+      log-softmax: p + 8 bytes per logit).
+    - answers: a forward of candidates on copies of their prompts' caches, the batch's cache
+      still alive: building the copies (the chunk's cache plus one layer taken twice), or the
+      forward itself (the cache grown by the answer steps; in the last layer half a layer's
+      old copy and the steps' temporaries, at its end the steps' logits, p bytes each).
+    Census check: small random LLaMA configs on CPU (tests/test_plan.py; table in
+    paper/tables/plan_validation.md)."""
+    p = DTYPE_BYTES[setting.dtype]
+    h, i, vocab, layers = shape.hidden, shape.intermediate, shape.vocab, shape.layers
+    batches = eval_batches(setting, width)
+    rows, width, steps, answers = (batches[k] for k in ("prompts", "width", "steps", "answers"))
+    per_token = kv_bytes_per_token(shape, setting)
+    prompt_cache = per_token * rows * width
+    layer_temps = p * (4 * h + 3 * i) + 2 * (h // shape.heads) * p
+    tokens = rows * width
+    scores = rows * shape.heads * width * width
+    mask = rows * width * width * p
+    if setting.attn == "eager":
+        mlp = tokens * layer_temps + mask + p * scores
+        # the scores with the mask added, their fp32 softmax, and in fp16/bf16 the fp32 upcast;
+        # grouped-query attention repeats the keys and values to every head
+        repeated = 2 * p * h if shape.kv_heads < shape.heads else 0
+        attention = tokens * (p * 4 * h + 2 * (h // shape.heads) * p + repeated) + mask
+        attention += (p + (8 if p < 4 else 4)) * scores
+        temporaries = max(mlp, attention)
+    else:
+        temporaries = tokens * layer_temps
+    resident_parts = {"parameters": resident, "gathered": gathered}
+    zero = dict.fromkeys(EVAL_COMPONENTS, 0)
+    phases = {
+        "eval prompts": {
+            **zero,
+            **resident_parts,
+            "prompt_cache": prompt_cache,
+            "temporaries": temporaries,
+            "logits": rows * vocab * (p + 8),
+        }
+    }
+    if answers:
+        copies = per_token * answers * width
+        building = copies + copies // layers
+        grown = per_token * answers * (width + steps)
+        # inside the last layer (half a layer still held twice), or at the end with the logits
+        inside = {"answer_cache": grown + copies // (2 * layers)}
+        inside["temporaries"] = answers * steps * layer_temps
+        end = {"answer_cache": grown, "logits": answers * steps * vocab * p}
+        answer_parts = max(
+            [{"answer_cache": building}, inside, end], key=lambda parts: sum(parts.values())
+        )
+        phases["eval answers"] = {
+            **zero,
+            **resident_parts,
+            "prompt_cache": prompt_cache,
+            **answer_parts,
+        }
+    totals = {name: sum(parts.values()) for name, parts in phases.items()}
+    peak_phase = max(totals, key=totals.get)
+    return {
+        "batches": batches,
+        "phases": phases,
+        "totals": totals,
+        "peak_phase": peak_phase,
+        "peak": totals[peak_phase],
+        "kv_bytes_per_token": per_token,
+    }
+
+
+def eval_token_cap(setting: Setting) -> int:
+    """The smallest eval_tokens at which the budget no longer binds (eval_batch decides)."""
+    unbounded = eval_batches(dataclasses.replace(setting, eval_tokens=None))
+    width, steps = unbounded["width"], unbounded["steps"]
+    return max(unbounded["prompts"] * width, unbounded["answers"] * (width + steps))
+
+
+def largest_fitting_eval_tokens(shape: Shape, setting: Setting, limit: int) -> int | None:
+    """The largest eval_tokens whose evaluation peak is at most `limit` bytes (up to the cap,
+    where the budget stops binding), or None if not even one prompt at a time fits."""
+
+    def fits(tokens: int) -> bool:
+        trial = dataclasses.replace(setting, eval_tokens=tokens)
+        return plan(shape, trial)["evaluation"]["peak"] <= limit
+
+    low, high = 1, eval_token_cap(setting)
+    if not fits(low):
+        return None
+    if fits(high):
+        return high
+    while high - low > 1:  # fits(low), not fits(high): the peak grows with the budget
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
+
+
+def largest_fitting_batch(shape: Shape, setting: Setting, limit: int) -> int | None:
+    """The largest micro batch per GPU (at most the setting's) whose training peak is at most
+    `limit` bytes, or None if not even one sequence fits."""
+    for batch in range(setting.batch, 0, -1):
+        if plan(shape, dataclasses.replace(setting, batch=batch))["peak"] <= limit:
+            return batch
+    return None
 
 
 def zero3_settings(path: str | Path) -> dict[str, int]:
@@ -476,7 +705,12 @@ def finetune_command(shape: Shape, setting: Setting, task: str, out: str) -> lis
         "--activation-checkpointing" if setting.ac else "--no-activation-checkpointing",
         f"--out={out}",
     ]
-    if setting.method == "lora":
+    flags.insert(-1, f"--eval-batch={setting.eval_batch}")
+    if setting.eval_tokens is not None:
+        flags.insert(-1, f"--eval-tokens={setting.eval_tokens}")
+    if not setting.chunked_loss and setting.method != "zero-shot":
+        flags.insert(-1, "--no-chunked-loss")  # lomo finetune's default is the chunked loss
+    if setting.method in LORA:
         flags += [f"--lora-r={setting.lora_r}", "--lora-targets", *setting.lora_targets]
     if zero3:
         flags.append(f"--deepspeed={ZERO3_CONFIG}")
@@ -484,6 +718,42 @@ def finetune_command(shape: Shape, setting: Setting, task: str, out: str) -> lis
         launcher = ["python", "-m", "torch.distributed.run", f"--nproc_per_node={setting.gpus}"]
         return [*launcher, "-m", "lomo.cli", *flags]
     return ["lomo", *flags]
+
+
+def fit_check(result: dict, memory_gb: float, reserve_gb: float) -> tuple[bool, str]:
+    """(fits, one line): whether training and evaluation fit `memory_gb` GiB per GPU after
+    `reserve_gb`, and where not, the largest micro batch / eval_tokens that fits."""
+    shape, setting, evaluation = result["shape"], result["setting"], result["evaluation"]
+    limit = int((memory_gb - reserve_gb) * GIB)
+    problems = []
+    if result["peak"] > limit and setting.method != "zero-shot":  # zero-shot: evaluation only
+        batch = largest_fitting_batch(shape, setting, limit)
+        fix = (
+            f"largest micro batch that fits: {batch} per GPU (micro_batch {batch * setting.gpus})"
+            if batch
+            else "not even one sequence per GPU fits: more GPUs, or a shorter max_length"
+        )
+        problems.append(
+            f"training needs {result['peak'] / GIB + reserve_gb:.2f} GiB (at the "
+            f"{result['peak_phase']}, batch {setting.batch} x {setting.seq} per GPU); {fix}"
+        )
+    if evaluation["peak"] > limit:
+        tokens = largest_fitting_eval_tokens(shape, setting, limit)
+        fix = (
+            f"largest eval_tokens that fits: {tokens}"
+            if tokens
+            else "not even one prompt at a time fits: more GPUs, or a shorter max_length"
+        )
+        budget = setting.eval_tokens if setting.eval_tokens is not None else "none"
+        problems.append(
+            f"evaluation needs {evaluation['peak'] / GIB + reserve_gb:.2f} GiB (eval_batch "
+            f"{setting.eval_batch}, eval_tokens {budget}, prompts of "
+            f"{evaluation['batches']['width']} tokens); {fix}"
+        )
+    where = f"{shape.name}, {setting.method} on {setting.gpus} GPU(s)"
+    if not problems:
+        return True, f"{where}: fits in {memory_gb:g} GiB per GPU"
+    return False, f"{where} does not fit in {memory_gb:g} GiB per GPU: " + "; ".join(problems)
 
 
 def format_plan(
@@ -507,13 +777,38 @@ def format_plan(
         values = [phases[name][component] / GIB for name in phases]
         lines.append(f"{component:20}" + "".join(f"{v:16.3f}" for v in values))
     lines.append(f"{'total':20}" + "".join(f"{t / GIB:16.3f}" for t in result["totals"].values()))
-    needed = result["peak"] / GIB + reserve_gb
+    evaluation = result["evaluation"]
+    batches = evaluation["batches"]
+    budget = setting.eval_tokens if setting.eval_tokens is not None else "none"
+    lines += [
+        "",
+        f"evaluation (eval_batch {setting.eval_batch}, eval_tokens {budget}): prompts of "
+        f"{batches['width']} tokens, {batches['prompts']} per forward; "
+        + (
+            f"{batches['answers']} candidates of {batches['steps'] + 1} tokens per answer forward"
+            if batches["answers"]
+            else "one-token answers (no answer forward)"
+        )
+        + f"; KV cache {evaluation['kv_bytes_per_token'] / 2**20:.3f} MiB per token",
+        f"{'GiB per GPU':20}" + "".join(f"{name:>16}" for name in evaluation["phases"]),
+    ]
+    for component in EVAL_COMPONENTS:
+        values = [parts[component] / GIB for parts in evaluation["phases"].values()]
+        lines.append(f"{component:20}" + "".join(f"{v:16.3f}" for v in values))
+    totals = evaluation["totals"].values()
+    lines.append(f"{'total':20}" + "".join(f"{t / GIB:16.3f}" for t in totals))
+    peak = max(result["peak"], evaluation["peak"])
+    where = peak_phase if result["peak"] >= evaluation["peak"] else evaluation["peak_phase"]
+    needed = peak / GIB + reserve_gb
     verdict = "fits" if needed <= memory_gb else "does NOT fit"
     lines += [
         "",
-        f"peak {result['peak'] / GIB:.2f} GiB (at the {peak_phase}) + reserve {reserve_gb:.2f} "
+        f"peak {peak / GIB:.2f} GiB (at the {where}) + reserve {reserve_gb:.2f} "
         f"GiB = {needed:.2f} GiB: {verdict} in {memory_gb:g} GiB per GPU",
     ]
+    fits, message = fit_check(result, memory_gb, reserve_gb)
+    if not fits:
+        lines.append(message)
     if command is None:
         lines.append(
             f"lomo finetune runs {setting.method} without ZeRO-3 (one process or plain data "
@@ -525,9 +820,20 @@ def format_plan(
     return "\n".join(lines)
 
 
+def eval_tokens_arg(text: str) -> int | str | None:
+    """--eval-tokens: a number, `none` (no bound) or `auto` (the largest that fits)."""
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, auto or none, got {text!r}") from None
+
+
 def run_plan(args: argparse.Namespace) -> None:
     shape = load_shape(args.size)
     zero3 = zero3_settings(args.deepspeed_config)
+    auto = args.eval_tokens == "auto"
     setting = Setting(
         **zero3,
         method=args.method,
@@ -538,21 +844,42 @@ def run_plan(args: argparse.Namespace) -> None:
         ac=args.activation_checkpointing,
         attn=args.attn,
         loss_chunk=args.loss_chunk,
+        chunked_loss=args.chunked_loss or args.loss_chunk is not None,
         lora_r=args.lora_r,
         deepspeed=args.deepspeed,
+        eval_batch=args.eval_batch,
+        eval_tokens=None if auto else args.eval_tokens,
+        eval_prompt=args.eval_prompt,
+        eval_candidates=args.eval_candidates,
+        eval_answer=args.eval_answer,
     )
     if args.memory <= 0 or args.reserve < 0:
         raise ValueError(f"need --memory > 0 and --reserve >= 0, got {args.memory}, {args.reserve}")
+    check_setting(setting)
+    if auto:  # the largest budget that fits (1, the least, where none does)
+        limit = int((args.memory - args.reserve) * GIB)
+        tokens = largest_fitting_eval_tokens(shape, setting, limit)
+        setting = dataclasses.replace(setting, eval_tokens=tokens or 1)
     result = plan(shape, setting)
     command = finetune_command(shape, setting, args.task, args.out)
     print(format_plan(result, args.memory, args.reserve, command))
-    fits = result["peak"] / GIB + args.reserve <= args.memory
+    fits, message = fit_check(result, args.memory, args.reserve)
     if args.json:
+        evaluation = result["evaluation"]
         print(
             json.dumps(
-                {"peak_gib": result["peak"] / GIB, "fits": fits, "phase": result["peak_phase"]}
+                {
+                    "peak_gib": result["peak"] / GIB,
+                    "fits": fits,
+                    "phase": result["peak_phase"],
+                    "eval_peak_gib": evaluation["peak"] / GIB,
+                    "eval_phase": evaluation["peak_phase"],
+                    "eval_tokens": setting.eval_tokens,
+                }
             )
         )
+    if args.check and not fits:
+        raise ValueError(message)
 
 
 def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
@@ -586,9 +913,14 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
         help="eager keeps the attention scores (as the paper's LLaMA code); sdpa does not",
     )
     parser.add_argument(
-        "--loss-chunk",
-        type=int,
-        help="tokens per chunk of a chunked cross-entropy (default: the full logits at once)",
+        "--chunked-loss",
+        action=argparse.BooleanOptionalAction,
+        default=FinetuneConfig.chunked_loss,
+        help="lomo finetune's chunked loss (its default, and so this one; lomo.loss's chunk "
+        "size); --no-chunked-loss: the full logits at once",
+    )
+    parser.add_argument(
+        "--loss-chunk", type=int, help="tokens per chunk of the chunked loss (what-if)"
     )
     parser.add_argument(
         "--deepspeed",
@@ -602,7 +934,37 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
         help="DeepSpeed JSON whose ZeRO-3 sizes (persistence threshold, prefetch bucket, "
         "sub-group) the plan uses (default: the repository's config/deepspeed/zero3.json)",
     )
-    parser.add_argument("--lora-r", type=int, default=2)
+    parser.add_argument("--lora-r", type=int, default=FinetuneConfig.lora_r)
+    parser.add_argument(
+        "--eval-batch",
+        type=int,
+        default=FinetuneConfig.eval_batch,
+        help="prompts per evaluation forward, at most (lomo finetune's eval_batch)",
+    )
+    parser.add_argument(
+        "--eval-tokens",
+        type=eval_tokens_arg,
+        default="auto",
+        help="cached tokens per evaluation forward, at most (lomo finetune's eval_tokens); "
+        "auto (default): the largest that fits, printed in the command; none: no bound",
+    )
+    parser.add_argument(
+        "--eval-prompt", type=int, help="tokens of the longest prompt (default: --seq)"
+    )
+    parser.add_argument("--eval-candidates", type=int, default=2, help="candidates per prompt")
+    parser.add_argument(
+        "--eval-answer",
+        type=int,
+        default=2,
+        help="tokens of the longest candidate, EOS included (default 2: a word and the EOS "
+        "that the paper's template scores)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 with one line (the largest micro batch / eval_tokens that fits) where the "
+        "run does not fit",
+    )
     parser.add_argument("--task", default="rte", help="the task in the printed command")
     parser.add_argument("--out", default="runs/plan", help="the run folder in the printed command")
     parser.add_argument("--json", action="store_true", help="also print the verdict as JSON")

@@ -54,7 +54,15 @@ COLUMNS = [
     "code",
 ]
 # Settings that do not change what a run measures: where the data lives, how it was launched.
-NOT_SETTINGS = {"seed", "data_dir", "source", "eval_batch", "save_model", "deepspeed"}
+NOT_SETTINGS = {
+    "seed",
+    "data_dir",
+    "source",
+    "eval_batch",
+    "eval_tokens",
+    "save_model",
+    "deepspeed",
+}
 
 
 def load_reference(path: str | None) -> dict[tuple[str, str, str], float]:

@@ -87,7 +87,11 @@ class FinetuneConfig:
     lora_warmup_ratio: float | None = None  # the adapters' AdamW; unset: warmup_ratio
     adam_eps: float = 1e-8  # AdamW (adamw, lora, lora+lomo); the official LoRA path used 1e-6
     # evaluation
-    eval_batch: int = 16
+    eval_batch: int = 16  # examples per evaluation forward, at most
+    # Cached (prompt + answer) tokens per evaluation forward, at most: long prompts make smaller
+    # batches, so the key/value cache fits the GPU (`lomo plan` prints the largest budget that
+    # fits). None: eval_batch alone bounds a forward. Scores do not depend on it.
+    eval_tokens: int | None = None
     reduction: str = "sum"
     save_model: bool = False
     # several processes: a DeepSpeed JSON config (ZeRO-3), or none for plain data parallelism
@@ -124,7 +128,7 @@ class FinetuneConfig:
             raise ValueError(f"need 0 <= lora_warmup_ratio < 1, got {self.lora_warmup_ratio}")
         if self.epochs == 0 and self.method != "zero-shot":
             raise ValueError(f"epochs must be >= 1 for {self.method} (zero-shot only evaluates)")
-        for name in ("limit_train", "limit_eval"):
+        for name in ("limit_train", "limit_eval", "eval_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (or unset), got {getattr(self, name)}")
         for name in ("train_size", "test_size"):

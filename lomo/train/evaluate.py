@@ -143,9 +143,12 @@ def score_candidates(
     batch_size: int,
     pad_token_id: int,
     progress: bool = False,
+    max_tokens: int | None = None,
 ) -> list[list[tuple[float, int]]]:
     """(summed log-probability of the answer tokens given the prompt, number of answer tokens)
-    for each candidate of each (prompt ids, [answer ids per candidate]) group.
+    for each candidate of each (prompt ids, [answer ids per candidate]) group: at most
+    `batch_size` prompts per forward, and at most `max_tokens` cached tokens per forward
+    (`score_distinct_prompts`).
 
     Groups with the same prompt ids are scored as one group with all their candidates, so each
     distinct prompt runs once (MultiRC under lm-eval's template: a question's 5 answers, on
@@ -162,7 +165,7 @@ def score_candidates(
         zip(
             distinct,
             score_distinct_prompts(
-                model, list(distinct.values()), batch_size, pad_token_id, progress
+                model, list(distinct.values()), batch_size, pad_token_id, progress, max_tokens
             ),
             strict=True,
         )
@@ -173,6 +176,24 @@ def score_candidates(
     ]
 
 
+def cut_batches(widths: list[int], max_rows: int, max_tokens: int | None) -> list[range]:
+    """Consecutive runs of items (in the given order) of at most `max_rows` items whose padded
+    size, rows x the widest item's width, stays within `max_tokens` (None: no budget). An item
+    wider than the budget makes a batch of its own."""
+    batches, start, widest = [], 0, 0
+    for i, width in enumerate(widths):
+        widest_with = max(widest, width)
+        full = i - start == max_rows
+        over = max_tokens is not None and widest_with * (i - start + 1) > max_tokens
+        if i > start and (full or over):
+            batches.append(range(start, i))
+            start, widest_with = i, width
+        widest = widest_with
+    if start < len(widths):
+        batches.append(range(start, len(widths)))
+    return batches
+
+
 @torch.no_grad()
 def score_distinct_prompts(
     model: PreTrainedModel,
@@ -180,100 +201,144 @@ def score_distinct_prompts(
     batch_size: int,
     pad_token_id: int,
     progress: bool = False,
+    max_tokens: int | None = None,
 ) -> list[list[tuple[float, int]]]:
     """`score_candidates` for groups whose prompts all differ.
 
     Every prompt runs once for all its candidates, in at most three forwards per batch:
     0. If the batch's prompts share at least `SHARED_PREFIX_MIN` leading tokens (`prompt_order`
        puts such prompts together), the shared part runs once, as one row, keeping its cache.
-    1. The prompts of `batch_size` examples (longest first, so a batch wastes little on
+    1. The prompts of up to `batch_size` examples (longest first, so a batch wastes little on
        padding; right-padded), or their parts after the shared prefix, run keeping their keys
        and values (`past_key_values`) and the logits of one position per row, the last prompt
        token (`logits_to_keep`), which predict the first answer token of every candidate.
        One-token answers end here.
-    2. Candidates of two or more tokens (4 x `batch_size` per forward, sorted by length) run
-       their answer tokens but the last on a copy of their own prompt's cache; every position
-       there predicts an answer token.
-    Log-probabilities are thus taken at answer positions only, never over the prompt. Padding
-    inside the cache is masked and positions continue from each prompt's true length, so a score
-    equals that of the unpadded sequence. Every step calls the model's forward (ZeRO-3
-    evaluation counts forward calls)."""
-    device = next(model.parameters()).device
+    2. Candidates of two or more tokens (up to 4 x `batch_size` per forward, sorted by length)
+       run their answer tokens but the last on a copy of their own prompt's cache; every
+       position there predicts an answer token.
+    `max_tokens` bounds the key/value cache of every forward: a batch's rows x its padded
+    width (shared prefix included), and a candidate forward's rows x (that width + its answer
+    steps), whatever `batch_size` allows; a prompt longer than the budget runs alone. Memory
+    at the peak is thus one batch's prompt cache plus one candidate forward's (`lomo plan`
+    models it). Log-probabilities are taken at answer positions only, never over the prompt.
+    Padding inside the cache is masked and positions continue from each prompt's true length,
+    so a score equals that of the unpadded sequence, whatever the batching. Every step calls
+    the model's forward (ZeRO-3 evaluation counts forward calls)."""
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1 (or None), got {max_tokens}")
     results = [[(0.0, 0)] * len(answers) for _, answers in groups]
     order = prompt_order([prompt_ids for prompt_ids, _ in groups])
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="scoring", unit="batch", disable=not progress):
-        batch = order[start : start + batch_size]
-        prompt_lengths = torch.tensor([len(groups[i][0]) for i in batch])
-        prompt_ids = torch.full((len(batch), int(prompt_lengths.max())), pad_token_id)
-        prompt_mask = torch.zeros_like(prompt_ids)
-        for row, i in enumerate(batch):
-            prompt_ids[row, : prompt_lengths[row]] = torch.tensor(groups[i][0])
-            prompt_mask[row, : prompt_lengths[row]] = 1
-        shared = shared_prefix_length([groups[i][0] for i in batch])
-        prefix_cache = None
-        if shared:
-            prefix = model(input_ids=prompt_ids[:1, :shared].to(device), use_cache=True)
-            prefix_cache = DynamicCache(
-                [
-                    (
-                        layer.keys.expand(len(batch), -1, -1, -1),
-                        layer.values.expand(len(batch), -1, -1, -1),
-                    )
-                    for layer in prefix.past_key_values.layers
-                ]
-            )
-        output = model(
-            input_ids=prompt_ids[:, shared:].to(device),
-            attention_mask=prompt_mask.to(device),
-            position_ids=torch.arange(shared, prompt_ids.shape[1])
-            .expand(len(batch), -1)
-            .to(device),
-            past_key_values=prefix_cache,
-            use_cache=True,
-            logits_to_keep=(prompt_lengths - 1 - shared)[:, None].to(device),
-        )
-        first_logprobs = torch.log_softmax(output.logits[:, 0].float(), dim=-1)
-        totals = {}
-        for row, i in enumerate(batch):
-            for j, answer in enumerate(groups[i][1]):
-                totals[row, j] = first_logprobs[row, answer[0]].item()
-
-        longer = [(row, j) for row, j in totals if len(groups[batch[row]][1][j]) > 1]
-        longer.sort(key=lambda rj: -len(groups[batch[rj[0]]][1][rj[1]]))
-        for chunk_start in range(0, len(longer), 4 * batch_size):
-            chunk = longer[chunk_start : chunk_start + 4 * batch_size]
-            answers = [groups[batch[row]][1][j] for row, j in chunk]
-            steps = max(len(a) for a in answers) - 1
-            input_ids = torch.full((len(chunk), steps), pad_token_id)
-            target_ids = torch.zeros((len(chunk), steps), dtype=torch.long)
-            answer_mask = torch.zeros((len(chunk), steps), dtype=torch.bool)
-            for k, answer in enumerate(answers):
-                input_ids[k, : len(answer) - 1] = torch.tensor(answer[:-1])
-                target_ids[k, : len(answer) - 1] = torch.tensor(answer[1:])
-                answer_mask[k, : len(answer) - 1] = True
-            rows = torch.tensor([row for row, _ in chunk])
-            index = rows.to(device)
-            cache = DynamicCache(
-                [
-                    (layer.keys[index], layer.values[index])
-                    for layer in output.past_key_values.layers
-                ]
-            )
-            logits = model(
-                input_ids=input_ids.to(device),
-                attention_mask=torch.cat([prompt_mask[rows], answer_mask.long()], 1).to(device),
-                position_ids=(prompt_lengths[rows, None] + torch.arange(steps)).to(device),
-                past_key_values=cache,
-            ).logits.float()
-            target_ids, answer_mask = target_ids.to(device), answer_mask.to(device)
-            picked = logits.gather(-1, target_ids[..., None]).squeeze(-1)
-            token_logprobs = (picked - logits.logsumexp(-1)).masked_fill(~answer_mask, 0.0)
-            for (row, j), rest in zip(chunk, token_logprobs.sum(-1).tolist(), strict=True):
-                totals[row, j] += rest
+    widths = [len(groups[i][0]) for i in order]
+    batches = cut_batches(widths, batch_size, max_tokens)
+    for rows in tqdm(batches, desc="scoring", unit="batch", disable=not progress):
+        batch = [order[k] for k in rows]
+        # One batch per call: its caches are freed before the next batch's are made.
+        totals = _score_batch(model, groups, batch, batch_size, pad_token_id, max_tokens)
         for (row, j), total in totals.items():
             results[batch[row]][j] = (total, len(groups[batch[row]][1][j]))
     return results
+
+
+def _score_batch(
+    model: PreTrainedModel,
+    groups: list[Group],
+    batch: list[int],
+    batch_size: int,
+    pad_token_id: int,
+    max_tokens: int | None,
+) -> dict[tuple[int, int], float]:
+    """{(row, candidate): summed log-probability} of one batch of prompts (steps 0-2 above)."""
+    device = next(model.parameters()).device
+    prompt_lengths = torch.tensor([len(groups[i][0]) for i in batch])
+    prompt_ids = torch.full((len(batch), int(prompt_lengths.max())), pad_token_id)
+    prompt_mask = torch.zeros_like(prompt_ids)
+    for row, i in enumerate(batch):
+        prompt_ids[row, : prompt_lengths[row]] = torch.tensor(groups[i][0])
+        prompt_mask[row, : prompt_lengths[row]] = 1
+    shared = shared_prefix_length([groups[i][0] for i in batch])
+    prefix_cache = None
+    if shared:
+        prefix = model(input_ids=prompt_ids[:1, :shared].to(device), use_cache=True)
+        # A generator: each layer's rows are made (DynamicCache copies them) one at a time.
+        prefix_cache = DynamicCache(
+            (
+                layer.keys.expand(len(batch), -1, -1, -1),
+                layer.values.expand(len(batch), -1, -1, -1),
+            )
+            for layer in prefix.past_key_values.layers
+        )
+        del prefix
+    output = model(
+        input_ids=prompt_ids[:, shared:].to(device),
+        attention_mask=prompt_mask.to(device),
+        position_ids=torch.arange(shared, prompt_ids.shape[1]).expand(len(batch), -1).to(device),
+        past_key_values=prefix_cache,
+        use_cache=True,
+        logits_to_keep=(prompt_lengths - 1 - shared)[:, None].to(device),
+    )
+    del prefix_cache
+    prompt_cache = output.past_key_values
+    first_logprobs = torch.log_softmax(output.logits[:, 0].float(), dim=-1)
+    del output
+    totals = {}
+    for row, i in enumerate(batch):
+        for j, answer in enumerate(groups[i][1]):
+            totals[row, j] = first_logprobs[row, answer[0]].item()
+    del first_logprobs
+
+    longer = [(row, j) for row, j in totals if len(groups[batch[row]][1][j]) > 1]
+    longer.sort(key=lambda rj: -len(groups[batch[rj[0]]][1][rj[1]]))
+    width = prompt_ids.shape[1]
+    steps_of = [len(groups[batch[row]][1][j]) - 1 for row, j in longer]
+    chunks = cut_batches([width + steps for steps in steps_of], 4 * batch_size, max_tokens)
+    for rows in chunks:
+        chunk = [longer[k] for k in rows]
+        answers = [groups[batch[row]][1][j] for row, j in chunk]
+        sums = _score_answers(
+            model, prompt_cache, prompt_mask, prompt_lengths, chunk, answers, pad_token_id
+        )
+        for (row, j), rest in zip(chunk, sums, strict=True):
+            totals[row, j] += rest
+    return totals
+
+
+def _score_answers(
+    model: PreTrainedModel,
+    prompt_cache: DynamicCache,
+    prompt_mask: torch.Tensor,
+    prompt_lengths: torch.Tensor,
+    chunk: list[tuple[int, int]],
+    answers: list[list[int]],
+    pad_token_id: int,
+) -> list[float]:
+    """Summed log-probabilities of the answer tokens after the first, for one forward of
+    candidates, each on a copy of its own prompt's cache (freed on return)."""
+    device = next(model.parameters()).device
+    steps = max(len(a) for a in answers) - 1
+    input_ids = torch.full((len(chunk), steps), pad_token_id)
+    target_ids = torch.zeros((len(chunk), steps), dtype=torch.long)
+    answer_mask = torch.zeros((len(chunk), steps), dtype=torch.bool)
+    for k, answer in enumerate(answers):
+        input_ids[k, : len(answer) - 1] = torch.tensor(answer[:-1])
+        target_ids[k, : len(answer) - 1] = torch.tensor(answer[1:])
+        answer_mask[k, : len(answer) - 1] = True
+    rows = torch.tensor([row for row, _ in chunk])
+    index = rows.to(device)
+    # A generator: DynamicCache copies each layer's rows as it takes them, so one copy of the
+    # chunk's cache exists, not two.
+    cache = DynamicCache((layer.keys[index], layer.values[index]) for layer in prompt_cache.layers)
+    logits = model(
+        input_ids=input_ids.to(device),
+        attention_mask=torch.cat([prompt_mask[rows], answer_mask.long()], 1).to(device),
+        position_ids=(prompt_lengths[rows, None] + torch.arange(steps)).to(device),
+        past_key_values=cache,
+    ).logits
+    del cache
+    logits = logits.float()
+    target_ids, answer_mask = target_ids.to(device), answer_mask.to(device)
+    picked = logits.gather(-1, target_ids[..., None]).squeeze(-1)
+    token_logprobs = (picked - logits.logsumexp(-1)).masked_fill(~answer_mask, 0.0)
+    return token_logprobs.sum(-1).tolist()
 
 
 def evaluate(
@@ -286,9 +351,11 @@ def evaluate(
     reduction: str = "sum",
     max_length: int = 1024,
     progress: bool = False,
+    max_tokens: int | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
     """Predict each example's best-scoring candidate; return task metrics and per-example rows
-    (idx, gold, pred, one score and token count per candidate)."""
+    (idx, gold, pred, one score and token count per candidate). `batch_size` examples and
+    `max_tokens` cached tokens (None: no bound) at most per forward."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}: expected one of {REDUCTIONS}")
     eos = [tokenizer.eos_token_id] if "score-eos" in template.quirks else []
@@ -302,7 +369,9 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        scored = score_candidates(model, groups, batch_size, tokenizer.pad_token_id, progress)
+        scored = score_candidates(
+            model, groups, batch_size, tokenizer.pad_token_id, progress, max_tokens
+        )
     finally:
         model.train(was_training)
 
@@ -346,6 +415,12 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser.add_argument("--reduction", choices=REDUCTIONS, default="sum")
     parser.add_argument("--limit", type=int, help="only the first N examples")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        help="at most this many cached (prompt + answer) tokens per forward: long prompts make "
+        "smaller batches (default: no bound; `lomo plan` says what fits)",
+    )
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--dtype", choices=DTYPES, default="fp32")
     parser.add_argument("--out", required=True, type=Path, help="results JSON (+ .jsonl rows)")
@@ -379,6 +454,7 @@ def main(args: argparse.Namespace) -> None:
         args.reduction,
         args.max_length,
         progress=True,
+        max_tokens=args.max_tokens,
     )
     predictions = args.out.with_suffix(".jsonl")
     summary = {

@@ -471,6 +471,7 @@ def evaluate_epoch(
                 config.reduction,
                 config.max_length,
                 progress=runtime.main,
+                max_tokens=config.eval_tokens,
             )[1]
 
         scores[name], predictions[name] = runtime.evaluate(model, examples, score, task.metrics)

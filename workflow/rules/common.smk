@@ -14,6 +14,7 @@ from snakemake.utils import validate
 
 from lomo.train.config import coerce_settings
 from lomo.workflow import (
+    check_memory,
     check_task_names,
     expand_runs,
     method_of,
@@ -88,6 +89,12 @@ try:
     RUN_SETTINGS = expand_runs({**config, "tasks": TABLE3_TASKS}, TABLE3_TASKS)
 except ValueError as error:
     raise WorkflowError(str(error))
+# Every job fits the profile's GPU memory (`gpu_memory_gib`), training and evaluation, as
+# `lomo plan` predicts: checked here, so a dry run (-n) stops before anything is launched.
+try:
+    check_memory(config, RUN_SETTINGS)
+except ValueError as error:
+    raise WorkflowError(f"config: {error}")
 VARIANTS = sorted({variant for _, variant, _ in RUN_SETTINGS})
 
 
