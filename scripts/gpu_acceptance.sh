@@ -103,6 +103,7 @@ LOMO=("$PYTHON" -m lomo.cli)
 if ((DRY)); then
     # The same steps at tiny sizes on CPU: seconds, not minutes.
     DEVICE=cpu NPROC=1 FT_MODEL=tiny-llama FT_DTYPE=fp32
+    FT_SIZES=(--train-size 12 --test-size 4 --max-length 64)  # 3 steps: the fp16 run recovers
     "$PYTHON" -c "from lomo.train.models import load_model; load_model('tiny-llama').config.to_json_file('$OUT_DIR/tiny-llama.json')"
     MEMORY_ARGS=(--model tiny-llama --dtype fp32 --optimizers lomo --seq 32 --batch 2 --ac on)
     PLAN_MEMORY=("$OUT_DIR/tiny-llama.json" --seq 32 --batch 2 --dtype fp32)
@@ -112,6 +113,7 @@ if ((DRY)); then
     FP16_ARGS=(--allow-cpu-fp16)  # fp16 on CPU: the rehearsal opt-in
 else
     DEVICE=cuda NPROC=$((GPUS >= 2 ? 2 : 1)) FT_DTYPE=bf16 FT_MODEL=$MODEL
+    FT_SIZES=(--train-size 16 --test-size 8 --max-length 128)
     if ! compgen -G "$MODEL/*.safetensors" >/dev/null; then
         # Only config and tokenizer travelled: SmolLM2-135M's architecture, random weights.
         FT_MODEL=$OUT_DIR/smollm2-135m-random
@@ -139,8 +141,8 @@ echo "gpu_acceptance: $( ((DRY)) && echo 'DRY RUN on CPU, tiny sizes' || echo "$
 step optim 60 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_optim_device.py "${OPTIM_FILTER[@]}" \
     --junitxml "$OUT_DIR/optim.xml"
 FINETUNE=(-m lomo.cli finetune --model "$FT_MODEL" --method lomo --task rte --data-dir "$DATA"
-    --protocol val-split --train-size 16 --test-size 8 --epochs 1 --global-batch 4
-    --micro-batch 4 --max-length 128 --eval-batch 8 --lr 1e-3 --deepspeed config/deepspeed/zero3.json)
+    --protocol val-split "${FT_SIZES[@]}" --epochs 1 --global-batch 4 --micro-batch 4
+    --eval-batch 8 --lr 1e-3 --deepspeed config/deepspeed/zero3.json)
 step finetune 120 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" \
     "${FINETUNE[@]}" --dtype "$FT_DTYPE" --out "$OUT_DIR/finetune"
 step finetune_fp16 120 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" \
