@@ -340,7 +340,8 @@ class AdaLomo(FusedOptimizer):
     step count live in `self.state`, so they are saved by `state_dict()`.
 
     `loss_scale` multiplies the loss before backward (the gradients are divided back);
-    with fp16 parameters it is the initial scale of a dynamic loss scaler.
+    with fp16 parameters it is the initial scale of a dynamic loss scaler, which doubles it
+    after `loss_scale_window` clean steps.
 
     The moments and the update come from the whole averaged gradient (the factored moment
     needs its row and column means), identically on every rank; each rank then applies its
@@ -354,6 +355,7 @@ class AdaLomo(FusedOptimizer):
         model: nn.Module,
         lr: float = 1e-3,
         loss_scale: float = 2**10,
+        loss_scale_window: int = DynamicLossScaler.scale_window,
         eps: tuple[float, float] = (1e-30, 1e-3),
         clip_threshold: float = 1.0,
         decay_rate: float = -0.8,
@@ -364,7 +366,9 @@ class AdaLomo(FusedOptimizer):
     ) -> None:
         if loss_scale <= 0:
             raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
-        scaler = DynamicLossScaler(init_scale=loss_scale) if _fp16_params(model) else None
+        scaler = None
+        if _fp16_params(model):
+            scaler = DynamicLossScaler(init_scale=loss_scale, scale_window=loss_scale_window)
         super().__init__(
             model,
             dict(

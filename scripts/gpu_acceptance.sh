@@ -9,14 +9,18 @@
 #   1. optim:      LOMO and AdaLomo in fp16 with dynamic loss scaling against fp32 references,
 #                  on CUDA (pytest tests/test_optim_device.py)
 #   2. finetune:   a ZeRO-3 `lomo finetune` smoke run over NCCL (1 rank; 2 with 2 GPUs) on
-#                  SmolLM2-135M and the local RTE data
+#                  SmolLM2-135M and the local RTE data, in bf16
+#      finetune_fp16: the same in fp16, the paper's dtype, with dynamic loss scaling: step 2's
+#                  gradients are made inf (--force-overflow-step 2), the step is skipped, the
+#                  scale halves and regrows after 2 clean steps (--loss-scale-window 2)
 #   3. memory:     `lomo memory` at the LLaMA-7B shape (seq 512, batch 8, fp16, eager), layers
 #                  1 and 2 extrapolated to 32: census and allocator peak, beside Table 1
 #   4. plan:       `lomo plan` for the same runs, beside steps 3 and 5
 #   5. throughput: `lomo throughput` LOMO vs lomo-optim, full LLaMA-7B shape, seq 1024,
 #                  batch 1, fp16, AC, clipping, beside Table 2
 # Nothing needs the internet. Without a GPU (or with --dry-run) the same steps run on CPU at
-# tiny sizes (tiny-llama, a few tokens): tests/test_gpu_acceptance.py runs that in the suite.
+# tiny sizes (tiny-llama, a few tokens; fp16 allowed on CPU by --allow-cpu-fp16):
+# tests/test_gpu_acceptance.py runs that in the default suite.
 #
 # The device machine sees only the repository. `--prepare SUPERGLUE_DIR` copies into the
 # git-ignored .cache/acceptance/: the first 64 rows of RTE's train and val splits, and
@@ -26,10 +30,14 @@
 # random weights (it checks the ZeRO-3/NCCL path, not accuracy). Then, e.g.:
 #   run(command="bash scripts/gpu_acceptance.sh", carry=[".cache/acceptance"])
 # Python packages missing there (deepspeed, lomo-optim) travel as wheels (.whl, see the
-# device notes); set PYTHON if the interpreter is not python3.
+# device notes). The interpreter: $PYTHON, else the repository's .venv (scripts/setup.sh),
+# else python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
+if [[ -z ${PYTHON:-} ]]; then
+    PYTHON=python3
+    if [[ -x .venv/bin/python ]]; then PYTHON=$PWD/.venv/bin/python; fi
+fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 STAGE=${ACCEPTANCE_STAGE:-.cache/acceptance}  # git-ignored
 
@@ -95,14 +103,17 @@ LOMO=("$PYTHON" -m lomo.cli)
 if ((DRY)); then
     # The same steps at tiny sizes on CPU: seconds, not minutes.
     DEVICE=cpu NPROC=1 FT_MODEL=tiny-llama FT_DTYPE=fp32
+    FT_SIZES=(--train-size 12 --test-size 4 --max-length 64)  # 3 steps: the fp16 run recovers
     "$PYTHON" -c "from lomo.train.models import load_model; load_model('tiny-llama').config.to_json_file('$OUT_DIR/tiny-llama.json')"
     MEMORY_ARGS=(--model tiny-llama --dtype fp32 --optimizers lomo --seq 32 --batch 2 --ac on)
     PLAN_MEMORY=("$OUT_DIR/tiny-llama.json" --seq 32 --batch 2 --dtype fp32)
     THROUGHPUT_ARGS=(--model tiny-llama --dtype fp32 --seq 32 --batch 2 --warmup 1 --steps 1)
     PLAN_THROUGHPUT=("$OUT_DIR/tiny-llama.json" --seq 32 --batch 2 --dtype fp32)
     OPTIM_FILTER=(-k lomo_fp16)
+    FP16_ARGS=(--allow-cpu-fp16)  # fp16 on CPU: the rehearsal opt-in
 else
     DEVICE=cuda NPROC=$((GPUS >= 2 ? 2 : 1)) FT_DTYPE=bf16 FT_MODEL=$MODEL
+    FT_SIZES=(--train-size 16 --test-size 8 --max-length 128)
     if ! compgen -G "$MODEL/*.safetensors" >/dev/null; then
         # Only config and tokenizer travelled: SmolLM2-135M's architecture, random weights.
         FT_MODEL=$OUT_DIR/smollm2-135m-random
@@ -123,16 +134,20 @@ EOF
     THROUGHPUT_ARGS=(--model llama-7b --dtype fp16 --seq 1024 --batch 1 --warmup 2 --steps 5)
     PLAN_THROUGHPUT=(7b --seq 1024 --batch 1 --dtype fp16 --attn sdpa --no-deepspeed)
     OPTIM_FILTER=()
+    FP16_ARGS=()
 fi
 echo "gpu_acceptance: $( ((DRY)) && echo 'DRY RUN on CPU, tiny sizes' || echo "$GPUS GPU(s)") -> $OUT_DIR"
 
 step optim 60 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_optim_device.py "${OPTIM_FILTER[@]}" \
     --junitxml "$OUT_DIR/optim.xml"
+FINETUNE=(-m lomo.cli finetune --model "$FT_MODEL" --method lomo --task rte --data-dir "$DATA"
+    --protocol val-split "${FT_SIZES[@]}" --epochs 1 --global-batch 4 --micro-batch 4
+    --eval-batch 8 --lr 1e-3 --deepspeed config/deepspeed/zero3.json)
 step finetune 120 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" \
-    -m lomo.cli finetune --model "$FT_MODEL" --method lomo --task rte --data-dir "$DATA" \
-    --protocol val-split --train-size 16 --test-size 8 --epochs 1 --global-batch 4 \
-    --micro-batch 4 --max-length 128 --eval-batch 8 --lr 1e-3 --dtype "$FT_DTYPE" \
-    --deepspeed config/deepspeed/zero3.json --out "$OUT_DIR/finetune"
+    "${FINETUNE[@]}" --dtype "$FT_DTYPE" --out "$OUT_DIR/finetune"
+step finetune_fp16 120 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" \
+    "${FINETUNE[@]}" --dtype fp16 --loss-scale-window 2 --force-overflow-step 2 "${FP16_ARGS[@]}" \
+    --out "$OUT_DIR/finetune_fp16"
 step memory 140 "${LOMO[@]}" memory "${MEMORY_ARGS[@]}" --device "$DEVICE" \
     --raw "$OUT_DIR/memory_raw.json" --csv "$OUT_DIR/memory.csv"
 PLAN=("$PYTHON" -m lomo.measure.plan)  # `lomo plan` without the whole CLI's imports
@@ -145,6 +160,7 @@ step throughput 100 "${LOMO[@]}" throughput "${THROUGHPUT_ARGS[@]}" --optimizers
 "$PYTHON" - "$OUT_DIR" "$DRY" <<'EOF' | tee "$OUT_DIR/summary.txt"
 import csv, json, sys
 from pathlib import Path
+from lomo.loss_scaler import DynamicLossScaler
 
 out, dry = Path(sys.argv[1]), sys.argv[2] == "1"
 print(f"gpu_acceptance summary ({'DRY RUN: CPU, tiny sizes, numbers not comparable' if dry else 'GPU'})")
@@ -156,6 +172,17 @@ for name, status, seconds in steps:
 metrics = out / "finetune" / "metrics.json"
 if metrics.exists():
     print(f"finetune: reported {json.loads(metrics.read_text())['reported']}")
+log = out / "finetune_fp16" / "train_log.csv"
+if log.exists():  # each overflow: skipped, the scale halved; recovered: later steps updated
+    rows = list(csv.DictReader(open(log)))
+    scales = [DynamicLossScaler.init_scale] + [float(r["loss_scale"]) for r in rows]
+    done = (out / "finetune_fp16" / "metrics.json").exists()
+    for i, r in enumerate(rows):
+        if r["overflow"] == "1":
+            later = [s for s in rows[i + 1:] if s["overflow"] == "0"]
+            print(f"finetune_fp16: overflow at step {r['step']} skipped, scale {scales[i]:g} -> "
+                  f"{scales[i + 1]:g}, " + (f"recovered: {len(later)} later steps updated, scale "
+                  f"{scales[-1]:g} at step {rows[-1]['step']}" if later and done else "NOT recovered"))
 
 def plans(log):
     return [json.loads(line) for line in open(log) if line.startswith("{")] if log.exists() else []

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from distributed_worker import PERSISTENCE, RUNS, STEPS, make_optimizer
 from launch import torchrun
 from paths import DATA_DIR
@@ -282,3 +283,45 @@ print(json.dumps([str(p.ds_tensor.dtype), p.ds_tensor[:4].float().tolist()]))
     assert kind == str(expected)
     reference = model.model.layers[0].mlp.up_proj.weight.detach().reshape(-1)[:4].to(expected)
     assert values == reference.float().tolist()
+
+
+# --- fp16 with dynamic loss scaling under ZeRO-3: a forced overflow is skipped by every rank ---
+
+FP16 = {**RUN, "dtype": "fp16", "allow_cpu_fp16": True, "force_overflow_step": 3}
+
+
+def test_zero3_fp16_overflow_is_skipped_by_every_rank_as_by_one_process(tmp_path):
+    """fp16 (the paper's dtype) on two CPU ranks under ZeRO-3. Step 3's gradients overflow on
+    every rank (`force_overflow_step`), then, in a second run, on rank 1 only: both runs skip
+    step 3 on both ranks, halve the loss scale and train on, exactly as one process does."""
+    from lomo.train import finetune as ft
+
+    zero3 = TESTS.parent / "config" / "deepspeed" / "zero3.json"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in FP16.items() if v is not True]
+    flags.append("--allow-cpu-fp16")
+    runs = {
+        "all": ["finetune", "--out", str(tmp_path / "all"), *flags, "--deepspeed", str(zero3)],
+        "rank1": ["--overflow-only-on-rank", "1", "finetune", "--out", str(tmp_path / "rank1")],
+    }
+    runs["rank1"] += [*flags, "--deepspeed", str(zero3)]
+    (tmp_path / "runs.json").write_text(json.dumps(list(runs.values())))
+    done = torchrun(["finetune_worker.py", "--runs", str(tmp_path / "runs.json")], 300, TESTS)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+
+    single = ft.finetune(ft.FinetuneConfig(**FP16), tmp_path / "single")
+    expected = list(csv.DictReader((tmp_path / "single" / "train_log.csv").open()))
+    assert [r["overflow"] for r in expected][2:] == ["1", "0"]  # step 3 skipped, step 4 not
+    scales = [float(r["loss_scale"]) for r in expected]
+    assert scales[2] == scales[1] / 2 and scales[3] == scales[2]
+    assert not math.isfinite(float(expected[2]["grad_norm"]))
+    for name in runs:
+        out = tmp_path / name
+        assert json.loads((out / "resources.json").read_text())["processes"] == 2
+        assert yaml.safe_load((out / "config.yaml").read_text())["allow_cpu_fp16"] is True
+        ours = json.loads((out / "metrics.json").read_text())["per_epoch"]
+        assert_same_scores(ours, json.loads(json.dumps(single["per_epoch"])))  # it pops keys
+        log = list(csv.DictReader((out / "train_log.csv").open()))
+        for ours, reference in zip(log, expected, strict=True):
+            assert ours["overflow"] == reference["overflow"]
+            assert ours["loss_scale"] == reference["loss_scale"]
+            assert float(ours["loss"]) == pytest.approx(float(reference["loss"]), rel=1e-4)

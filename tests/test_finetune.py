@@ -228,6 +228,19 @@ def test_nan_loss_stops_with_step_number(tmp_path, monkeypatch):
         ({"method": "lomo", "micro_batch": 2}, "cannot accumulate"),
         ({"dtype": "fp16"}, "fp16 needs a GPU"),
         ({"template": "gpt3"}, "unknown template"),
+        ({"force_overflow_step": 2}, "force_overflow_step needs dtype fp16"),
+        (
+            {
+                "dtype": "fp16",
+                "allow_cpu_fp16": True,
+                "method": "lora",
+                "clip_mode": "none",
+                "force_overflow_step": 2,
+            },
+            "force_overflow_step needs dtype fp16 and a fused method",
+        ),
+        ({"dtype": "fp16", "allow_cpu_fp16": True, "force_overflow_step": 0}, "must be >= 1"),
+        ({"loss_scale_window": 0}, "loss_scale_window must be > 0"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, overrides, message):
@@ -238,6 +251,45 @@ def test_bad_config_is_a_clear_error(tmp_path, overrides, message):
         config.validate()
         ft.finetune(config, tmp_path)
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_cpu_fp16_forced_overflow_skips_the_step_and_training_goes_on(tmp_path):
+    """fp16 on CPU with the rehearsal opt-in: LOMO's dynamic loss scaling is on, step 3's
+    forced overflow halves the scale and skips the update. Each epoch is one step on the same
+    4 examples, so a skipped step shows as an unchanged loss at the next step."""
+    config = tiny_config(
+        method="lomo",
+        dtype="fp16",
+        allow_cpu_fp16=True,
+        force_overflow_step=3,
+        train_size=4,
+        epochs=4,
+        warmup_ratio=0.0,
+    )
+    ft.finetune(config, tmp_path)
+    log = list(csv.DictReader((tmp_path / "train_log.csv").open()))
+    loss = [float(r["loss"]) for r in log]
+    scale = [float(r["loss_scale"]) for r in log]
+    assert [r["overflow"] for r in log][1:] == ["0", "1", "0"]
+    assert scale[2] == scale[1] / 2 and scale[3] == scale[2]
+    assert abs(loss[2] - loss[1]) > 1e-3  # step 2 updated the weights
+    assert loss[3] == pytest.approx(loss[2], rel=1e-6)  # step 3 did not
+    assert math.isfinite(
+        json.loads((tmp_path / "metrics.json").read_text())["final"]["eval"]["gold_nll"]
+    )
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["loss_scale_window"] == 200
+
+
+def test_the_loss_scale_window_reaches_the_scaler():
+    from lomo.train.runtime import Runtime
+
+    runtime = Runtime("single", torch.device("cpu"))
+    for method in ("lomo", "adalomo", "lora+lomo"):
+        config = tiny_config(method=method, dtype="fp16", allow_cpu_fp16=True, loss_scale_window=7)
+        model = ft.build_model(config, runtime)
+        assert ft.build_optimizers(config, model)[0].loss_scaler.scale_window == 7
+    bf16 = tiny_config(method="lomo", dtype="bf16", loss_scale_window=7)
+    assert ft.build_optimizers(bf16, ft.build_model(bf16, runtime))[0].loss_scaler is None
 
 
 def test_help_lists_choices_and_defaults(capsys):

@@ -1,17 +1,18 @@
 """scripts/gpu_acceptance.sh: its CPU dry run executes every step at tiny sizes and writes the
 results folder and the summary; bad invocations stop with one line; --prepare stages the data."""
 
+import csv
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+import yaml
 from paths import ROOT
 
 SCRIPT = ROOT / "scripts" / "gpu_acceptance.sh"
-STEPS = ("optim", "finetune", "memory", "plan", "plan_throughput", "throughput")
+STEPS = ("optim", "finetune", "finetune_fp16", "memory", "plan", "plan_throughput", "throughput")
 
 
 def run_script(
@@ -42,7 +43,7 @@ def write_rte(folder: Path, rows: int = 32) -> Path:
     return folder
 
 
-@pytest.mark.slow  # about 70 s of CPU: six steps, each a fresh Python process or two
+# In the default suite (CI): about 60 s of CPU, mostly the start-up of a dozen Python processes.
 def test_dry_run_executes_every_step_and_summarises(tmp_path):
     data = write_rte(tmp_path / "superglue")
     out = tmp_path / "results"
@@ -67,6 +68,33 @@ def test_dry_run_executes_every_step_and_summarises(tmp_path):
     ]
     assert len(plans) == 2 and all(p["fits"] for p in plans)
     assert "LOMO / lomo-optim TGS" in summary
+    # fp16 with dynamic loss scaling under ZeRO-3: the forced overflow (step 2) was skipped,
+    # the scale halved, and training went on
+    log = list(csv.DictReader((out / "finetune_fp16" / "train_log.csv").open()))
+    scale = [float(r["loss_scale"]) for r in log]
+    assert log[1]["overflow"] == "1" and log[2]["overflow"] == "0"
+    line = f"overflow at step 2 skipped, scale {scale[0]:g} -> {scale[1]:g}, recovered"
+    assert scale[1] == scale[0] / 2 and line in summary
+    config = yaml.safe_load((out / "finetune_fp16" / "config.yaml").read_text())
+    assert (config["dtype"], config["allow_cpu_fp16"]) == ("fp16", True)
+
+
+def test_the_interpreter_defaults_to_the_repository_venv(tmp_path):
+    """Invoked as the README says, after scripts/setup.sh, without PYTHON or an activated .venv
+    (`python3` is then the system interpreter, without torch): --prepare still runs Python."""
+    source = write_rte(tmp_path / "superglue")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "VIRTUAL_ENV")}
+    env |= {"PATH": "/usr/bin:/bin", "ACCEPTANCE_STAGE": str(tmp_path / "stage")}
+    env["LOMO_ACCEPTANCE_NO_WEIGHTS"] = "1"
+    done = subprocess.run(
+        ["bash", str(SCRIPT), "--prepare", str(source)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "stage" / "smollm2-135m" / "config.json").exists()
 
 
 def test_missing_data_is_one_line(tmp_path):

@@ -5,12 +5,13 @@ always with Hugging Face's `model(...).loss`."""
 
 import copy
 import io
+import math
 
 import pytest
 import torch
 from tiny_models import lm_loss, tiny_llama, token_batches
 
-from lomo import LOMO, AdaLomo, LossScaleUnderflowError
+from lomo import LOMO, AdaLomo, DynamicLossScaler, LossScaleUnderflowError
 from lomo.loss import causal_lm_loss
 
 
@@ -359,3 +360,26 @@ def test_bad_input_errors():
         opt.step()
     with pytest.raises(TypeError):
         LOMO(model, loss_scale_args={"delayed_shifts": 2})
+
+
+def test_default_scale_window_regrows_within_a_paper_run():
+    """A paper run has at most 630 updates (1000 examples / batch 16 = 63 per epoch, 10
+    epochs). After an overflow at the first update the default window (200) doubles the scale
+    back after 200 clean updates, and twice more before the run ends; DeepSpeed's and the
+    official code's 1000 would never act."""
+    updates = math.ceil(1000 / 16) * 10
+    assert updates == 630
+    scaler = DynamicLossScaler()
+    scales = []
+    for step in range(1, updates + 1):
+        scaler.update(overflow=step == 1)
+        scales.append(scaler.scale)
+    start = 2.0**16
+    assert scales[0] == start / 2
+    assert scales[200] == start  # after step 201: 200 clean steps in a row
+    assert max(scales[:200]) == start / 2
+    assert scales[-1] == start * 4  # doubled again after steps 401 and 601
+    never = DynamicLossScaler(scale_window=1000)
+    for step in range(1, updates + 1):
+        never.update(overflow=step == 1)
+    assert never.scale == start / 2

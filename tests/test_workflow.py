@@ -334,6 +334,19 @@ def test_rehearsal_profile_end_to_end():
     for path in runs:
         resources = json.loads(path.read_text())
         assert (resources["runtime"], resources["processes"]) == ("zero3", 2), path
+    # The paper's dtype: fp16 with dynamic loss scaling; each LOMO run's forced overflow at
+    # step 3 was skipped (the scale halved) on both ranks, and training went on.
+    forced = 0
+    for path in runs:
+        config = yaml.safe_load((path.parent / "config.yaml").read_text())
+        if config["method"] in ("lomo", "lora+lomo"):
+            assert config["dtype"] == "fp16" and config["allow_cpu_fp16"], path
+        if config["force_overflow_step"] == 3:
+            log = list(csv.DictReader((path.parent / "train_log.csv").open()))
+            assert [r["overflow"] for r in log[2:4]] == ["1", "0"], path
+            assert float(log[2]["loss_scale"]) == float(log[1]["loss_scale"]) / 2, path
+            forced += 1
+    assert forced >= 4  # every LOMO run: 2 grid points x (copa, rte) and the held-out ones
     with open(results / "tables" / "superglue.csv") as f:
         rows = {(r["variant"], r["task"]): r for r in csv.DictReader(f)}
     lomo = rows[("lomo (protocol=paper)", "rte")]

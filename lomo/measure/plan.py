@@ -972,6 +972,7 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
 
 
 if __name__ == "__main__":  # `python -m lomo.measure.plan ARGS` is `lomo plan ARGS`
-    from lomo.cli import main
+    import runpy
 
-    main(["plan", *sys.argv[1:]])
+    sys.argv[1:1] = ["plan"]
+    runpy.run_module("lomo.cli", run_name="__main__")

@@ -13,6 +13,7 @@ from typing import Any, get_args
 
 import yaml
 
+from lomo.loss_scaler import DynamicLossScaler
 from tasks.superglue import PROTOCOLS, get_task, get_template
 
 METHODS = ("zero-shot", "lomo", "adalomo", "sgd", "adamw", "lora", "lora+lomo")
@@ -57,6 +58,8 @@ class FinetuneConfig:
     limit_eval: int | None = None
     # model
     dtype: str = "fp32"
+    # fp16 on CPU is slow and refused, except here: the CPU rehearsal of the paper's fp16 runs
+    allow_cpu_fp16: bool = False
     activation_checkpointing: bool = False
     attn_implementation: str = "sdpa"
     # The training loss through the chunked LM head + cross-entropy (lomo.loss): the same
@@ -78,6 +81,12 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     clip_mode: str = "norm"
     clip_value: float = 1.0  # the max norm, or the max absolute value
+    # fp16 dynamic loss scaling (lomo, adalomo, lora+lomo): the scale doubles after this many
+    # clean steps in a row (lomo.loss_scaler explains the default)
+    loss_scale_window: int = DynamicLossScaler.scale_window
+    # Tests and smoke runs: step N's gradients become inf on every rank (an fp16 overflow), so
+    # the step is skipped and the loss scale halves
+    force_overflow_step: int | None = None
     # LoRA (paper: r 2 on q_proj and v_proj, alpha 16, dropout 0.05, AdamW lr 5e-4)
     lora_r: int = 2
     lora_alpha: int = 16
@@ -118,6 +127,7 @@ class FinetuneConfig:
             "num_train",
             "num_dev",
             "num_eval",
+            "loss_scale_window",
         )
         for name in positive:
             if not getattr(self, name) > 0:
@@ -128,7 +138,7 @@ class FinetuneConfig:
             raise ValueError(f"need 0 <= lora_warmup_ratio < 1, got {self.lora_warmup_ratio}")
         if self.epochs == 0 and self.method != "zero-shot":
             raise ValueError(f"epochs must be >= 1 for {self.method} (zero-shot only evaluates)")
-        for name in ("limit_train", "limit_eval", "eval_tokens"):
+        for name in ("limit_train", "limit_eval", "eval_tokens", "force_overflow_step"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (or unset), got {getattr(self, name)}")
         for name in ("train_size", "test_size"):
@@ -150,16 +160,22 @@ class FinetuneConfig:
                 f"of {self.global_batch}: set micro_batch = global_batch, or sequential_updates "
                 "= true for one update per micro batch"
             )
+        if self.force_overflow_step is not None and (self.dtype != "fp16" or not fused):
+            raise ValueError(
+                "force_overflow_step needs dtype fp16 and a fused method (lomo, adalomo, "
+                f"lora+lomo), which scale the loss; got dtype {self.dtype}, method {self.method}"
+            )
         self.validate_launch()
 
     def validate_launch(self) -> None:
-        """What the machine and the launch must provide: a GPU for fp16, the DeepSpeed file."""
+        """What the machine and the launch must provide: a GPU for fp16 (unless allowed on CPU
+        for a rehearsal), the DeepSpeed file."""
         import torch  # here, not at the top: the workflow imports this module when it parses
 
-        if self.dtype == "fp16" and not torch.cuda.is_available():
+        if self.dtype == "fp16" and not torch.cuda.is_available() and not self.allow_cpu_fp16:
             raise ValueError(
-                "dtype fp16 needs a GPU: half-precision matmuls on CPU are unsupported or very "
-                "slow; use bf16 or fp32 on CPU"
+                "dtype fp16 needs a GPU: half-precision matmuls on CPU are very slow; use bf16 "
+                "or fp32 on CPU, or set allow_cpu_fp16 for a rehearsal at tiny sizes"
             )
 
         if self.deepspeed is not None and not Path(self.deepspeed).is_file():

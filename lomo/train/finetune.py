@@ -125,10 +125,13 @@ def build_optimizers(
     `sync`: how lomo and adalomo average gradients over processes (lomo.sync)."""
     method = config.method
     adamw = dict(weight_decay=config.weight_decay, eps=config.adam_eps)
+    # fp16 weights turn on dynamic loss scaling in LOMO and AdaLomo; bf16 and fp32 need none.
+    loss_scale_args = {"scale_window": config.loss_scale_window} if config.dtype == "fp16" else None
     if method in FUSED_METHODS:
-        cls = LOMO if method == "lomo" else AdaLomo
         kwargs = dict(lr=config.lr, weight_decay=config.weight_decay, **clip_kwargs(config))
-        return [cls(model, sync=sync, **kwargs)]
+        if method == "lomo":
+            return [LOMO(model, sync=sync, loss_scale_args=loss_scale_args, **kwargs)]
+        return [AdaLomo(model, sync=sync, loss_scale_window=config.loss_scale_window, **kwargs)]
     if method == "sgd":
         return [torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)]
     if method == "adamw":
@@ -142,7 +145,12 @@ def build_optimizers(
     for p in adapters:
         p.requires_grad_(False)
     base = LOMO(
-        model, lr=config.lr, weight_decay=config.weight_decay, sync=sync, **clip_kwargs(config)
+        model,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        loss_scale_args=loss_scale_args,
+        sync=sync,
+        **clip_kwargs(config),
     )
     for p in adapters:
         p.requires_grad_(True)
@@ -225,6 +233,20 @@ def check_finite(loss: torch.Tensor, step: int) -> torch.Tensor:
     return loss
 
 
+class InfGradient(torch.autograd.Function):
+    """The identity whose gradient is inf: every gradient becomes inf or NaN, as when fp16
+    overflows in backward, while the loss stays finite (`force_overflow_step`). An autograd
+    node, not a hook on the loss: DeepSpeed's ZeRO-3 then leaves the tied embedding gathered."""
+
+    @staticmethod
+    def forward(ctx, loss: torch.Tensor) -> torch.Tensor:
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad * math.inf
+
+
 def batch_loss(
     config: FinetuneConfig, model: nn.Module, batch: dict[str, torch.Tensor]
 ) -> torch.Tensor:
@@ -274,7 +296,10 @@ def train_step(
 
         def closure() -> torch.Tensor:
             # Checked before any backward: a non-finite loss never reaches the weights.
-            return check_finite(batch_loss(config, model, batch), step) * weight
+            loss = check_finite(batch_loss(config, model, batch), step) * weight
+            if step == config.force_overflow_step:
+                loss = InfGradient.apply(loss)
+            return loss
 
         if config.method == "lora+lomo":
             loss = lora_lomo_step(first, optimizers[1], closure, runtime)
@@ -284,7 +309,8 @@ def train_step(
         return {
             "loss": loss.item(),
             "grad_norm": norm.item() if norm is not None else float("nan"),
-            "loss_scale": first.loss_scale,
+            "loss_scale": first.loss_scale,  # after this step: halved if it overflowed
+            "overflow": int(first.overflow),  # 1: inf/NaN gradients, the update was skipped
         }
     # Standard backward with accumulation over the micro batches.
     total_loss = 0.0
@@ -303,7 +329,7 @@ def train_step(
             torch.nn.utils.clip_grad_value_(params, config.clip_value)
     first.step()
     first.zero_grad(set_to_none=True)
-    return {"loss": total_loss, "grad_norm": norm.item(), "loss_scale": 1.0}
+    return {"loss": total_loss, "grad_norm": norm.item(), "loss_scale": 1.0, "overflow": 0}
 
 
 def lora_lomo_step(
@@ -749,6 +775,7 @@ def to_csv(rows: list[dict]) -> str:
         "loss",
         "grad_norm",
         "loss_scale",
+        "overflow",
         "seconds",
         "peak_memory_bytes",
     ]
