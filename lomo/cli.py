@@ -27,6 +27,10 @@ COMMANDS = {
         "lomo.measure.plan",
         "will it fit? the per-GPU peak of a LLaMA fine-tuning run, by component",
     ),
+    "budget": (
+        "lomo.budget",
+        "GPUs, memory, wall time and disk of a profile's jobs, and its GPU-hours",
+    ),
     "sgd-claims": (
         "lomo.measure.sgd_claims",
         "measure the paper's SGD arguments (implicit batch, smoothness, distance)",

@@ -110,17 +110,21 @@ def check_task_names(config: dict, schema_path: str | Path) -> None:
         )
 
 
-def job_setting(config: dict, model: str, method: str, settings: dict[str, Any]):
+def job_setting(
+    config: dict, model: str, method: str, settings: dict[str, Any], gpus: int | None = None
+):
     """The `lomo plan` setting of one job: its `lomo finetune` settings (FinetuneConfig's
-    defaults where the profile sets none), its GPUs (`model_gpus`, else `resources.gpus`;
-    one process for 0) and the profile's DeepSpeed config."""
+    defaults where the profile sets none), its GPUs (`gpus`, else `model_gpus`, else
+    `resources.gpus`; one process for 0) and the profile's DeepSpeed config."""
     import dataclasses
 
     from lomo.measure.plan import ROOT, Setting, zero3_settings
     from lomo.train.config import FinetuneConfig
 
     run = {**dataclasses.asdict(FinetuneConfig()), **settings}
-    gpus = max(1, config.get("model_gpus", {}).get(model, config["resources"]["gpus"]))
+    if gpus is None:
+        gpus = config.get("model_gpus", {}).get(model, config["resources"]["gpus"])
+    gpus = max(1, gpus)
     deepspeed = config.get("deepspeed_config")
     zero3 = zero3_settings(ROOT / deepspeed) if deepspeed else {}
     return Setting(

@@ -18,7 +18,7 @@ LAYERS = [
     ("train", ["lomo.train"]),
     ("measure", ["lomo.measure"]),
     ("report", ["lomo.report"]),
-    ("entry", ["lomo.cli", "lomo.workflow", "lomo.demo"]),
+    ("entry", ["lomo.cli", "lomo.workflow", "lomo.budget", "lomo.demo"]),
 ]
 
 

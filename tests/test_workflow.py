@@ -16,9 +16,10 @@ import pytest
 import yaml
 from paths import DATA_DIR, ROOT
 
+from lomo import budget
 from lomo.cli import build_parser
 from lomo.train import finetune as ft
-from lomo.workflow import grid_points, settings_to_flags
+from lomo.workflow import expand_runs, grid_points, settings_to_flags
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -44,6 +45,7 @@ PROFILES = {
     "laptop": "config/config.yaml",
     "ci": "config/ci.yaml",
     "paper": "config/paper.yaml",
+    "paper-core": "config/paper-core.yaml",
     "rehearsal": "config/rehearsal.yaml",
 }
 # Flags of a finetune job that say where and how it runs, not what it is.
@@ -86,6 +88,11 @@ def test_every_job_runs_exactly_what_its_profile_file_says(profile, full_supergl
         said = yaml.safe_load(f)
     jobs = planned_finetune_jobs(profile, full_superglue)
     assert jobs
+    # GPUs per model: the profile's model_gpus, else lomo.budget's (tests/test_budget.py)
+    planned_gpus = said.get("model_gpus", {})
+    if said.get("gpu_memory_gib") is not None and not planned_gpus:
+        config = budget.load_profile(str(ROOT / PROFILES[profile]), None)
+        planned_gpus = budget.model_gpus(config, expand_runs(config, config["tasks"]))
     variants = defaultdict(set)
     for out, given, launcher in jobs:
         model, variant, task, seed = out.parts[-4:]
@@ -101,7 +108,7 @@ def test_every_job_runs_exactly_what_its_profile_file_says(profile, full_supergl
         assert {k: v for k, v in given.items() if k not in PLACEMENT} == expected, out
         ds = said.get("deepspeed_config")
         assert given.get("deepspeed") == ds
-        gpus = said.get("model_gpus", {}).get(given["model"], said["resources"]["gpus"])
+        gpus = planned_gpus.get(given["model"], said["resources"]["gpus"])
         assert launcher.endswith(said["launcher"].format(python=sys.executable, gpus=gpus)), (
             launcher
         )

@@ -89,9 +89,14 @@ try:
     RUN_SETTINGS = expand_runs({**config, "tasks": TABLE3_TASKS}, TABLE3_TASKS)
 except ValueError as error:
     raise WorkflowError(str(error))
-# Every job fits the profile's GPU memory (`gpu_memory_gib`), training and evaluation, as
+# GPUs per model: `model_gpus` where set, else the fewest on which its jobs fit the profile's
+# GPU memory (`gpu_memory_gib`, lomo.budget); every job fits, training and evaluation, as
 # `lomo plan` predicts: checked here, so a dry run (-n) stops before anything is launched.
 try:
+    if config.get("gpu_memory_gib") is not None:
+        from lomo.budget import model_gpus
+
+        config["model_gpus"] = model_gpus(config, RUN_SETTINGS)
     check_memory(config, RUN_SETTINGS)
 except ValueError as error:
     raise WorkflowError(f"config: {error}")
@@ -133,6 +138,20 @@ def measurement_gpus(entry):
 
 def job_gpus(wildcards):
     return config.get("model_gpus", {}).get(MODELS[wildcards.model], config["resources"]["gpus"])
+
+
+def job_resources(wildcards):
+    """A fine-tuning job's mem_mb, runtime, disk_mb and nodes: from lomo.budget (its GPUs,
+    Table 2's throughput, its checkpoint) on GPUs; the profile's `resources` on CPU."""
+    if not config["resources"]["gpus"]:
+        return {**config["resources"], "disk_mb": 1000, "nodes": 1}
+    from lomo.budget import job_resources
+
+    model = MODELS[wildcards.model]
+    settings = RUN_SETTINGS[(wildcards.model, wildcards.variant, wildcards.task)]
+    return job_resources(
+        model, method_of(wildcards.variant), wildcards.task, settings, job_gpus(wildcards)
+    )
 
 
 def on_gpus(gpus):

@@ -74,8 +74,10 @@ rule finetune:
         # `gpus` schedules local runs (--resources gpus=N); the SLURM plugin reads `gpu`.
         gpus=job_gpus,
         gpu=job_gpus,
-        mem_mb=config["resources"]["mem_mb"],
-        runtime=config["resources"]["runtime"],
+        nodes=lambda w: job_resources(w)["nodes"],  # --standalone rendezvous: one node
+        mem_mb=lambda w: job_resources(w)["mem_mb"],
+        runtime=lambda w: job_resources(w)["runtime"],
+        disk_mb=lambda w: job_resources(w)["disk_mb"],
     shell:
         "{params.launcher} finetune --model {params.name} --method {params.method}"
         " --task {wildcards.task} --seed {wildcards.seed} {params.data} {params.settings}"
