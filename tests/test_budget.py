@@ -58,6 +58,8 @@ def test_slurm_gets_each_jobs_own_resources(slurm_dry_run):
     seconds = 1.5 * (10 * 1000 * 319 + 11 * 1000 * 319 / 3) / (4.93 * 8)
     assert int(lomo["runtime"]) == math.ceil(seconds / 60) + 15  # about 46 hours
     assert int(lomo["disk_mb"]) >= 2 * 2 * 65e9 / 1e6  # two fp16 checkpoints of the weights
+    # SLURM warns ten minutes before the time limit: the job checkpoints and is retried
+    assert lomo["slurm_extra"] == "--signal=USR1@600"
     # zero-shot: 1000 + 277 RTE examples evaluated, minutes; no checkpoint
     assert int(zero_shot["runtime"]) < 30 and int(zero_shot["disk_mb"]) == 1000
 

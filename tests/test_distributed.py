@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -113,11 +114,45 @@ RUN = dict(
 )
 
 
-def finetune_on_two_ranks(out: Path, kill_step: int = 0) -> subprocess.CompletedProcess:
+def finetune_on_two_ranks(
+    out: Path, kill_step: int = 0, signal_step: int = 0
+) -> subprocess.CompletedProcess:
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in RUN.items()]
     zero3 = TESTS.parent / "config" / "deepspeed" / "zero3.json"
     args = ["finetune_worker.py", "finetune", "--out", str(out), *flags, "--deepspeed", str(zero3)]
-    return torchrun(args, timeout=240, cwd=TESTS, env={"LOMO_TEST_KILL_STEP": str(kill_step)})
+    env = {"LOMO_TEST_KILL_STEP": str(kill_step), "LOMO_TEST_SIGNAL_STEP": str(signal_step)}
+    return torchrun(args, timeout=240, cwd=TESTS, env=env)
+
+
+def test_zero3_signal_on_one_rank_stops_both_and_the_rerun_equals_one_process(tmp_path):
+    """SIGUSR1 reaches rank 1 only, at a random step: both ranks finish that step, write a
+    checkpoint within the epoch and exit 75; the rerun resumes and equals one process."""
+    from lomo.train import finetune as ft
+
+    out, at = tmp_path / "zero3", random.randint(1, 4)  # 2 epochs of 2 steps
+    stopped = finetune_on_two_ranks(out, signal_step=at)
+    assert stopped.returncode != 0, at
+    assert stopped.stderr.count(f"exitcode  : {ft.PREEMPTED_EXIT}") >= 1, stopped.stderr[-3000:]
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert (checkpoint["step"], checkpoint["batches_done"]) == (at, (at - 1) % 2 + 1)
+    assert sorted(p.name for p in out.glob("checkpoint.rank*")) == [
+        f"checkpoint.rank{r}.step{at}.pt" for r in (0, 1)
+    ]
+    resumed = finetune_on_two_ranks(out)
+    assert resumed.returncode == 0, resumed.stderr[-5000:]
+    assert f"resuming from {out / 'checkpoint.pt'} after batch" in resumed.stdout
+    single = ft.finetune(ft.FinetuneConfig(**RUN), tmp_path / "single")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert_same_scores(metrics["per_epoch"], single["per_epoch"])
+    logs = [
+        list(csv.DictReader((folder / "train_log.csv").open()))
+        for folder in (out, tmp_path / "single")
+    ]
+    for ours, expected in zip(*logs, strict=True):
+        assert ours["examples"] == expected["examples"], at
+        for key in ("loss", "grad_norm", "lr"):
+            assert float(ours[key]) == pytest.approx(float(expected[key]), rel=TOLERANCE), key
+    assert not list(out.glob("checkpoint*"))
 
 
 def test_zero3_finetune_survives_a_killed_rank_and_equals_one_process(tmp_path):

@@ -5,6 +5,9 @@ import csv
 import dataclasses
 import json
 import math
+import os
+import random
+import signal
 import warnings
 from pathlib import Path
 
@@ -239,7 +242,7 @@ def test_nan_loss_stops_with_step_number(tmp_path, monkeypatch):
             },
             "force_overflow_step needs dtype fp16 and a fused method",
         ),
-        ({"dtype": "fp16", "allow_cpu_fp16": True, "force_overflow_step": 0}, "must be >= 1"),
+        ({"dtype": "fp16", "allow_cpu_fp16": True, "force_overflow_step": 0}, "must be > 0"),
         ({"loss_scale_window": 0}, "loss_scale_window must be > 0"),
     ],
 )
@@ -357,7 +360,7 @@ def test_non_finite_weights_stop_the_run_before_evaluation_or_checkpoint(tmp_pat
     """lr 1e10 without clipping turns the weights to inf/NaN while every loss is still finite:
     the run stops after the epoch, before that epoch is evaluated or checkpointed."""
     config = tiny_config(method="lomo", lr=1e10, clip_mode="none", epochs=2)
-    with pytest.raises(ft.NonFiniteWeightsError, match=r"after epoch 1 \(e\.g\. model\.") as error:
+    with pytest.raises(ft.NonFiniteWeightsError, match=r"in epoch 1 \(e\.g\. model\.") as error:
         ft.finetune(config, tmp_path)
     assert "last good checkpoint" not in str(error.value)
     assert not (tmp_path / "metrics.json").exists()
@@ -466,8 +469,8 @@ def test_yaml_values_are_coerced_by_key(tmp_path):
         ("activation_checkpointing: maybe\n", "activation_checkpointing: expected true or false"),
         ("epochs: 2.5\n", "epochs: expected a whole number, got 2.5"),
         ("epochs: 0\n", "epochs must be >= 1 for lomo"),
-        ("limit_train: 0\n", "limit_train must be >= 1"),
-        ("limit_train: -3\n", "limit_train must be >= 1"),
+        ("limit_train: 0\n", "limit_train must be > 0"),
+        ("limit_train: -3\n", "limit_train must be > 0"),
         (
             "protocol: val-split\ntrain_size: 8.9\n",
             "train_size must be a fraction in \\(0, 1\\) or a whole",
@@ -598,11 +601,11 @@ def test_a_planted_checkpoint_is_refused_without_running_code(tmp_path, where):
         written = {
             "world_size": 1,
             "runtime": "zero3",
-            "epoch": 1,
+            "step": 1,
             "weights": {},
             "optimizers": None,
         }
-        with pytest.raises(ft.RunFolderError, match=r"rank0.epoch1.pt cannot be read"):
+        with pytest.raises(ft.RunFolderError, match=r"rank0.step1.pt cannot be read"):
             runtime.load_checkpoint(written, tmp_path / "checkpoint.pt", torch.nn.Linear(2, 2), [])
     assert not marker.exists()
 
@@ -638,3 +641,63 @@ def test_resume_refuses_changed_base_weights_naming_the_file(tmp_path, monkeypat
         assert (tmp_path / "run" / "metrics.json").exists()
     fingerprint = json.loads((tmp_path / "run" / "fingerprint.json").read_text())
     assert "model.safetensors" in fingerprint["model_files"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_signal_stops_after_the_step_and_the_rerun_equals_uninterrupted(
+    tmp_path, monkeypatch, signum
+):
+    """SIGTERM (preemption) or SIGUSR1 (SLURM's time-limit warning) at a random step: the step
+    finishes, a checkpoint within the epoch is written, the command exits 75, and the same
+    command resumes at the next batch and ends with the uninterrupted run's results."""
+    config = tiny_config(method="adalomo", epochs=3, lr=1e-3)  # 2 updates per epoch
+    ft.finetune(config, tmp_path / "full")
+    at = random.randint(1, 6)
+    real_step = ft.train_step
+
+    def signalled(*args):
+        if args[5] == at:
+            os.kill(os.getpid(), signum)  # arrives during the step
+        return real_step(*args)
+
+    monkeypatch.setattr(ft, "train_step", signalled)
+    flags = ["--model", "tiny-llama", "--method", "adalomo", "--task", "rte", "--epochs", "3"]
+    flags += ["--data-dir", str(DATA_DIR), "--protocol", "val-split", "--train-size", "8"]
+    flags += ["--test-size", "4", "--max-length", "64", "--global-batch", "4", "--lr", "1e-3"]
+    flags += ["--micro-batch", "4", "--warmup-ratio", "0.25", "--eval-batch", "8"]
+    with pytest.raises(SystemExit) as stopped:
+        main(["finetune", *flags, "--out", str(tmp_path / "resumed")])
+    assert stopped.value.code == ft.PREEMPTED_EXIT, at
+    checkpoint = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert (checkpoint["step"], checkpoint["batches_done"]) == (at, (at - 1) % 2 + 1)
+    assert not (tmp_path / "resumed" / "metrics.json").exists()
+    monkeypatch.setattr(ft, "train_step", real_step)
+    main(["finetune", *flags, "--out", str(tmp_path / "resumed")])
+    for name in ("metrics.json", "predictions.jsonl"):
+        full = (tmp_path / "full" / name).read_bytes()
+        assert (tmp_path / "resumed" / name).read_bytes() == full, (name, at)
+    logs = [
+        list(csv.DictReader((tmp_path / run / "train_log.csv").open()))
+        for run in ("full", "resumed")
+    ]
+    for ours, expected in zip(*logs, strict=True):
+        assert [ours[k] for k in ("step", "examples", "lr", "loss")] == [
+            expected[k] for k in ("step", "examples", "lr", "loss")
+        ], at
+    assert not list((tmp_path / "resumed").glob("checkpoint*"))
+
+
+def test_time_based_checkpoints_within_an_epoch(tmp_path, monkeypatch):
+    saved = []
+    real_save = Runtime.save_checkpoint
+
+    def recording(self, path, step, model, optimizers, state):
+        saved.append((step, state["batches_done"]))
+        return real_save(self, path, step, model, optimizers, state)
+
+    monkeypatch.setattr(Runtime, "save_checkpoint", recording)
+    monkeypatch.setattr(ft, "checkpoint_due", lambda config, last: True)  # every step is due
+    ft.finetune(tiny_config(method="lomo", epochs=2, checkpoint_every_minutes=5), tmp_path)
+    assert saved == [(1, 1), (2, 2), (2, None), (3, 1), (4, 2), (4, None)]
+    with pytest.raises(ValueError, match="checkpoint_every_minutes must be > 0"):
+        tiny_config(checkpoint_every_minutes=0).validate()

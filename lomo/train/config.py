@@ -103,6 +103,9 @@ class FinetuneConfig:
     eval_tokens: int | None = None
     reduction: str = "sum"
     save_model: bool = False
+    # A checkpoint within an epoch every this many minutes (None: at each epoch's end only),
+    # beside the one a SIGTERM / SIGUSR1 asks for: a preempted or timed-out job loses less.
+    checkpoint_every_minutes: float | None = None
     # several processes: a DeepSpeed JSON config (ZeRO-3), or none for plain data parallelism
     deepspeed: str | None = None
 
@@ -138,9 +141,10 @@ class FinetuneConfig:
             raise ValueError(f"need 0 <= lora_warmup_ratio < 1, got {self.lora_warmup_ratio}")
         if self.epochs == 0 and self.method != "zero-shot":
             raise ValueError(f"epochs must be >= 1 for {self.method} (zero-shot only evaluates)")
-        for name in ("limit_train", "limit_eval", "eval_tokens", "force_overflow_step"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 (or unset), got {getattr(self, name)}")
+        counts = ("limit_train", "limit_eval", "eval_tokens", "force_overflow_step")
+        for name in (*counts, "checkpoint_every_minutes"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 (or unset), got {getattr(self, name)}")
         for name in ("train_size", "test_size"):
             size = getattr(self, name)
             if size is not None and (size <= 0 or size >= 1 and not float(size).is_integer()):

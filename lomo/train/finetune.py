@@ -25,6 +25,9 @@ import math
 import os
 import random
 import resource
+import signal
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -527,18 +530,76 @@ def health_flags(rows: list[dict]) -> list[str]:
     return flags
 
 
+def check_weights_finite(
+    runtime: Runtime, model: nn.Module, optimizers: list, epoch: int, checkpoint_path: Path
+) -> None:
+    """Before a checkpoint or an evaluation: a checkpoint is always finite."""
+    bad = runtime.non_finite(model, optimizers)
+    if bad:
+        kept = (
+            f"; the last good checkpoint is {checkpoint_path}" if checkpoint_path.exists() else ""
+        )
+        raise NonFiniteWeightsError(
+            f"{len(bad)} weight or optimizer-state tensor(s) hold inf/NaN in epoch {epoch} "
+            f"(e.g. {', '.join(bad[:3])}): lower the lr or clip the gradients{kept}"
+        )
+
+
+def step_schedulers(schedulers: list) -> None:
+    with warnings.catch_warnings():
+        # lora+lomo updates the base weights in fused_backward, never through the .step() that
+        # torch's scheduler watches: the order is right, the warning wrong.
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler", UserWarning)
+        for scheduler in schedulers:
+            scheduler.step()
+
+
+def checkpoint_due(config: FinetuneConfig, last_saved: float) -> bool:
+    """`checkpoint_every_minutes` have passed since the last checkpoint (time.monotonic)."""
+    every = config.checkpoint_every_minutes
+    return every is not None and time.monotonic() - last_saved >= 60 * every
+
+
 def resume(
     checkpoint: dict, path: Path, runtime: Runtime, model: nn.Module, optimizers, schedulers
-) -> tuple[dict, int]:
-    """Restore the state after the checkpoint's epoch; (the run so far, the next epoch)."""
+) -> tuple[dict, tuple[int, int]]:
+    """Restore the state the checkpoint saved; (the run so far, (the epoch to run, its batches
+    already done)). A checkpoint within an epoch (`batches_done`) resumes at its next batch."""
     runtime.load_checkpoint(checkpoint, path, model, optimizers)
     for scheduler, state in zip(schedulers, checkpoint["schedulers"], strict=True):
         scheduler.load_state_dict(state)
     set_rng_state(checkpoint["rng"])
+    epoch, done = checkpoint["epoch"], checkpoint["batches_done"]
     if runtime.main:
-        print(f"resuming from {path} after epoch {checkpoint['epoch']}")
+        where = f"epoch {epoch}" if done is None else f"batch {done} of epoch {epoch}"
+        print(f"resuming from {path} after {where}")
     run = {key: checkpoint[key] for key in ("per_epoch", "predictions", "log")}
-    return run, checkpoint["epoch"] + 1
+    return run, ((epoch + 1, 0) if done is None else (epoch, done))
+
+
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: a checkpoint was written, the same command resumes
+
+
+class Preempted(Exception):
+    """SIGTERM or SIGUSR1 arrived: the run stopped after a training step and saved it."""
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[list[int]]:
+    """SIGTERM (a scheduler preempting the job) and SIGUSR1 (SLURM's warning before the time
+    limit, `--signal=USR1@600`) ask the training loop to stop after its current step, save
+    and exit with PREEMPTED_EXIT; yields the list of the signals received."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # handlers need it
+        yield received
+        return
+    wanted = (signal.SIGTERM, signal.SIGUSR1)
+    previous = {n: signal.signal(n, lambda number, _: received.append(number)) for n in wanted}
+    try:
+        yield received
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -628,79 +689,100 @@ def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> 
         for opt, factor in zip(optimizers, factors, strict=True)
     ]
     run = {"per_epoch": [], "predictions": {}, "log": []}
-    start_epoch = 1
+    start_epoch, skip = 1, 0
     if checkpoint is not None:
-        run, start_epoch = resume(
+        run, (start_epoch, skip) = resume(
             checkpoint, checkpoint_path, runtime, model, optimizers, schedulers
         )
     model.train()
     log = run["log"]
     step = len(log)
     started = time.perf_counter() - (log[-1]["seconds"] if log else 0.0)
-    for epoch in range(start_epoch, config.epochs + 1):
-        order = epoch_order(len(encoded), config.seed, epoch, config.data_order)
-        batches = [order[i : i + batch_per_update] for i in range(0, len(order), batch_per_update)]
-        progress = tqdm(
-            batches, desc=f"epoch {epoch}/{config.epochs}", unit="step", disable=not runtime.main
-        )
-        for batch_ids in progress:
-            micro, weights = shard_batch(
-                runtime, [encoded[i] for i in batch_ids], micro_batch, tokenizer.pad_token_id
-            )
-            lr = optimizers[0].param_groups[0]["lr"]  # the lr this step uses
-            step_start = time.perf_counter()
-            try:
-                stats = train_step(config, model, optimizers, micro, weights, step + 1, runtime)
-            except NonFiniteLossError as error:
-                kept = f"; the last good checkpoint is {checkpoint_path}" if epoch > 1 else ""
-                raise NonFiniteLossError(f"{error} (epoch {epoch}){kept}") from error
-            stats["loss"] = runtime.sum(stats["loss"]) / runtime.world
-            with warnings.catch_warnings():
-                # lora+lomo updates the base weights in fused_backward, never through the
-                # .step() that torch's scheduler watches: the order is right, the warning wrong.
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler", UserWarning)
-                for scheduler in schedulers:
-                    scheduler.step()
-            step += 1
-            n_tokens = sum(int(m["attention_mask"].sum()) for m in micro)
-            progress.set_postfix(
-                loss=f"{stats['loss']:.4f}",
-                tok_s=f"{n_tokens / (time.perf_counter() - step_start):.0f}",
-            )
-            log.append(
-                {
-                    "step": step,
-                    "epoch": epoch,
-                    # the global batch: rows of data/train.jsonl (0-based)
-                    "examples": " ".join(map(str, batch_ids)),
-                    "lr": lr,
-                    **stats,
-                    "seconds": round(time.perf_counter() - started, 3),
-                    "peak_memory_bytes": peak_memory_bytes(runtime.device),
-                }
-            )
-        # Checked before the epoch is evaluated or checkpointed: a checkpoint is always finite.
-        bad = runtime.non_finite(model, optimizers)
-        if bad:
-            kept = f"; the last good checkpoint is {checkpoint_path}" if epoch > 1 else ""
-            raise NonFiniteWeightsError(
-                f"{len(bad)} weight or optimizer-state tensor(s) hold inf/NaN after epoch "
-                f"{epoch} (e.g. {', '.join(bad[:3])}): lower the lr or clip the gradients{kept}"
-            )
-        scores, predictions = run_eval(epoch)
-        run["per_epoch"].append(scores)
-        run["predictions"][epoch] = predictions
+    last_saved = time.monotonic()
+
+    def save(epoch: int, batches_done: int | None) -> None:
+        """The checkpoint after this step: within `epoch` (`batches_done` of its batches), or
+        at its end, evaluated (None)."""
+        nonlocal last_saved
+        check_weights_finite(runtime, model, optimizers, epoch, checkpoint_path)
         state = {
             "config": dataclasses.asdict(config),
             "fingerprint": inputs,
             "schedulers": [s.state_dict() for s in schedulers],
             "rng": rng_state(),
+            "epoch": epoch,
+            "batches_done": batches_done,
             **run,
         }
-        runtime.save_checkpoint(checkpoint_path, epoch, model, optimizers, state)
+        runtime.save_checkpoint(checkpoint_path, step, model, optimizers, state)
+        last_saved = time.monotonic()
+
+    with stop_signals() as received:
+        for epoch in range(start_epoch, config.epochs + 1):
+            order = epoch_order(len(encoded), config.seed, epoch, config.data_order)
+            batches = [
+                order[i : i + batch_per_update] for i in range(0, len(order), batch_per_update)
+            ]
+            first = skip if epoch == start_epoch else 0  # batches a resumed epoch has done
+            progress = tqdm(
+                total=len(batches),
+                initial=first,
+                desc=f"epoch {epoch}/{config.epochs}",
+                unit="step",
+                disable=not runtime.main,
+            )
+            for index in range(first, len(batches)):
+                batch_ids = batches[index]
+                micro, weights = shard_batch(
+                    runtime, [encoded[i] for i in batch_ids], micro_batch, tokenizer.pad_token_id
+                )
+                lr = optimizers[0].param_groups[0]["lr"]  # the lr this step uses
+                step_start = time.perf_counter()
+                try:
+                    stats = train_step(config, model, optimizers, micro, weights, step + 1, runtime)
+                except NonFiniteLossError as error:
+                    kept = checkpoint_path.exists()
+                    kept = f"; the last good checkpoint is {checkpoint_path}" if kept else ""
+                    raise NonFiniteLossError(f"{error} (epoch {epoch}){kept}") from error
+                stats["loss"] = runtime.sum(stats["loss"]) / runtime.world
+                step_schedulers(schedulers)
+                step += 1
+                n_tokens = sum(int(m["attention_mask"].sum()) for m in micro)
+                progress.update()
+                progress.set_postfix(
+                    loss=f"{stats['loss']:.4f}",
+                    tok_s=f"{n_tokens / (time.perf_counter() - step_start):.0f}",
+                )
+                log.append(
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        # the global batch: rows of data/train.jsonl (0-based)
+                        "examples": " ".join(map(str, batch_ids)),
+                        "lr": lr,
+                        **stats,
+                        "seconds": round(time.perf_counter() - started, 3),
+                        "peak_memory_bytes": peak_memory_bytes(runtime.device),
+                    }
+                )
+                # A signal may reach one rank only: every rank stops after the same step.
+                stop = runtime.sum(len(received)) > 0
+                if stop or checkpoint_due(config, last_saved):
+                    save(epoch, index + 1)
+                if stop:
+                    raise Preempted(
+                        f"stopped by a signal after step {step} (epoch {epoch}); "
+                        f"{checkpoint_path} holds it: rerun the same command to resume"
+                    )
+            progress.close()
+            check_weights_finite(runtime, model, optimizers, epoch, checkpoint_path)
+            scores, predictions = run_eval(epoch)
+            run["per_epoch"].append(scores)
+            run["predictions"][epoch] = predictions
+            save(epoch, None)
     run["train_end"] = train_end(config.epochs)
     metrics = finish(config, runtime, model, tokenizer, out, run, len(train_examples), invoked)
-    runtime.remove_checkpoints(checkpoint_path, config.epochs)
+    runtime.remove_checkpoints(checkpoint_path)
     return metrics
 
 
@@ -822,5 +904,9 @@ def main(args: argparse.Namespace) -> None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    metrics = finetune(config, args.out)
+    try:
+        metrics = finetune(config, args.out)
+    except Preempted as stopped:
+        print(f"lomo finetune: {stopped}", file=sys.stderr, flush=True)
+        sys.exit(PREEMPTED_EXIT)
     print(json.dumps({"reported": metrics["reported"], "selection": metrics["selection"]}))

@@ -182,11 +182,12 @@ class Runtime:
     # --- checkpoints -------------------------------------------------------------------------
 
     def save_checkpoint(
-        self, path: Path, epoch: int, model: nn.Module, optimizers: list, state: dict
+        self, path: Path, step: int, model: nn.Module, optimizers: list, state: dict
     ) -> None:
-        """One epoch's checkpoint: `state` (the loop's own: schedulers, RNG, logs) and the
-        trainable weights and optimizer states. Under ZeRO-3 each rank writes its partitions
-        and optimizer state first; `path` (rank 0) then commits the epoch."""
+        """The checkpoint after training step `step`: `state` (the loop's own: epoch,
+        schedulers, RNG, logs) and the trainable weights and optimizer states. Under ZeRO-3
+        each rank writes its partitions and optimizer state first; `path` (rank 0) then commits
+        the step, and only then do the ranks remove their older files (one checkpoint kept)."""
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         if self.kind == "zero3":
             shard = {
@@ -195,7 +196,7 @@ class Runtime:
                 },
                 "optimizers": [opt.state_dict() for opt in optimizers],
             }
-            save_atomic(rank_file(path, self.rank, epoch), shard)
+            save_atomic(rank_file(path, self.rank, step), shard)
             self.barrier()
         if self.main:
             weights = {n: compact(p) for n, p in trainable.items() if not is_partitioned(p)}
@@ -204,7 +205,7 @@ class Runtime:
             )
             checkpoint = {
                 **state,
-                "epoch": epoch,
+                "step": step,
                 "world_size": self.world,
                 "runtime": self.kind,
                 "weights": weights,
@@ -212,8 +213,10 @@ class Runtime:
             }
             save_atomic(path, checkpoint)
         if self.kind == "zero3":
-            self.barrier()  # the epoch is committed: the older partitions can go
-            rank_file(path, self.rank, epoch - 1).unlink(missing_ok=True)
+            self.barrier()  # the step is committed: the older partitions can go
+            for older in rank_files(path, self.rank):
+                if older != rank_file(path, self.rank, step):
+                    older.unlink(missing_ok=True)
 
     def load_checkpoint(
         self, checkpoint: dict, path: Path, model: nn.Module, optimizers: list
@@ -231,7 +234,7 @@ class Runtime:
                 params[name].copy_(value)
         optimizer_states = checkpoint["optimizers"]
         if self.kind == "zero3":
-            shard = read_checkpoint_file(rank_file(path, self.rank, checkpoint["epoch"]))
+            shard = read_checkpoint_file(rank_file(path, self.rank, checkpoint["step"]))
             with torch.no_grad():
                 for name, value in shard["partitions"].items():
                     params[name].ds_tensor.copy_(value)
@@ -240,9 +243,9 @@ class Runtime:
         for opt, opt_state in zip(optimizers, optimizer_states, strict=True):
             opt.load_state_dict(opt_state)
 
-    def remove_checkpoints(self, path: Path, epoch: int) -> None:
-        if self.kind == "zero3":
-            rank_file(path, self.rank, epoch).unlink(missing_ok=True)
+    def remove_checkpoints(self, path: Path) -> None:
+        for rank_checkpoint in rank_files(path, self.rank):
+            rank_checkpoint.unlink(missing_ok=True)
         self.barrier()
         if self.main:
             path.unlink(missing_ok=True)
@@ -271,9 +274,13 @@ def read_checkpoint_file(path: Path) -> dict:
         ) from error
 
 
-def rank_file(path: Path, rank: int, epoch: int) -> Path:
-    """ZeRO-3: one rank's partitions and optimizer state after `epoch`."""
-    return path.with_name(f"{path.stem}.rank{rank}.epoch{epoch}.pt")
+def rank_file(path: Path, rank: int, step: int) -> Path:
+    """ZeRO-3: one rank's partitions and optimizer state after training step `step`."""
+    return path.with_name(f"{path.stem}.rank{rank}.step{step}.pt")
+
+
+def rank_files(path: Path, rank: int) -> list[Path]:
+    return sorted(path.parent.glob(f"{path.stem}.rank{rank}.step*.pt"))
 
 
 def compact(tensor: Tensor) -> Tensor:
