@@ -72,7 +72,8 @@ def test_only_answer_and_eos_are_trained(tokenizer, task):
         ("boolq", "lm-eval", " yes"),
         ("rte", "mezo", "No"),
         ("copa", "mezo", " I inhaled smoke."),  # the prompt's final space moves here
-        ("record", "lm-eval", "   - After undergoing surgery, Mr Shane Reeves spent a month"),
+        # lm-eval moves all the prompt's trailing whitespace, ReCoRD's newline included
+        ("record", "lm-eval", "\n   - After undergoing surgery, Mr Shane Reeves spent a month"),
     ],
 )
 def test_masking_with_other_templates(tokenizer, task, template, expected):

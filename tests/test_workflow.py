@@ -186,7 +186,10 @@ def test_a_job_that_does_not_fit_the_gpus_stops_the_dry_run(
     text = (ROOT / PROFILES[profile]).read_text()
     assert text.count(change[0]) == 1
     bad = tmp_path / "bad.yaml"
-    bad.write_text(text.replace(*change))
+    # GPUs fixed as in Table 2: without model_gpus the workflow would give the job more GPUs
+    fixed = "model_gpus: {huggyllama/llama-7b: 1, huggyllama/llama-13b: 2, "
+    fixed += "huggyllama/llama-30b: 4, huggyllama/llama-65b: 8}\n"
+    bad.write_text(text.replace(*change) + (fixed if profile == "paper" else ""))
     done = snakemake("-n", "--configfile", str(bad), "--config", f"superglue_dir={full_superglue}")
     assert done.returncode != 0
     output = (done.stdout + done.stderr).splitlines()
@@ -346,8 +349,10 @@ def test_rehearsal_profile_end_to_end():
     forced = 0
     for path in runs:
         config = yaml.safe_load((path.parent / "config.yaml").read_text())
-        if config["method"] in ("lomo", "lora+lomo"):
+        if config["method"] == "lomo":
             assert config["dtype"] == "fp16" and config["allow_cpu_fp16"], path
+        if config["method"] == "lora+lomo":  # the official LoRA+LOMO runs in bf16
+            assert config["dtype"] == "bf16", path
         if config["force_overflow_step"] == 3:
             log = list(csv.DictReader((path.parent / "train_log.csv").open()))
             assert [r["overflow"] for r in log[2:4]] == ["1", "0"], path
