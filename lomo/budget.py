@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from lomo.measure.plan import DTYPE_BYTES, count_parameters, fit_check, load_shape, plan
-from lomo.workflow import expand_runs, job_setting, method_of, model_slug
+from lomo.workflow import expand_runs, job_setting, method_of, model_slug, type_settings
 
 GPU_COUNTS = (1, 2, 4, 8)
 # Table 2: (GPUs, LOMO tokens per GPU per second) by model.
@@ -177,15 +177,10 @@ def budget_table(jobs: list[dict], node_gpus: int) -> str:
 
 
 def load_profile(path: str, gpu_memory: float | None) -> dict:
-    from lomo.train.config import coerce_settings
-
+    """A workflow profile with its settings typed as the workflow types them; `gpu_memory`
+    (GiB) replaces its GPU memory and lets the GPUs follow from it."""
     config = yaml.safe_load(Path(path).read_text())
-    config["finetune"] = coerce_settings(config.get("finetune", {}), "finetune")
-    for block in ("method_settings", "task_settings"):
-        config[block] = {
-            name: coerce_settings(values or {}, f"{block}.{name}")
-            for name, values in (config.get(block) or {}).items()
-        }
+    type_settings(config)
     if gpu_memory is not None:
         config["gpu_memory_gib"] = gpu_memory
         config.pop("model_gpus", None)

@@ -93,6 +93,19 @@ def selection_keys(config: dict) -> list[str]:
     return sorted({key for grid in config["grid"].values() for key in grid})
 
 
+def type_settings(config: dict) -> None:
+    """The profile's `finetune`, `method_settings` and `task_settings` typed as `lomo finetune`
+    types them (`--config 'finetune={epochs: 2}'` gives the string "2"), in place."""
+    from lomo.train.config import coerce_settings
+
+    config["finetune"] = coerce_settings(config.get("finetune", {}), "finetune")
+    for block in ("method_settings", "task_settings"):
+        config[block] = {
+            name: coerce_settings(values or {}, f"{block}.{name}")
+            for name, values in (config.get(block) or {}).items()
+        }
+
+
 def check_task_names(config: dict, schema_path: str | Path) -> None:
     """Every task the config names is declared in tasks.superglue.TASKS. The schema marks where
     task names go (`$defs/task`) without listing them, so the declarations stay the one list:

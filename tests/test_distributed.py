@@ -114,6 +114,22 @@ RUN = dict(
 )
 
 
+def assert_equals_one_process(out: Path, single_dir: Path) -> list[dict]:
+    """The 2-rank run in `out` has a one-process run's scores, global order and per-step loss,
+    grad norm and lr; returns its train log."""
+    from lomo.train import finetune as ft
+
+    single = ft.finetune(ft.FinetuneConfig(**RUN), single_dir)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert_same_scores(metrics["per_epoch"], single["per_epoch"])
+    logs = [list(csv.DictReader((folder / "train_log.csv").open())) for folder in (out, single_dir)]
+    for ours, expected in zip(*logs, strict=True):
+        assert ours["examples"] == expected["examples"]  # the one-process global order
+        for key in ("loss", "grad_norm", "lr"):
+            assert float(ours[key]) == pytest.approx(float(expected[key]), rel=TOLERANCE), key
+    return logs[0]
+
+
 def finetune_on_two_ranks(
     out: Path, kill_step: int = 0, signal_step: int = 0
 ) -> subprocess.CompletedProcess:
@@ -141,22 +157,11 @@ def test_zero3_signal_on_one_rank_stops_both_and_the_rerun_equals_one_process(tm
     resumed = finetune_on_two_ranks(out)
     assert resumed.returncode == 0, resumed.stderr[-5000:]
     assert f"resuming from {out / 'checkpoint.pt'} after batch" in resumed.stdout
-    single = ft.finetune(ft.FinetuneConfig(**RUN), tmp_path / "single")
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert_same_scores(metrics["per_epoch"], single["per_epoch"])
-    logs = [
-        list(csv.DictReader((folder / "train_log.csv").open()))
-        for folder in (out, tmp_path / "single")
-    ]
-    for ours, expected in zip(*logs, strict=True):
-        assert ours["examples"] == expected["examples"], at
-        for key in ("loss", "grad_norm", "lr"):
-            assert float(ours[key]) == pytest.approx(float(expected[key]), rel=TOLERANCE), key
+    assert_equals_one_process(out, tmp_path / "single")
     assert not list(out.glob("checkpoint*"))
 
 
 def test_zero3_finetune_survives_a_killed_rank_and_equals_one_process(tmp_path):
-    from lomo.train import finetune as ft
 
     out = tmp_path / "zero3"
     # Step 3 is the first step of epoch 2: epoch 1's checkpoint exists.
@@ -173,18 +178,8 @@ def test_zero3_finetune_survives_a_killed_rank_and_equals_one_process(tmp_path):
     assert "resuming from" in resumed.stdout
     assert sorted(p.name for p in out.glob("checkpoint*")) == []  # all removed at the end
 
-    single = ft.finetune(ft.FinetuneConfig(**RUN), tmp_path / "single")
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert_same_scores(metrics["per_epoch"], single["per_epoch"])
-    logs = [
-        list(csv.DictReader((folder / "train_log.csv").open()))
-        for folder in (out, tmp_path / "single")
-    ]
-    assert [int(r["step"]) for r in logs[0]] == [1, 2, 3, 4]
-    for ours, expected in zip(*logs, strict=True):
-        assert ours["examples"] == expected["examples"]  # the one-process global order
-        for key in ("loss", "grad_norm", "lr"):
-            assert float(ours[key]) == pytest.approx(float(expected[key]), rel=TOLERANCE), key
+    log = assert_equals_one_process(out, tmp_path / "single")
+    assert [int(r["step"]) for r in log] == [1, 2, 3, 4]
     predictions = [
         (folder / "predictions.jsonl").read_text() for folder in (out, tmp_path / "single")
     ]

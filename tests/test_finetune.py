@@ -176,6 +176,21 @@ class Killed(Exception):
     pass
 
 
+def killed_at_step(monkeypatch, step: int, config: ft.FinetuneConfig, out: Path) -> None:
+    """Run `config` in `out` until just before update `step`, where it dies (as a kill would)."""
+    real_step = ft.train_step
+
+    def dies(*args):
+        if args[5] == step:
+            raise Killed
+        return real_step(*args)
+
+    monkeypatch.setattr(ft, "train_step", dies)
+    with pytest.raises(Killed):
+        ft.finetune(config, out)
+    monkeypatch.setattr(ft, "train_step", real_step)
+
+
 @pytest.mark.parametrize("method", ["adalomo", "lora"])
 def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch, method):
     config = tiny_config(method=method, epochs=3, lr=1e-3)
@@ -527,17 +542,7 @@ def test_resume_on_changed_data_names_what_changed(tmp_path, monkeypatch):
         for name in ("train.jsonl", "val.jsonl"):
             (data / task / name).write_text((DATA_DIR / task / name).read_text())
     config = tiny_config(method="lomo", epochs=2, data_dir=str(data))
-    real_step = ft.train_step
-
-    def dies_in_epoch_2(*args):
-        if args[5] == 3:
-            raise Killed
-        return real_step(*args)
-
-    monkeypatch.setattr(ft, "train_step", dies_in_epoch_2)
-    with pytest.raises(Killed):
-        ft.finetune(config, tmp_path / "run")
-    monkeypatch.setattr(ft, "train_step", real_step)
+    killed_at_step(monkeypatch, 3, config, tmp_path / "run")  # the first of epoch 2
     rows = (data / "RTE" / "val.jsonl").read_text().splitlines()
     (data / "RTE" / "val.jsonl").write_text("\n".join(rows[1:] + rows[:1]) + "\n")  # reordered
     with pytest.raises(
@@ -618,17 +623,7 @@ def test_resume_refuses_changed_base_weights_naming_the_file(tmp_path, monkeypat
     load_model("tiny-llama").save_pretrained(folder)
     load_tokenizer("tiny-llama").save_pretrained(folder)
     config = tiny_config(model=str(folder), method="lora", epochs=2)
-    real_step = ft.train_step
-
-    def dies_in_epoch_2(*args):
-        if args[5] == 3:  # 2 updates per epoch: the first update of the second epoch
-            raise Killed
-        return real_step(*args)
-
-    monkeypatch.setattr(ft, "train_step", dies_in_epoch_2)
-    with pytest.raises(Killed):
-        ft.finetune(config, tmp_path / "run")
-    monkeypatch.setattr(ft, "train_step", real_step)
+    killed_at_step(monkeypatch, 3, config, tmp_path / "run")  # the first of epoch 2
     if change == "weights":
         other = load_model("tiny-llama")
         with torch.no_grad():

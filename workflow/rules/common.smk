@@ -12,7 +12,6 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from lomo.train.config import coerce_settings
 from lomo.workflow import (
     check_memory,
     check_task_names,
@@ -21,6 +20,7 @@ from lomo.workflow import (
     model_slug,
     selection_keys,
     settings_to_flags,
+    type_settings,
 )
 from tasks.superglue.source import SourceError, resolve_source
 
@@ -28,12 +28,7 @@ from tasks.superglue.source import SourceError, resolve_source
 # Settings typed as `lomo finetune` types them (--config 'finetune={epochs: 2}' gives the
 # string "2"), then checked against the schema.
 try:
-    config["finetune"] = coerce_settings(config.get("finetune", {}), "finetune")
-    for block in ("method_settings", "task_settings"):
-        config[block] = {
-            name: coerce_settings(values or {}, f"{block}.{name}")
-            for name, values in config.get(block, {}).items()
-        }
+    type_settings(config)
 except ValueError as error:
     raise WorkflowError(f"config: {error}")
 SCHEMA = f"{workflow.basedir}/config/schemas/config.schema.yaml"
