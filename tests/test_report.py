@@ -157,3 +157,12 @@ def test_a_run_listed_twice_counts_once(tmp_path):
     twice = [a, b, a, str(Path(a).parent / ".." / "a" / "metrics.json")]
     (row,) = report.collect(twice, {}, ["lr"])
     assert row["grid_points"] == 2
+
+
+def test_runs_told_apart_by_a_setting_need_no_data_label(tmp_path):
+    """Two protocols use different examples by design: the protocol labels them, not data."""
+    a = write_fingerprint(write_run(tmp_path, "a", [0.6], protocol="paper"), {"e": "1"})
+    b = write_run(tmp_path, "b", [0.7], [0.5], protocol="heldout")
+    b = write_fingerprint(b, {"e": "2"})
+    rows = report.collect([a, b], {}, ["lr"])
+    assert {r["variant"] for r in rows} == {"lomo (protocol=paper)", "lomo (protocol=heldout)"}

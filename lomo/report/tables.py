@@ -162,10 +162,13 @@ def variant_labels(runs: list[dict], select_over: list[str]) -> dict[str, str]:
             if key not in NOT_SETTINGS and key not in select_over:
                 if len({json.dumps(r["config"].get(key)) for r in cell}) > 1:
                     label_keys[(model, method)].add(key)
-        # Seeds may draw their own examples (val-split): data tells rows apart only when runs
-        # of one seed used different examples.
-        seeds = {r["config"]["seed"] for r in cell}
-        if any(len({r["data"] for r in cell if r["config"]["seed"] == s}) > 1 for s in seeds):
+        # Data tells rows apart only where nothing else does: runs of one seed (a seed may draw
+        # its own examples) with the same settings on different examples.
+        same = defaultdict(set)
+        for r in cell:
+            settings = {k: v for k, v in defining_settings(r, select_over).items() if k != "data"}
+            same[json.dumps([settings, r["config"]["seed"]], sort_keys=True)].add(r["data"])
+        if any(len(data) > 1 for data in same.values()):
             label_keys[(model, method)].add("data")
     labels = {}
     for run in runs:
