@@ -21,10 +21,8 @@ Per job:
 import argparse
 import math
 from collections import defaultdict
-from pathlib import Path
 
-import yaml
-
+from lomo.io import read_yaml
 from lomo.measure.plan import DTYPE_BYTES, count_parameters, fit_check, load_shape, plan
 from lomo.workflow import expand_runs, job_setting, method_of, model_slug, type_settings
 
@@ -179,7 +177,9 @@ def budget_table(jobs: list[dict], node_gpus: int) -> str:
 def load_profile(path: str, gpu_memory: float | None) -> dict:
     """A workflow profile with its settings typed as the workflow types them; `gpu_memory`
     (GiB) replaces its GPU memory and lets the GPUs follow from it."""
-    config = yaml.safe_load(Path(path).read_text())
+    config = read_yaml(path)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a workflow profile (a mapping), not {config!r}")
     type_settings(config)
     if gpu_memory is not None:
         config["gpu_memory_gib"] = gpu_memory

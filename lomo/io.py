@@ -5,7 +5,9 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import yaml
 
 
 def current_umask() -> int:
@@ -39,3 +41,16 @@ def open_atomic(path: str | Path) -> Iterator[BinaryIO]:
 def write_atomic(path: str | Path, data: str | bytes) -> None:
     with open_atomic(path) as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content; a syntax error is one line naming file:line:column and the
+    problem (PyYAML's own message spans several lines and shows the parser's internals)."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ValueError(f"{where}: invalid YAML: {error.problem}") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: invalid YAML: {' '.join(str(error).split())}") from None

@@ -96,3 +96,25 @@ def test_the_installed_command_prints_no_traceback(tmp_path):
     ], done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "text", "where"),
+    [
+        (["finetune", "--out", "{tmp}/run", "--config"], "lr: 0.03\nepochs: [2\n", ":3:1: invalid"),
+        (
+            ["finetune", "--out", "{tmp}/run", "--config"],
+            "lr: 0.03\n  epochs: 2\n",
+            ":2:9: invalid",
+        ),
+        (["budget", "--profile"], "models: [a\ntasks: {b: c\n", ":2:6: invalid"),
+        (["budget", "--profile"], "just a string\n", "expected a workflow profile"),
+    ],
+)
+def test_a_yaml_error_is_one_line_naming_file_and_line(tmp_path, capsys, command, text, where):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in command] + [str(path)]
+    message = one_line_error(capsys, argv)
+    assert f"{path}" in message and where in message, message
+    assert not (tmp_path / "run").exists()  # nothing written before the config is read

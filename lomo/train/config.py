@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
-import yaml
-
+from lomo.io import read_yaml
 from lomo.loss_scaler import DynamicLossScaler
 from tasks.superglue import PROTOCOLS, get_task, get_template
 
@@ -244,8 +243,7 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> FinetuneConfig:
     type and checked once; unknown keys are an error."""
     values: dict[str, Any] = {}
     if path:
-        with open(path) as f:
-            values = yaml.safe_load(f) or {}
+        values = read_yaml(path) or {}
         if not isinstance(values, dict):
             raise ValueError(
                 f"{path}: expected a mapping of settings, got a {type(values).__name__}"
