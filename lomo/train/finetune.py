@@ -702,9 +702,8 @@ def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> 
 
     def save(epoch: int, batches_done: int | None) -> None:
         """The checkpoint after this step: within `epoch` (`batches_done` of its batches), or
-        at its end, evaluated (None)."""
+        at its end, evaluated (None). The caller has checked the weights are finite."""
         nonlocal last_saved
-        check_weights_finite(runtime, model, optimizers, epoch, checkpoint_path)
         state = {
             "config": dataclasses.asdict(config),
             "fingerprint": inputs,
@@ -768,6 +767,7 @@ def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> 
                 # A signal may reach one rank only: every rank stops after the same step.
                 stop = runtime.sum(len(received)) > 0
                 if stop or checkpoint_due(config, last_saved):
+                    check_weights_finite(runtime, model, optimizers, epoch, checkpoint_path)
                     save(epoch, index + 1)
                 if stop:
                     raise Preempted(

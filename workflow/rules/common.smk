@@ -4,6 +4,7 @@ Included first by the Snakefile: validates the config, resolves the SuperGLUE so
 stops with what to set when there is none) and names the runs.
 """
 
+import functools
 import json
 import os
 import re
@@ -140,13 +141,17 @@ def job_resources(wildcards):
     Table 2's throughput, its checkpoint) on GPUs; the profile's `resources` on CPU."""
     if not config["resources"]["gpus"]:
         return {**config["resources"], "disk_mb": 1000, "nodes": 1}
+    return budgeted_resources(wildcards.model, wildcards.variant, wildcards.task)
+
+
+@functools.cache  # each resource of a job asks: plan it once
+def budgeted_resources(slug, variant, task):
     from lomo.budget import job_resources
 
-    model = MODELS[wildcards.model]
-    settings = RUN_SETTINGS[(wildcards.model, wildcards.variant, wildcards.task)]
-    return job_resources(
-        model, method_of(wildcards.variant), wildcards.task, settings, job_gpus(wildcards)
-    )
+    model = MODELS[slug]
+    gpus = config.get("model_gpus", {}).get(model, config["resources"]["gpus"])
+    settings = RUN_SETTINGS[(slug, variant, task)]
+    return job_resources(model, method_of(variant), task, settings, gpus)
 
 
 def on_gpus(gpus):
