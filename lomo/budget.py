@@ -15,7 +15,11 @@ Per job:
   x 1.5 for what the model leaves out (a LLaMA tokenizer's longer encodings, slower nodes), + 15
   minutes to start, load the model and write;
 - disk: the checkpoint of the trainable weights in their dtype, twice (a new one is complete
-  before the old one goes), + 1 GB.
+  before the old one goes), + 1 GB;
+- submissions: a job longer than the profile's `resources.runtime` (the partition's time limit)
+  asks for that limit and runs in several submissions: each stops `time_limit_margin_minutes`
+  before the limit with a checkpoint (lomo finetune) and the next resumes it, after starting
+  and loading the model again (`FIXED_MINUTES`).
 """
 
 import argparse
@@ -113,8 +117,11 @@ def tokens_per_second(model: str, gpus: int) -> float:
     return TABLE2_TGS["llama-7b"][1] * count_parameters(seven) / count_parameters(shape) * gpus
 
 
-def job_resources(model: str, method: str, task: str, settings: dict, gpus: int) -> dict:
-    """{gpus, nodes, mem_mb, runtime (minutes), disk_mb} of one job on GPUs."""
+def job_resources(
+    model: str, method: str, task: str, settings: dict, gpus: int, max_minutes: int
+) -> dict:
+    """{gpus, nodes, mem_mb, runtime (minutes, at most `max_minutes`), disk_mb, submissions,
+    minutes (all its submissions together)} of one job on GPUs."""
     n_train, n_eval = example_counts(task, settings)
     per_example = min(TASK_TOKENS[task], settings.get("max_length", 1024))
     epochs = 0 if method == "zero-shot" else settings.get("epochs", 10)
@@ -124,12 +131,26 @@ def job_resources(model: str, method: str, task: str, settings: dict, gpus: int)
     params = count_parameters(load_shape(model))
     trainable = 0 if method in ("zero-shot", "lora") else params
     checkpoint = DTYPE_BYTES[settings.get("dtype", "fp32")] * trainable
+    work = math.ceil(seconds / 60)
+    submissions, minutes = 1, work + FIXED_MINUTES
+    if minutes > max_minutes:
+        margin = settings.get("time_limit_margin_minutes", 10)
+        per_submission = max_minutes - FIXED_MINUTES - margin
+        if per_submission < 1:
+            raise ValueError(
+                f"resources.runtime {max_minutes} minutes leaves no time to train after "
+                f"{FIXED_MINUTES} minutes of start-up and a {margin}-minute margin"
+            )
+        submissions = math.ceil(work / per_submission)
+        minutes = work + submissions * (FIXED_MINUTES + margin)
     return {
         "gpus": gpus,
         "nodes": 1,
         "mem_mb": 1024 * (6 * gpus + 4),
-        "runtime": math.ceil(seconds / 60) + FIXED_MINUTES,
+        "runtime": min(minutes, max_minutes),
         "disk_mb": math.ceil(2 * checkpoint / 1e6) + 1000,
+        "submissions": submissions,
+        "minutes": minutes,
     }
 
 
@@ -144,7 +165,9 @@ def profile_jobs(config: dict) -> list[dict]:
     jobs = []
     for (slug, variant, task), settings in runs.items():
         model, method = names[slug], method_of(variant)
-        resources = job_resources(model, method, task, settings, max(1, gpus[model]))
+        resources = job_resources(
+            model, method, task, settings, max(1, gpus[model]), config["resources"]["runtime"]
+        )
         jobs += [{"model": model, "variant": variant, "task": task, **resources}] * len(
             config["seeds"]
         )
@@ -152,25 +175,38 @@ def profile_jobs(config: dict) -> list[dict]:
 
 
 def budget_table(jobs: list[dict], node_gpus: int) -> str:
-    """Per model and in total: jobs, GPUs per job, GPU-hours, the wall time on one node of
-    `node_gpus` GPUs if jobs pack it perfectly, the largest job's disk and all checkpoints
-    written once."""
+    """Per model and in total: jobs, GPUs and submissions per job, GPU-hours, the wall time on
+    one node of `node_gpus` GPUs if jobs pack it perfectly, disk per job and at once on the
+    node; then the profile's disk: model weights in the cache and checkpoints at once."""
     lines = [
-        f"| model | jobs | GPUs per job | GPU-hours | wall time on one {node_gpus}-GPU node "
-        "| disk per job (max) |",
-        "|---|---|---|---|---|---|",
+        f"| model | jobs | GPUs per job | submissions per job (max) | GPU-hours | wall time on one "
+        f"{node_gpus}-GPU node | disk per job (max) | checkpoints at once on the node |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     groups = defaultdict(list)
     for job in jobs:
         groups[job["model"]].append(job)
+    at_once = {
+        model: max(node_gpus // j["gpus"] * j["disk_mb"] for j in rows) / 1000
+        for model, rows in groups.items()
+    }
     for model, rows in [*groups.items(), ("total", jobs)]:
-        gpu_hours = sum(j["gpus"] * j["runtime"] / 60 for j in rows)
+        gpu_hours = sum(j["gpus"] * j["minutes"] / 60 for j in rows)
         gpus = sorted({j["gpus"] for j in rows})
+        on_node = at_once.get(model, max(at_once.values()))
         lines.append(
-            f"| {model} | {len(rows)} | {'/'.join(map(str, gpus))} | {gpu_hours:,.0f} "
-            f"| {gpu_hours / node_gpus / 24:,.1f} days | "
-            f"{max(j['disk_mb'] for j in rows) / 1000:,.0f} GB |"
+            f"| {model} | {len(rows)} | {'/'.join(map(str, gpus))} "
+            f"| {max(j['submissions'] for j in rows)} | {gpu_hours:,.0f} "
+            f"| {gpu_hours / node_gpus / 24:,.1f} days "
+            f"| {max(j['disk_mb'] for j in rows) / 1000:,.0f} GB | {on_node:,.0f} GB |"
         )
+    weights = sum(2 * count_parameters(load_shape(model)) for model in groups) / 1e9
+    lines += [
+        "",
+        f"Disk for the profile: {weights:,.0f} GB of model weights in the Hugging Face cache "
+        f"(16-bit), plus at most {max(at_once.values()):,.0f} GB of checkpoints at once on one "
+        f"{node_gpus}-GPU node (removed as runs finish; a finished run folder keeps no weights).",
+    ]
     return "\n".join(lines)
 
 

@@ -186,3 +186,75 @@ def check_memory(config: dict, runs: dict[tuple[str, str, str], dict[str, Any]])
         fits, message = checked[model, setting]
         if not fits:
             raise ValueError(f"job {slug}/{variant}/{task}: {message} (lomo plan)")
+
+
+# The official optimizers (lomo-optim) hold what ours hold: planned as ours.
+PLANNED_AS = {"lomo-optim": "lomo", "adalomo-optim": "adalomo"}
+
+
+def measurement_gpu_memory(command: str, flags: str) -> float:
+    """GiB of one GPU that a `lomo memory` / `lomo throughput` measurement with these flags
+    needs: the training peak of its largest configuration (optimizer x activation
+    checkpointing, at its deepest `--layers`), as `lomo plan` predicts for one process."""
+    import argparse
+    import dataclasses
+    import shlex
+
+    from lomo.measure import memory, throughput
+    from lomo.measure.plan import GIB, Setting, load_shape, plan
+
+    parser = argparse.ArgumentParser(prog="lomo")
+    commands = parser.add_subparsers(dest="command")
+    {"memory": memory, "throughput": throughput}[command].add_parser(commands, "")
+    args = parser.parse_args([command, *shlex.split(flags)])
+    shape = load_shape(args.model)
+    layers = args.layers if isinstance(args.layers, list) else [args.layers]
+    if any(layers):
+        shape = dataclasses.replace(shape, layers=max(n for n in layers if n))
+    peaks = [
+        plan(
+            shape,
+            Setting(
+                method=PLANNED_AS.get(optimizer, optimizer),
+                seq=args.seq,
+                batch=args.batch,
+                dtype=args.dtype,
+                ac=ac == "on",
+                attn=args.attn,
+                chunked_loss=args.chunked_loss,
+                deepspeed=False,
+            ),
+        )["peak"]
+        for optimizer in args.optimizers
+        for ac in (args.ac if isinstance(args.ac, list) else [args.ac])
+    ]
+    return max(peaks) / GIB
+
+
+def sgd_claims_gpu_memory(models: list[str]) -> float:
+    """GiB of one GPU that `lomo sgd-claims` needs at least: five fp32 copies of the largest
+    model's weights (the implicit-batch measurement; its activations come on top)."""
+    from lomo.measure.plan import GIB, count_parameters, load_shape
+
+    return (
+        max(5 * 4 * count_parameters(load_shape(m.removesuffix(":random"))) for m in models) / GIB
+    )
+
+
+def beyond_gpu_memory(config: dict) -> dict[str, float]:
+    """The profile's GPU measurements that need more than `gpu_memory_gib` per GPU (after
+    `gpu_memory_reserve_gib`, default 1) -> the GiB each needs; none without gpu_memory_gib.
+    Keys: `memory_NAME`, `throughput_NAME` (their tables' names), `sgd_claims`."""
+    memory = config.get("gpu_memory_gib")
+    if memory is None:
+        return {}
+    limit = memory - config.get("gpu_memory_reserve_gib", 1.0)
+    needs = {}
+    for command in ("memory", "throughput"):
+        for entry in config[command]:
+            if entry.get("device") == "cuda":
+                flags = settings_to_flags({k: v for k, v in entry.items() if k != "name"})
+                needs[f"{command}_{entry['name']}"] = measurement_gpu_memory(command, flags)
+    if "--device cuda" in config["claims"]["sgd_settings"]:
+        needs["sgd_claims"] = sgd_claims_gpu_memory(config["claims"]["sgd_models"])
+    return {name: need for name, need in needs.items() if need > limit}

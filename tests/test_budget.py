@@ -56,10 +56,18 @@ def test_slurm_gets_each_jobs_own_resources(slurm_dry_run):
     # 65B LOMO on BoolQ, by hand: 10 epochs x 1000 examples x 319 tokens trained, 11 x 1000 x
     # 319 evaluated at a third of the cost, x 1.5, at Table 2's 4.93 tokens/GPU/s on 8 GPUs.
     seconds = 1.5 * (10 * 1000 * 319 + 11 * 1000 * 319 / 3) / (4.93 * 8)
-    assert int(lomo["runtime"]) == math.ceil(seconds / 60) + 15  # about 46 hours
+    work = math.ceil(seconds / 60)  # about 46 hours: over the profile's 24-hour limit
+    assert int(lomo["runtime"]) == 1440  # resources.runtime, the partition's limit
+    resources = budget.job_resources(
+        "huggyllama/llama-65b", "lomo", "boolq", {"max_length": 1024}, 8, 1440
+    )
+    # two submissions, each stopping 10 minutes before the limit after 15 minutes of start-up
+    assert resources["submissions"] == math.ceil(work / (1440 - 15 - 10)) == 2
+    assert resources["minutes"] == work + 2 * (15 + 10)
     assert int(lomo["disk_mb"]) >= 2 * 2 * 65e9 / 1e6  # two fp16 checkpoints of the weights
-    # SLURM warns ten minutes before the time limit: the job checkpoints and is retried
-    assert lomo["slurm_extra"] == "--signal=USR1@600"
+    # No --signal: SLURM sends it to every process of the job step, and the Snakemake and shell
+    # processes around lomo finetune die of SIGUSR1; lomo finetune reads SLURM_JOB_END_TIME.
+    assert "--signal" not in lomo.get("slurm_extra", "")
     # zero-shot: 1000 + 277 RTE examples evaluated, minutes; no checkpoint
     assert int(zero_shot["runtime"]) < 30 and int(zero_shot["disk_mb"]) == 1000
 
@@ -78,9 +86,19 @@ def test_gpus_follow_the_gpu_memory():
 def test_the_budget_table(capsys):
     lomo_main(["budget", "--profile", str(ROOT / "config/paper-core.yaml")])
     lines = capsys.readouterr().out.splitlines()
-    total = lines[-1].split("|")
-    assert total[1].strip() == "total" and total[2].strip() == "36"  # 2 models x 6 tasks x 3
-    assert float(total[4].replace(",", "")) > 0
+    rows = {line.split("|")[1].strip(): line.split("|") for line in lines if line.startswith("|")}
+    total = rows["total"]
+    assert total[2].strip() == "36"  # 2 models x 6 tasks x 3 methods
+    jobs = budget.profile_jobs(budget.load_profile(str(ROOT / "config/paper-core.yaml"), None))
+    gpu_hours = sum(job["gpus"] * job["minutes"] for job in jobs) / 60
+    assert float(total[5].replace(",", "")) == round(gpu_hours)
+    # 7B fits one 24 GB GPU: eight 28 GB LOMO checkpoints (two fp16 copies + 1 GB) at once
+    assert (
+        rows["huggyllama/llama-7b"][8].strip()
+        == f"{8 * (2 * 2 * 6_738_415_616 / 1e6 + 1000) / 1000:.0f} GB"
+    )
+    weights = 2 * (6_738_415_616 + 13_015_864_320) / 1e9  # the two models' fp16 weights
+    assert f"Disk for the profile: {weights:.0f} GB of model weights" in lines[-1]
 
 
 @pytest.mark.skipif(not DATA_DIR.is_dir(), reason="needs ../shared/superglue")

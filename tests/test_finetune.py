@@ -8,6 +8,7 @@ import math
 import os
 import random
 import signal
+import time
 import warnings
 from pathlib import Path
 
@@ -259,6 +260,10 @@ def test_nan_loss_stops_with_step_number(tmp_path, monkeypatch):
         ),
         ({"dtype": "fp16", "allow_cpu_fp16": True, "force_overflow_step": 0}, "must be > 0"),
         ({"loss_scale_window": 0}, "loss_scale_window must be > 0"),
+        ({"epochs": -1}, "epochs must be >= 0, got -1"),
+        ({"weight_decay": -0.1}, "weight_decay must be >= 0"),
+        ({"warmup_ratio": 1.0}, "need 0 <= warmup_ratio < 1, got 1.0"),
+        ({"lora_warmup_ratio": -0.5}, "need 0 <= lora_warmup_ratio < 1"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, overrides, message):
@@ -638,20 +643,23 @@ def test_resume_refuses_changed_base_weights_naming_the_file(tmp_path, monkeypat
     assert "model.safetensors" in fingerprint["model_files"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, "time limit"])
 def test_a_signal_stops_after_the_step_and_the_rerun_equals_uninterrupted(
     tmp_path, monkeypatch, signum
 ):
-    """SIGTERM (preemption) or SIGUSR1 (SLURM's time-limit warning) at a random step: the step
-    finishes, a checkpoint within the epoch is written, the command exits 75, and the same
-    command resumes at the next batch and ends with the uninterrupted run's results."""
+    """SIGTERM (preemption), SIGUSR1 (a time-limit warning) or the SLURM job's end time
+    (SLURM_JOB_END_TIME) coming within the margin at a random step: the step finishes, a
+    checkpoint within the epoch is written, the command exits 75, and the same command resumes
+    at the next batch and ends with the uninterrupted run's results."""
     config = tiny_config(method="adalomo", epochs=3, lr=1e-3)  # 2 updates per epoch
     ft.finetune(config, tmp_path / "full")
     at = random.randint(1, 6)
     real_step = ft.train_step
 
     def signalled(*args):
-        if args[5] == at:
+        if args[5] == at and signum == "time limit":  # the job ends in 10 minutes (the margin)
+            monkeypatch.setenv("SLURM_JOB_END_TIME", str(int(time.time()) + 600))
+        elif args[5] == at:
             os.kill(os.getpid(), signum)  # arrives during the step
         return real_step(*args)
 
@@ -667,6 +675,7 @@ def test_a_signal_stops_after_the_step_and_the_rerun_equals_uninterrupted(
     assert (checkpoint["step"], checkpoint["batches_done"]) == (at, (at - 1) % 2 + 1)
     assert not (tmp_path / "resumed" / "metrics.json").exists()
     monkeypatch.setattr(ft, "train_step", real_step)
+    monkeypatch.delenv("SLURM_JOB_END_TIME", raising=False)  # the resubmitted job's time
     main(["finetune", *flags, "--out", str(tmp_path / "resumed")])
     for name in ("metrics.json", "predictions.jsonl"):
         full = (tmp_path / "full" / name).read_bytes()
@@ -680,6 +689,40 @@ def test_a_signal_stops_after_the_step_and_the_rerun_equals_uninterrupted(
             expected[k] for k in ("step", "examples", "lr", "loss")
         ], at
     assert not list((tmp_path / "resumed").glob("checkpoint*"))
+
+
+def test_the_time_limit_allows_for_the_evaluation_it_has_measured(tmp_path, monkeypatch):
+    """After an epoch's last step comes its evaluation: with less time left than the last
+    evaluation took (plus the margin), the run saves and stops before evaluating, and the
+    rerun evaluates that epoch and ends as the uninterrupted run. Steps of the tiny model take
+    well under the 20 s left; each evaluation is made to take 40 s (a fake clock)."""
+    config = tiny_config(method="lomo", epochs=2, time_limit_margin_minutes=1)
+    ft.finetune(config, tmp_path / "full")
+    clock = {"now": 0.0}
+    real_evaluate, real_counter = ft.evaluate_epoch, time.perf_counter
+
+    def slow_evaluation(*args, **kwargs):
+        clock["now"] += 40.0
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "evaluate_epoch", slow_evaluation)
+    monkeypatch.setattr(ft.time, "perf_counter", lambda: real_counter() + clock["now"])
+    monkeypatch.setattr(ft, "time_left", lambda: 60 + 20.0)  # the margin + 20 s
+    with pytest.raises(ft.Preempted, match="before the job's time limit after step 4"):
+        ft.finetune(config, tmp_path / "resumed")
+    checkpoint = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["batches_done"]) == (2, 2)  # epoch 2 not evaluated
+    monkeypatch.setattr(ft, "time_left", lambda: math.inf)
+    ft.finetune(config, tmp_path / "resumed")
+    for name in ("metrics.json", "predictions.jsonl"):
+        full = (tmp_path / "full" / name).read_bytes()
+        assert (tmp_path / "resumed" / name).read_bytes() == full, name
+    with pytest.raises(ValueError, match="time_limit_margin_minutes must be >= 0"):
+        tiny_config(time_limit_margin_minutes=-1).validate()
+    monkeypatch.undo()
+    monkeypatch.setenv("SLURM_JOB_END_TIME", "tomorrow")
+    with pytest.raises(ValueError, match="SLURM_JOB_END_TIME='tomorrow' is not a time"):
+        ft.time_left()
 
 
 def test_time_based_checkpoints_within_an_epoch(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from paths import DATA_DIR, ROOT
 
-from lomo import budget
+from lomo import budget, workflow
 from lomo.cli import build_parser
 from lomo.train import finetune as ft
 from lomo.workflow import expand_runs, grid_points, settings_to_flags
@@ -385,3 +385,39 @@ def test_grid_points_pair_each_value_with_its_key(order):
     assert len(points) == 6
     assert {p["lr"] for p in points} == {0.05, 0.03}
     assert {p["warmup_ratio"] for p in points} == {0.1, 0.2, 0.3}
+
+
+@pytest.mark.parametrize(
+    "gpu_memory, left_out",
+    [(24, {"memory_llama-7b_cuda", "sgd_claims"}), (80, {"sgd_claims"}), (141, set())],
+)
+def test_gpu_work_beyond_the_profiles_gpu_memory_is_named(gpu_memory, left_out):
+    """The paper profile's GPU measurements against a card's memory: Table 1 at full depth
+    without activation checkpointing (AdaLomo, the largest: 49 GiB by lomo plan) fits 80 GB
+    but not 24 GB; sgd-claims holds five fp32 copies of LLaMA-7B's 6,738,415,616 weights."""
+    config = budget.load_profile(str(ROOT / "config/paper.yaml"), gpu_memory)
+    beyond = workflow.beyond_gpu_memory(config)
+    assert set(beyond) == left_out
+    if "sgd_claims" in beyond:
+        assert beyond["sgd_claims"] == pytest.approx(5 * 4 * 6_738_415_616 / 2**30)
+    config.pop("gpu_memory_gib")
+    assert workflow.beyond_gpu_memory(config) == {}  # no GPU memory stated: nothing left out
+
+
+def dry_run_jobs(*args: str) -> dict[str, int]:
+    """Rule -> jobs of a dry run of the paper profile (with the laptop's data folder)."""
+    done = snakemake("-n", "--configfile", "config/paper.yaml", "--config", *args)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    table = done.stdout.split("Job stats:")[1].split("total")[0]
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
+
+
+def test_all_completes_on_80_gb_cards_and_the_rest_is_its_own_target():
+    """`snakemake --configfile config/paper.yaml all` on 80 GB cards: both Table 1
+    measurements, no sgd-claims (126 GiB); `beyond_gpu_memory` is that job alone."""
+    settings = ("gpu_memory_gib=80", f"superglue_dir={DATA_DIR}")
+    jobs = dry_run_jobs(*settings)
+    assert jobs["memory_table"] == 2 and jobs["throughput_table"] == 1
+    assert "sgd_claims" not in jobs and "sgd_claims_notebook" not in jobs
+    beyond = dry_run_jobs(*settings, "--", "beyond_gpu_memory")
+    assert beyond["sgd_claims"] == 1 and "memory_table" not in beyond

@@ -105,6 +105,9 @@ class FinetuneConfig:
     # A checkpoint within an epoch every this many minutes (None: at each epoch's end only),
     # beside the one a SIGTERM / SIGUSR1 asks for: a preempted or timed-out job loses less.
     checkpoint_every_minutes: float | None = None
+    # In a SLURM job: stop and checkpoint this long before the job's time limit
+    # (SLURM_JOB_END_TIME), also allowing for the next step or evaluation to finish first.
+    time_limit_margin_minutes: float = 10.0
     # several processes: a DeepSpeed JSON config (ZeRO-3), or none for plain data parallelism
     deepspeed: str | None = None
 
@@ -131,13 +134,14 @@ class FinetuneConfig:
             "num_eval",
             "loss_scale_window",
         )
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.epochs < 0 or not 0 <= self.warmup_ratio < 1 or self.weight_decay < 0:
-            raise ValueError("need epochs >= 0, 0 <= warmup_ratio < 1 and weight_decay >= 0")
-        if self.lora_warmup_ratio is not None and not 0 <= self.lora_warmup_ratio < 1:
-            raise ValueError(f"need 0 <= lora_warmup_ratio < 1, got {self.lora_warmup_ratio}")
+        nonnegative = ("epochs", "weight_decay", "time_limit_margin_minutes")
+        for name in (*positive, *nonnegative):
+            value, bound = getattr(self, name), ">" if name in positive else ">="
+            if not (value > 0 if name in positive else value >= 0):
+                raise ValueError(f"{name} must be {bound} 0, got {value}")
+        for name in ("warmup_ratio", "lora_warmup_ratio"):
+            if getattr(self, name) is not None and not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"need 0 <= {name} < 1, got {getattr(self, name)}")
         if self.epochs == 0 and self.method != "zero-shot":
             raise ValueError(f"epochs must be >= 1 for {self.method} (zero-shot only evaluates)")
         counts = ("limit_train", "limit_eval", "eval_tokens", "force_overflow_step")

@@ -577,11 +577,24 @@ def resume(
     return run, ((epoch + 1, 0) if done is None else (epoch, done))
 
 
+def time_left() -> float:
+    """Seconds until the job's time limit: SLURM's projected end of the job
+    (SLURM_JOB_END_TIME, set in every SLURM job); infinite outside SLURM."""
+    end = os.environ.get("SLURM_JOB_END_TIME")
+    if not end:
+        return math.inf
+    try:
+        return float(end) - time.time()
+    except ValueError:
+        raise ValueError(f"SLURM_JOB_END_TIME={end!r} is not a time in seconds") from None
+
+
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: a checkpoint was written, the same command resumes
 
 
 class Preempted(Exception):
-    """SIGTERM or SIGUSR1 arrived: the run stopped after a training step and saved it."""
+    """A signal arrived or the time limit is near: the run stopped after a training step and
+    saved it."""
 
 
 @contextlib.contextmanager
@@ -699,6 +712,8 @@ def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> 
     step = len(log)
     started = time.perf_counter() - (log[-1]["seconds"] if log else 0.0)
     last_saved = time.monotonic()
+    # What must still fit before the time limit's margin: the next step, or the evaluation.
+    longest_step = evaluation_seconds = 0.0
 
     def save(epoch: int, batches_done: int | None) -> None:
         """The checkpoint after this step: within `epoch` (`batches_done` of its batches), or
@@ -764,19 +779,26 @@ def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> 
                         "peak_memory_bytes": peak_memory_bytes(runtime.device),
                     }
                 )
+                longest_step = max(longest_step, time.perf_counter() - step_start)
+                upcoming = longest_step if index + 1 < len(batches) else evaluation_seconds
+                near_limit = time_left() < 60 * config.time_limit_margin_minutes + upcoming
                 # A signal may reach one rank only: every rank stops after the same step.
-                stop = runtime.sum(len(received)) > 0
+                signalled = runtime.sum(len(received)) > 0
+                stop = signalled or runtime.sum(int(near_limit)) > 0
                 if stop or checkpoint_due(config, last_saved):
                     check_weights_finite(runtime, model, optimizers, epoch, checkpoint_path)
                     save(epoch, index + 1)
                 if stop:
+                    why = "by a signal" if signalled else "before the job's time limit"
                     raise Preempted(
-                        f"stopped by a signal after step {step} (epoch {epoch}); "
+                        f"stopped {why} after step {step} (epoch {epoch}); "
                         f"{checkpoint_path} holds it: rerun the same command to resume"
                     )
             progress.close()
             check_weights_finite(runtime, model, optimizers, epoch, checkpoint_path)
+            evaluation_start = time.perf_counter()
             scores, predictions = run_eval(epoch)
+            evaluation_seconds = time.perf_counter() - evaluation_start
             run["per_epoch"].append(scores)
             run["predictions"][epoch] = predictions
             save(epoch, None)

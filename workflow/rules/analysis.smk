@@ -167,7 +167,7 @@ rule readme_results:
     input:
         f"{ARTIFACTS}/tables/compare_superglue.csv",
         f"{ARTIFACTS}/tables/claims_compare.csv",
-        f"{ARTIFACTS}/tables/claims_sgd.csv",
+        [f"{ARTIFACTS}/tables/claims_sgd.csv"] if SGD_CLAIMS_FIT else [],
     output:
         f"{ANALYSIS}/README_results.md",
     params:

@@ -14,6 +14,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from lomo.workflow import (
+    beyond_gpu_memory,
     check_memory,
     check_task_names,
     expand_runs,
@@ -151,7 +152,19 @@ def budgeted_resources(slug, variant, task):
     model = MODELS[slug]
     gpus = config.get("model_gpus", {}).get(model, config["resources"]["gpus"])
     settings = RUN_SETTINGS[(slug, variant, task)]
-    return job_resources(model, method_of(variant), task, settings, gpus)
+    return job_resources(
+        model, method_of(variant), task, settings, gpus, config["resources"]["runtime"]
+    )
+
+
+# A job longer than resources.runtime (the partition's time limit) runs in several submissions
+# (lomo.budget): Snakemake resubmits it after each stop before the limit, and twice more for
+# preemptions. The count is the longest job's; on CPU no job is resubmitted.
+FINETUNE_RETRIES = (
+    max(budgeted_resources(*key)["submissions"] for key in RUN_SETTINGS) + 1
+    if config["resources"]["gpus"]
+    else 0
+)
 
 
 def on_gpus(gpus):
@@ -186,8 +199,31 @@ RUNS = [
     for seed in config["seeds"]
 ]
 SELECT_OVER = " ".join(selection_keys(config))
-MEMORY_TABLES = expand(f"{ARTIFACTS}/tables/memory_{{name}}.csv", name=MEMORY)
-THROUGHPUT_TABLES = expand(f"{ARTIFACTS}/tables/throughput_{{name}}.csv", name=THROUGHPUT)
+# GPU measurements that need more memory per GPU than the profile's `gpu_memory_gib` (as
+# `lomo plan` predicts) are left out of `all` and of the notebooks, so `all` completes on the
+# profile's GPUs. `snakemake beyond_gpu_memory` builds them (on GPUs that have the memory: route
+# their rules there, e.g. `--set-resources sgd_claims:slurm_partition=NAME`); with a
+# `gpu_memory_gib` they fit, they are part of `all` and the notebooks again.
+try:
+    BEYOND = beyond_gpu_memory(config)
+except ValueError as error:
+    raise WorkflowError(f"config: {error}")
+for name, need in BEYOND.items():
+    print(
+        f"{name} needs {need:.0f} GiB per GPU, more than gpu_memory_gib: not part of `all` "
+        "(snakemake beyond_gpu_memory)",
+        file=sys.stderr,
+    )
+MEMORY_TABLES = expand(
+    f"{ARTIFACTS}/tables/memory_{{name}}.csv", name=[n for n in MEMORY if f"memory_{n}" not in BEYOND]
+)
+THROUGHPUT_TABLES = expand(
+    f"{ARTIFACTS}/tables/throughput_{{name}}.csv",
+    name=[n for n in THROUGHPUT if f"throughput_{n}" not in BEYOND],
+)
+SGD_CLAIMS_FIT = "sgd_claims" not in BEYOND
+BEYOND_TARGETS = [f"{ARTIFACTS}/tables/{name}.csv" for name in BEYOND if name != "sgd_claims"]
+BEYOND_TARGETS += [] if SGD_CLAIMS_FIT else [f"{RESULTS}/analysis/sgd_claims.json"]
 
 
 def tables(*names):

@@ -70,6 +70,7 @@ rule finetune:
     log:
         f"{RESULTS}/logs/finetune/{{model}}/{{variant}}/{{task}}/seed{{seed}}.log",
     threads: config["resources"]["threads"]
+    retries: FINETUNE_RETRIES
     resources:
         # `gpus` schedules local runs (--resources gpus=N); the SLURM plugin reads `gpu`.
         gpus=job_gpus,
