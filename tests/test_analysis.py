@@ -465,6 +465,7 @@ def test_clustered_variance_and_design_effect_by_hand():
     assert analysis.clustered_variance_of_mean(values, np.arange(4)) == pytest.approx(7 / 6)
     assert analysis.design_effect(values, clusters) == pytest.approx(2.25 / (7 / 6))
     assert analysis.design_effect(np.ones(4), clusters) == 1.0  # nothing varies
+    assert analysis.design_effect(np.array([1.0]), np.array(["x"])) == 1.0  # one pair
 
 
 @pytest.mark.parametrize(

@@ -207,9 +207,11 @@ def clustered_variance_of_mean(values: np.ndarray, clusters: np.ndarray) -> floa
 
 
 def design_effect(values: np.ndarray, clusters: np.ndarray) -> float:
-    """How much clustering inflates the variance of the mean of `values` (Kish's design
-    effect): the cluster-robust variance over the variance that treats every value as
-    independent; 1 where the values do not vary (nothing to inflate)."""
+    """How much clustering inflates the variance of the mean of `values` (the design effect of
+    L. Kish, "Survey Sampling", 1965): the cluster-robust variance over the variance that
+    treats every value as independent; 1 for a single value or values that do not vary."""
+    if len(values) < 2:
+        return 1.0
     independent = clustered_variance_of_mean(values, np.arange(len(values)))
     if independent == 0:
         return 1.0
