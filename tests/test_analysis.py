@@ -9,11 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from paths import DATA_DIR, ROOT
-from scipy.stats import binomtest
 
 from lomo.cli import main as lomo_main
 from lomo.report import analysis, readme_results
@@ -255,11 +255,16 @@ def write_run(
     template: str = "lomo",
     lora_r: int | None = None,
     gold_nlls: list[float] | None = None,
+    option_scores: list[list[float]] | None = None,
+    first_id: int = 0,
+    flags: list[str] | None = None,
     **settings,
 ) -> Path:
-    """A run folder as `lomo finetune` leaves it: metrics.json, predictions.jsonl (pred, gold)
-    and config.yaml (with `lora_r` for a LoRA method, and any further `settings`), in a
-    variant folder named after the rank and settings."""
+    """A run folder as `lomo finetune` leaves it: metrics.json (with health `flags`),
+    predictions.jsonl (pred, gold; example ids from `first_id` on; option scores from
+    `gold_nlls` or `option_scores`, two answer tokens per option) and config.yaml (with
+    `lora_r` for a LoRA method, and any further `settings`), in a variant folder named after
+    the rank and settings."""
     extra = "".join(f"_{k}{v}" for k, v in settings.items())
     extra += "" if lora_r is None else f"_r{lora_r}"
     run = root / "superglue" / model.replace("/", "--") / (method + extra) / task / f"seed{seed}"
@@ -273,6 +278,7 @@ def write_run(
         "protocol": protocol,
         "template": template,
         "n_eval": len(predictions),
+        "flags": flags or [],
         # heldout runs are selected on dev: the same score here
         "reported": {
             "epoch": 1,
@@ -280,11 +286,13 @@ def write_run(
         },
     }
     (run / "metrics.json").write_text(json.dumps(metrics))
-    rows = [{"idx": i, "gold": g, "pred": p} for i, (p, g) in enumerate(predictions)]
+    rows = [{"idx": first_id + i, "gold": g, "pred": p} for i, (p, g) in enumerate(predictions)]
     for row, nll in zip(rows, gold_nlls or [], strict=False):
         # two answer tokens per option, summed log-probabilities (reduction "sum")
         row["scores"] = [-2 * nll if option == row["gold"] else -9.0 for option in (0, 1)]
         row["n_tokens"] = [2, 2]
+    for row, scores in zip(rows, option_scores or [], strict=False):
+        row["scores"], row["n_tokens"] = scores, [2] * len(scores)
     (run / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = {"model": model, "method": method, "task": task, "seed": seed, "protocol": protocol}
     config |= {"template": template, "lora_r": 2 if lora_r is None else lora_r}  # 2: the default
@@ -378,44 +386,129 @@ def test_method_claim_verdicts_on_hand_computed_intervals(tmp_path, table, nonin
         else "a beats b (m, val-split protocol)"
     )
     assert f"CI [{100 * low:+.1f}, {100 * high:+.1f}]" in claim["evidence"]
-    assert "McNemar" in claim["evidence"]
+    assert f"per task: rte {100 * diff:+.1f}; from one task: rte" in claim["evidence"]
+    assert "McNemar" not in claim["evidence"]  # a pooled test of overlapping seeds: dropped
 
 
-def test_pooled_difference_over_tasks_and_seeds(tmp_path):
+def accuracy_claim_interval(root: Path) -> dict:
+    runs = analysis.load_runs(root)
+    pairs = analysis.paired_examples(runs, "m", "a", "b", analysis.correctness)
+    return analysis.pool_tasks(analysis.task_accuracy_differences(pairs))
+
+
+def test_pooled_difference_over_tasks(tmp_path):
     # Hand combination of the (5, 9, 1, 0) and (10, 3, 2, 5) intervals above:
     # d = (.533333 + .05) / 2 = .291667; distances below .386224 and .226624, above .225713
     # and .218708. Two tasks (independent examples, root sum of squares over 2):
-    # [.291667 - .447788 / 2, .291667 + .314296 / 2] = [.067765, .448812]. Two seeds of one
-    # task (averaged distances): [.291667 - .306424, .291667 + .222211] = [-.014757, .513877].
-    tables = {"rte": (5, 9, 1, 0), "copa": (10, 3, 2, 5)}
-    for task, table in tables.items():
+    # [.291667 - .447788 / 2, .291667 + .314296 / 2] = [.067765, .448812].
+    for task, table in (("rte", (5, 9, 1, 0)), ("copa", (10, 3, 2, 5))):
         a, b = paired_predictions(*table)
-        write_run(tmp_path / "tasks", "a", task, a)
-        write_run(tmp_path / "tasks", "b", task, b)
-    for seed, table in zip((1, 2), tables.values(), strict=True):
-        a, b = paired_predictions(*table)
-        write_run(tmp_path / "seeds", "a", "rte", a, seed=seed)
-        write_run(tmp_path / "seeds", "b", "rte", b, seed=seed)
-
-    runs = analysis.load_runs(tmp_path / "tasks")
-    counts = analysis.paired_counts(runs, "m", "a", "b").set_index("task")
-    assert counts.loc["rte", analysis.PAIRED_CELLS].tolist() == [5, 9, 1, 0]
-    assert counts.loc["copa", analysis.PAIRED_CELLS].tolist() == [10, 3, 2, 5]
-    pooled = analysis.pooled_paired_difference(counts.reset_index())
+        write_run(tmp_path, "a", task, a)
+        write_run(tmp_path, "b", task, b)
+    runs = analysis.load_runs(tmp_path)
+    pairs = analysis.paired_examples(runs, "m", "a", "b", analysis.correctness)
+    tasks = analysis.task_accuracy_differences(pairs).set_index("task")
+    assert tasks.loc["rte", ["both", "a_only", "b_only", "neither"]].tolist() == [5, 9, 1, 0]
+    assert tasks.loc["copa", ["both", "a_only", "b_only", "neither"]].tolist() == [10, 3, 2, 5]
+    pooled = analysis.pool_tasks(tasks.reset_index())
+    assert pooled["tasks"] == ["copa", "rte"]
     assert (pooled["diff"], pooled["low"], pooled["high"]) == pytest.approx(
         (0.291667, 0.067765, 0.448812), abs=1e-6
     )
-    assert (pooled["examples"], pooled["a_only"], pooled["b_only"]) == (35, 12, 3)
-    assert pooled["p_value"] == pytest.approx(binomtest(12, 15).pvalue)
-
-    runs = analysis.load_runs(tmp_path / "seeds")
-    pooled = analysis.pooled_paired_difference(analysis.paired_counts(runs, "m", "a", "b"))
-    assert pooled["tasks"] == ["rte"] and pooled["seeds"] == [1, 2]
-    assert (pooled["diff"], pooled["low"], pooled["high"]) == pytest.approx(
-        (0.291667, -0.014757, 0.513877), abs=1e-6
-    )
     none = analysis.method_claim(runs, "m", "a", "c", SETTINGS, noninferiority=True)
     assert none["verdict"] == "not measured"
+
+
+# Seeds of one task pool their (seed, example) pairs into one 2x2 table; Newcombe's interval
+# of that table is widened by sqrt(design effect) of clustering the pairs by example id.
+# Newcombe by hand (Wilson limits, phi as above):
+# - (15, 12, 3, 5), n 35: p_a .771429 [.609827, .879341], p_b .514286 [.355688, .670058],
+#   phi (75 - 36 - 17.5) / sqrt(27 * 8 * 18 * 17) = .083628: d .257143, [.042272, .441360]
+# - (10, 18, 2, 0), n 30: p_a .933333 [.786765, .981523], p_b .4 [.245906, .576796],
+#   phi -36 / sqrt(28 * 2 * 12 * 18) = -.327327: d .533333, [.269320, .709198]
+# Design effect of a seed repeated on the same G = 15 examples: each example's cluster holds
+# its difference twice, so the cluster-robust variance is G/(G-1) * sum (2u)^2 / (2G)^2
+# = sum u^2 / (G (G-1)), against sum (2 u^2) / (2G (2G-1)) for 2G independent pairs:
+# ratio (2G-1)/(G-1) = 29/14; widened: .533333 - 1.439246 * .264013 = .153353,
+# .533333 + 1.439246 * .175865 = .786446.
+def test_seeds_on_disjoint_examples_pool_as_one_table(tmp_path):
+    for seed, table, first_id in ((1, (5, 9, 1, 0), 0), (2, (10, 3, 2, 5), 100)):
+        a, b = paired_predictions(*table)
+        write_run(tmp_path, "a", "rte", a, seed=seed, first_id=first_id)
+        write_run(tmp_path, "b", "rte", b, seed=seed, first_id=first_id)
+    pooled = accuracy_claim_interval(tmp_path)
+    assert (pooled["diff"], pooled["low"], pooled["high"]) == pytest.approx(
+        (0.257143, 0.042272, 0.441360), abs=1e-6
+    )
+
+
+def test_a_seed_repeated_on_the_same_examples_adds_no_evidence(tmp_path):
+    a, b = paired_predictions(5, 9, 1, 0)
+    for seed in (1, 2):
+        write_run(tmp_path, "a", "rte", a, seed=seed)
+        write_run(tmp_path, "b", "rte", b, seed=seed)
+    pooled = accuracy_claim_interval(tmp_path)
+    assert (pooled["diff"], pooled["low"], pooled["high"]) == pytest.approx(
+        (0.533333, 0.153353, 0.786446), abs=1e-6
+    )
+    # (treated as 30 independent pairs it would be Newcombe's [.269320, .709198])
+    claim = analysis.method_claim(analysis.load_runs(tmp_path), "m", "a", "b", SETTINGS, False)
+    opening = "1 task(s) (rte), 2 seed(s), 30 (seed, example) pairs on 15 unique examples"
+    assert claim["evidence"].startswith(opening)
+
+
+def test_clustered_variance_and_design_effect_by_hand():
+    # values 1, 2, 3, 6 (mean 3, deviations -2 -1 0 3) in clusters x x y y: cluster sums -3, 3;
+    # G/(G-1) * (9 + 9) / 4^2 = 2.25. Independent: s^2 / n = (4 + 1 + 0 + 9) / 3 / 4 = 7/6.
+    values, clusters = np.array([1.0, 2.0, 3.0, 6.0]), np.array(["x", "x", "y", "y"])
+    assert analysis.clustered_variance_of_mean(values, clusters) == pytest.approx(2.25)
+    assert analysis.clustered_variance_of_mean(values, np.arange(4)) == pytest.approx(7 / 6)
+    assert analysis.design_effect(values, clusters) == pytest.approx(2.25 / (7 / 6))
+    assert analysis.design_effect(np.ones(4), clusters) == 1.0  # nothing varies
+    assert analysis.design_effect(np.array([1.0]), np.array(["x"])) == 1.0  # one pair
+
+
+@pytest.mark.parametrize(
+    ("diffs", "boundary", "deciding"),
+    [
+        # the laptop profile's LOMO - zero-shot per task (points): +6.4 pooled, -0.4 without WSC
+        ({"copa": -0.6, "rte": 3.1, "wic": -3.7, "wsc": 26.8}, 0.0, ["wsc"]),
+        ({"copa": 2.0, "rte": 3.0, "wic": 4.0}, 0.0, []),  # any two tasks keep it above 0
+        ({"rte": 5.0}, 0.0, ["rte"]),  # one task: the estimate is that task's
+        # non-inferiority at -2: mean 0; without any one task +0.5, -0.5 or 0, all above -2
+        ({"copa": -1.0, "rte": 1.0, "wic": 0.0}, -2.0, []),
+        # mean -2, at the boundary; only without copa (+1) is it above
+        ({"copa": -8.0, "rte": 1.0, "wic": 1.0}, -2.0, ["copa"]),
+    ],
+)
+def test_deciding_tasks_by_hand(diffs, boundary, deciding):
+    tasks = pd.DataFrame({"task": list(diffs), "diff": list(diffs.values())})
+    assert analysis.deciding_tasks(tasks, boundary) == deciding
+
+
+def test_claim_evidence_names_the_deciding_task_and_one_class_runs(tmp_path):
+    # wsc: a answers the majority option throughout (8 of 10 right), b the minority (2 of 10),
+    # both flagged one class; copa: a and b alike. Pooled (60 + 0) / 2 = 30 points; without
+    # wsc 0, so the estimate's sign rests on wsc.
+    majority = [(1, 1)] * 8 + [(1, 0)] * 2
+    minority = [(0, 1)] * 8 + [(0, 0)] * 2
+    one_class = ["one class: 10 of 10 predictions are option 1"]
+    write_run(tmp_path, "a", "wsc", majority, flags=one_class)
+    write_run(tmp_path, "b", "wsc", minority, flags=[one_class[0].replace("option 1", "option 0")])
+    same = [(1, 1)] * 5 + [(0, 1)] * 5
+    write_run(tmp_path, "a", "copa", same)
+    write_run(tmp_path, "b", "copa", same)
+    runs = analysis.load_runs(tmp_path)
+    assert runs.set_index(["method", "task"]).loc[("a", "wsc"), "flags"] == one_class[0]
+    claim = analysis.method_claim(runs, "m", "a", "b", SETTINGS, noninferiority=False)
+    assert claim["diff"] == pytest.approx(0.3)
+    assert "per task: copa +0.0 wsc +60.0; from one task: wsc" in claim["evidence"]
+    assert (
+        "runs flagged one class (>= 90% one option): a wsc seed(s) 1, b wsc seed(s) 1"
+        in (claim["evidence"])
+    )
+    copa_only = analysis.method_claim(runs[runs.task == "copa"], "m", "a", "b", SETTINGS, False)
+    assert "flagged" not in copa_only["evidence"]
 
 
 # Paired NLL reductions (baseline - method, nats per answer token) worked by hand: mean, sample
@@ -442,7 +535,8 @@ def test_nll_claim_on_hand_computed_paired_intervals(
     assert (claim["diff"], claim["low"], claim["high"]) == pytest.approx(interval, abs=1e-6)
     assert claim["verdict"] == verdict
     assert claim["claim"] == (
-        "lomo lowers the held-out gold-answer NLL below zero-shot (m, val-split protocol)"
+        "lomo lowers the held-out gold answer's raw NLL per answer token below zero-shot, "
+        "learning the answer strings included (m, val-split protocol)"
     )
     assert (
         f"{sum(baseline_nll) / 4:.3f} (zero-shot) -> {sum(method_nll) / 4:.3f} (lomo)"
@@ -463,6 +557,63 @@ def test_nll_claim_pools_tasks_by_root_sum_of_squares(tmp_path):
     assert claim["verdict"] == "inconclusive"
     missing = analysis.nll_claim(analysis.load_runs(tmp_path), "m", "lora", "zero-shot", SETTINGS)
     assert missing["verdict"] == "not measured"
+
+
+def test_nll_claim_clusters_seeds_by_example(tmp_path):
+    # NLL case 1 twice, seeds 1 and 2 on the same 4 examples: 8 pairs, 4 clusters with sums
+    # 2, 1, 1, 2 (deviations .5 -.5 -.5 .5): variance 4/3 * 1 / 8^2 = 1/48, t(0.975, 3) *
+    # sqrt(1/48) = .459346, the one seed's interval. As 8 independent pairs: s^2 = .5 / 7,
+    # t(0.975, 7) = 2.364624 * sqrt(.5 / 7 / 8) = .223432, half as wide.
+    method_nll, baseline_nll, interval, _ = NLL_CASES[0]
+    for seed in (1, 2):
+        write_run(tmp_path, "lomo", "rte", [(1, 1)] * 4, seed=seed, gold_nlls=method_nll)
+        write_run(tmp_path, "zero-shot", "rte", [(1, 1)] * 4, seed=seed, gold_nlls=baseline_nll)
+    claim = analysis.nll_claim(analysis.load_runs(tmp_path), "m", "lomo", "zero-shot", SETTINGS)
+    assert (claim["diff"], claim["low"], claim["high"]) == pytest.approx(interval, abs=1e-6)
+    assert "8 (seed, example) pairs on 4 unique examples" in claim["evidence"]
+
+
+def test_gold_nll_among_options_by_hand(tmp_path):
+    # -log P(gold | options) = log(1 + sum over other options of exp(their total - gold's)):
+    # totals -2, -3 -> log(1 + e^-1) = .313262 for gold 0, log(1 + e) = 1.313262 for gold 1.
+    # "mean" scores are per token: -1 and -1.5 over 2 tokens each are the same totals; over
+    # 2 and 4 tokens they are -2 and -6: log(1 + e^-4) = .018150.
+    rows = [
+        {"idx": 0, "gold": 0, "pred": 0, "scores": [-2.0, -3.0], "n_tokens": [2, 2]},
+        {"idx": 1, "gold": 1, "pred": 0, "scores": [-2.0, -3.0], "n_tokens": [2, 2]},
+    ]
+    for name, reduction, scores, n_tokens, expected in (
+        ("sum", "sum", [-2.0, -3.0], [2, 2], [0.313262, 1.313262]),
+        ("mean", "mean", [-1.0, -1.5], [2, 2], [0.313262, 1.313262]),
+        ("mean_lengths", "mean", [-1.0, -1.5], [2, 4], [0.018150, 4.018150]),
+    ):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.yaml").write_text(f"reduction: {reduction}\n")
+        lines = [json.dumps(r | {"scores": scores, "n_tokens": n_tokens}) for r in rows]
+        (run / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+        nll = analysis.gold_nll_among_options_by_example(run)
+        assert [nll["0"], nll["1"]] == pytest.approx(expected, abs=1e-6), name
+
+
+def test_learning_the_answer_strings_lowers_only_the_raw_nll(tmp_path):
+    # LOMO adds 1, 2, 3, 2 nats to both options of each example: the raw NLL per token falls
+    # by .5, 1, 1.5, 1 (mean 1), while P(gold | options) is unchanged.
+    zero_shot = [[-6.0, -7.0], [-8.0, -6.0], [-5.0, -9.0], [-7.0, -7.5]]
+    lomo = [[a + gain, b + gain] for (a, b), gain in zip(zero_shot, (1, 2, 3, 2), strict=True)]
+    predictions = [(0, 0), (1, 1), (0, 0), (0, 0)]
+    write_run(tmp_path, "zero-shot", "rte", predictions, option_scores=zero_shot)
+    write_run(tmp_path, "lomo", "rte", predictions, option_scores=lomo)
+    runs = analysis.load_runs(tmp_path)
+    raw = analysis.nll_claim(runs, "m", "lomo", "zero-shot", SETTINGS)
+    options = analysis.nll_claim(runs, "m", "lomo", "zero-shot", SETTINGS, among_options=True)
+    assert raw["diff"] == pytest.approx(1.0) and raw["verdict"] == "supported"
+    assert options["diff"] == pytest.approx(0.0, abs=1e-9) and options["verdict"] != "supported"
+    assert options["claim"] == (
+        "lomo lowers the held-out gold answer's NLL among the options, -log P(gold | options), "
+        "below zero-shot (m, val-split protocol)"
+    )
+    assert "-log P(gold | options)" in options["evidence"]
 
 
 def test_load_runs_selects_the_grid_point_the_protocol_reports(tmp_path):
@@ -692,6 +843,9 @@ def test_readme_section_round_trip_and_stale_check(tmp_path):
         "| 86.6 (LLaMA-7B, paper) | -24.6 |" in text
     )
     assert_numbers_trace_to_tables(text, tables)
+    assert (
+        "Each verdict is per claim: no family-wise correction is made across this table's " in text
+    )
     lomo_main([*args, "--check"])  # up to date
     lomo_main([*args, "--write"])
     assert readme.read_text() == text  # idempotent
@@ -772,3 +926,14 @@ def test_a_malformed_table_is_refused_and_the_readme_left_alone(tmp_path, table,
         lomo_main(["readme-results", "--tables", str(tables), "--readme", str(readme), "--write"])
     assert str(stop.value).count("\n") == 0
     assert readme.read_text() == "# project\n"
+
+
+def test_claims_table_states_its_intervals_are_per_claim():
+    rows = [
+        {"claim": "a beats b", "verdict": "supported", "evidence": "+3.0 points, 95% CI [+1, +5]"},
+        {"claim": "memory", "verdict": "supported", "evidence": "+1.9%, threshold 10%"},
+    ]
+    assert readme_results.claim_lines(rows)[-1] == (
+        "Each 95% CI above is per claim: no family-wise correction is made across this table's "
+        "claims (2), so with several claims some verdict can be reached by chance."
+    )

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from scipy.special import log_softmax
 from scipy.stats import binomtest, t
 
 from lomo.io import write_atomic
@@ -22,8 +23,7 @@ from tasks.superglue.metrics import gold_nll_per_token
 CLAIM_COLUMNS = ["claim", "verdict", "evidence"]
 RUN_COLUMNS = ["model", "method", "task", "seed", "protocol", "template", "lora_r", "n"]
 RUN_COLUMNS += ["accuracy", "ci_low", "ci_high", "gold_nll", "train_gold_nll", "grid_points"]
-RUN_COLUMNS += ["chosen", "run"]
-PAIRED_CELLS = ["both", "a_only", "b_only", "neither"]
+RUN_COLUMNS += ["chosen", "flags", "run"]
 # The paper's Table 3 setting: 1000/1000 examples sampled with random.seed(0), best epoch on
 # the evaluation set (`lomo finetune --protocol paper`), the official LOMO prompts.
 PAPER_PROTOCOL = "paper"
@@ -35,7 +35,8 @@ FIGURE3_METHODS = {"lora": "LoRA", "lora+lomo": "LoRA+LOMO", "lomo": "LOMO"}  # 
 
 def load_runs(results_dir: str | Path, paths: list[str] | None = None) -> pd.DataFrame:
     """One row per fine-tuning cell (model, method, task, seed, data protocol, prompt template,
-    LoRA rank): n, accuracy (reported epoch), its 95% Wilson interval and the run folder.
+    LoRA rank): n, accuracy (reported epoch), its 95% Wilson interval, the run's health flags
+    (`flags`, '; '-joined, '' when none) and the run folder.
     Where a cell holds several runs (the points of an lr x warmup grid), the one the protocol's
     rule selects (`lomo.report.tables.select_grid`, as the workflow's tables), with the number of
     points and the chosen settings. `lora_r` is None for methods without LoRA."""
@@ -65,6 +66,8 @@ def load_runs(results_dir: str | Path, paths: list[str] | None = None) -> pd.Dat
                 "train_gold_nll": metrics.get("train_end", {}).get("gold_nll"),
                 "grid_points": run["grid_points"],
                 "chosen": run["chosen"],
+                # `lomo finetune`'s warnings on the reported predictions, e.g. one class
+                "flags": "; ".join(metrics.get("flags", [])),
                 "run": str(Path(run["path"]).parent),
             }
         )
@@ -111,12 +114,32 @@ def correctness(run_dir: str | Path) -> dict[str, bool]:
     return {key: r["pred"] == r["gold"] for key, r in predictions(run_dir).items()}
 
 
-def gold_nll_by_example(run_dir: str | Path) -> dict[str, float]:
-    """Example id -> the gold answer's negative log-likelihood per token at the reported
-    epoch (the run's score reduction, as metrics.json's `gold_nll`)."""
+def score_reduction(run_dir: str | Path) -> str:
+    """How the run scored an option: "sum" or "mean" of its tokens' log-probabilities."""
     config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
-    reduction = config.get("reduction", "sum")
+    return config.get("reduction", "sum")
+
+
+def gold_nll_by_example(run_dir: str | Path) -> dict[str, float]:
+    """Example id -> the gold answer's raw negative log-likelihood per answer token at the
+    reported epoch (as metrics.json's `gold_nll`). It falls when the model learns the answer
+    strings, whichever option is right."""
+    reduction = score_reduction(run_dir)
     return {key: gold_nll_per_token(r, reduction) for key, r in predictions(run_dir).items()}
+
+
+def gold_nll_among_options_by_example(run_dir: str | Path) -> dict[str, float]:
+    """Example id -> -log P(gold | options): minus the log-softmax, at the gold option, of the
+    options' total log-likelihoods (summed over each option's tokens). It falls only when the
+    gold answer gains on the other options, which is what the prediction uses."""
+    reduction = score_reduction(run_dir)
+    nll = {}
+    for key, r in predictions(run_dir).items():
+        totals = np.asarray(r["scores"], dtype=float)
+        if reduction == "mean":  # scores are per token: back to totals
+            totals = totals * np.asarray(r["n_tokens"])
+        nll[key] = float(-log_softmax(totals)[r["gold"]])
+    return nll
 
 
 def one_lora_rank(runs: pd.DataFrame, rank: int = PAPER_LORA_R) -> pd.DataFrame:
@@ -146,24 +169,189 @@ def paired_runs(
     return [(key, a.loc[key, "run"], b.loc[key, "run"]) for key in keys]
 
 
-def paired_counts(runs: pd.DataFrame, model: str, method_a: str, method_b: str) -> pd.DataFrame:
-    """One row per (task, seed) that both methods ran on `model` with the same protocol and
-    template: the paired 2x2 table over the examples both evaluated (`both` right, `a_only`,
-    `b_only`, `neither`)."""
+def paired_examples(
+    runs: pd.DataFrame, model: str, method_a: str, method_b: str, per_example
+) -> pd.DataFrame:
+    """One row per (task, seed, example id) that both methods evaluated on `model` with the same
+    protocol and template: `a` and `b`, each run's value `per_example(run_dir)[example]` (e.g.
+    `correctness`). Seeds may evaluate the same example: `example` says which."""
     rows = []
-    for key, run_a, run_b in paired_runs(runs, model, method_a, method_b):
-        right_a, right_b = correctness(run_a), correctness(run_b)
-        shared = right_a.keys() & right_b.keys()
-        ra = [right_a[example] for example in shared]
-        rb = [right_b[example] for example in shared]
+    for (task, seed, *_), run_a, run_b in paired_runs(runs, model, method_a, method_b):
+        values_a, values_b = per_example(run_a), per_example(run_b)
+        for example in sorted(values_a.keys() & values_b.keys()):
+            rows.append(
+                {
+                    "task": task,
+                    "seed": seed,
+                    "example": example,
+                    "a": float(values_a[example]),
+                    "b": float(values_b[example]),
+                }
+            )
+    return pd.DataFrame(rows, columns=["task", "seed", "example", "a", "b"])
+
+
+def clustered_variance_of_mean(values: np.ndarray, clusters: np.ndarray) -> float:
+    """Variance of the mean of `values` when values of one cluster may be correlated and
+    clusters are independent: the cluster-robust (sandwich) variance of a mean, with the small
+    sample factor G / (G - 1) for G clusters, G / (G - 1) * sum_g (sum of u in g)^2 / N^2 for
+    deviations u from the mean over N values. With every value its own cluster this is the
+    usual s^2 / N (sample variance, ddof 1)."""
+    values = np.asarray(values, dtype=float)
+    deviations = pd.Series(values - values.mean())
+    cluster_sums = deviations.groupby(np.asarray(clusters)).sum().to_numpy()
+    groups, n = len(cluster_sums), len(values)
+    if groups < 2:
+        return np.inf
+    return float(groups / (groups - 1) * (cluster_sums**2).sum() / n**2)
+
+
+def design_effect(values: np.ndarray, clusters: np.ndarray) -> float:
+    """How much clustering inflates the variance of the mean of `values` (the design effect of
+    L. Kish, "Survey Sampling", 1965): the cluster-robust variance over the variance that
+    treats every value as independent; 1 for a single value or values that do not vary."""
+    if len(values) < 2:
+        return 1.0
+    independent = clustered_variance_of_mean(values, np.arange(len(values)))
+    if independent == 0:
+        return 1.0
+    return clustered_variance_of_mean(values, clusters) / independent
+
+
+def task_accuracy_differences(pairs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Per task, accuracy of A minus B over the (seed, example) pairs of `paired_examples` with
+    `correctness` values, seeds pooled, and its interval distances `below`, `above`.
+
+    The interval is Newcombe's paired interval (`newcombe_paired_interval`) of the task's
+    pooled 2x2 table, widened by the square root of the design effect of clustering the pairs
+    by example id (`design_effect`): seeds whose test sets overlap evaluate the same examples,
+    which are not independent evidence. With one seed, or seeds on disjoint examples, the
+    design effect is 1 and this is Newcombe's interval."""
+    rows = []
+    for task, group in pairs.groupby("task"):
+        right_a, right_b = group.a.astype(bool), group.b.astype(bool)
         table = {
-            "both": sum(x and y for x, y in zip(ra, rb, strict=True)),
-            "a_only": sum(x and not y for x, y in zip(ra, rb, strict=True)),
-            "b_only": sum(y and not x for x, y in zip(ra, rb, strict=True)),
-            "neither": sum(not (x or y) for x, y in zip(ra, rb, strict=True)),
+            "both": int((right_a & right_b).sum()),
+            "a_only": int((right_a & ~right_b).sum()),
+            "b_only": int((right_b & ~right_a).sum()),
+            "neither": int((~right_a & ~right_b).sum()),
         }
-        rows.append({"task": key[0], "seed": key[1], **table})
-    return pd.DataFrame(rows, columns=["task", "seed", *PAIRED_CELLS])
+        diff, low, high = newcombe_paired_interval(*table.values(), confidence)
+        widen = np.sqrt(design_effect((group.a - group.b).to_numpy(), group.example.to_numpy()))
+        rows.append(
+            {
+                "task": task,
+                "seeds": group.seed.nunique(),
+                "pairs": len(group),
+                "examples": group.example.nunique(),
+                **table,
+                "diff": diff,
+                "below": widen * (diff - low),
+                "above": widen * (high - diff),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def task_nll_differences(pairs: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Per task, the mean NLL reduction b - a (positive: method `a` gives the gold answer more
+    probability than baseline `b`) over the (seed, example) pairs of `paired_examples` with
+    NLL values, seeds pooled, and its t interval's distances: standard error by
+    `clustered_variance_of_mean` over example ids (seeds whose test sets overlap evaluate the
+    same examples), t with (unique examples - 1) degrees of freedom. With one seed this is the
+    paired t interval."""
+    rows = []
+    for task, group in pairs.groupby("task"):
+        gains = (group.b - group.a).to_numpy()
+        examples = group.example.nunique()
+        se = np.sqrt(clustered_variance_of_mean(gains, group.example.to_numpy()))
+        half = t.ppf((1 + confidence) / 2, examples - 1) * se if examples > 1 else np.inf
+        rows.append(
+            {
+                "task": task,
+                "seeds": group.seed.nunique(),
+                "pairs": len(group),
+                "examples": examples,
+                "method_nll": group.a.mean(),
+                "baseline_nll": group.b.mean(),
+                "diff": gains.mean(),
+                "below": half,
+                "above": half,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def pool_tasks(tasks: pd.DataFrame) -> dict:
+    """Pool per-task differences `diff` with interval distances `below` and `above`: the
+    unweighted mean over tasks (as the paper's Avg. column); tasks evaluate different examples,
+    so their distances combine by root sum of squares, the MOVER method of G. Y. Zou and
+    A. Donner, "Construction of confidence limits about effect measures: a general approach",
+    Statistics in Medicine 27:1693-1702, 2008. One task: its own interval. Also the number of
+    (seed, example) pairs and of unique examples behind it."""
+    diff = tasks["diff"].mean()
+    return {
+        "tasks": sorted(tasks.task),
+        "pairs": int(tasks.pairs.sum()),
+        "examples": int(tasks.examples.sum()),
+        "diff": float(diff),
+        "low": float(diff - np.sqrt((tasks.below**2).sum()) / len(tasks)),
+        "high": float(diff + np.sqrt((tasks.above**2).sum()) / len(tasks)),
+    }
+
+
+def deciding_tasks(tasks: pd.DataFrame, boundary: float) -> list[str]:
+    """The tasks the pooled estimate's side of the claim's boundary rests on: those whose
+    removal moves the mean over the other tasks to the other side of `boundary` (at or below it
+    where the estimate is above, above it where the estimate is at or below). With one task,
+    that task."""
+    if len(tasks) == 1:
+        return list(tasks.task)
+    above = tasks["diff"].mean() > boundary
+    total, others = tasks["diff"].sum(), len(tasks) - 1
+    return [
+        task
+        for task, diff in zip(tasks.task, tasks["diff"], strict=True)
+        if ((total - diff) / others > boundary) != above
+    ]
+
+
+def one_class_runs(runs: pd.DataFrame, model: str, methods: list[str], tasks: list[str]) -> str:
+    """The runs of `methods` on `model` and `tasks` whose predictions `lomo finetune` flagged as
+    one class (>= 90% one option, metrics.json's `flags`), as "method task seeds ..."; '' when
+    none is."""
+    cells = runs[(runs.model == model) & runs.method.isin(methods) & runs.task.isin(tasks)]
+    flagged = cells[cells["flags"].str.contains("one class")]  # `.flags` is pandas
+    return ", ".join(
+        f"{method} {task} seed(s) {' '.join(str(s) for s in sorted(group.seed))}"
+        for (method, task), group in flagged.groupby(["method", "task"])
+    )
+
+
+def estimate_notes(
+    tasks: pd.DataFrame,
+    boundary: float,
+    runs: pd.DataFrame,
+    model: str,
+    methods: list[str],
+    points: bool,
+) -> str:
+    """What a pooled estimate rests on, for a claim's evidence: each task's difference (in
+    accuracy points with `points`, else in nats), the task(s) it comes from where one task
+    decides its side of the boundary (`deciding_tasks`), and any runs flagged as one class
+    (`one_class_runs`)."""
+    per_task = " ".join(
+        f"{task} {100 * d:+.1f}" if points else f"{task} {d:+.3f}"
+        for task, d in zip(tasks.task, tasks["diff"], strict=True)
+    )
+    notes = f"per task: {per_task}"
+    deciding = deciding_tasks(tasks, boundary)
+    if deciding:
+        notes += f"; from one task: {' '.join(deciding)}"
+    flagged = one_class_runs(runs, model, methods, list(tasks.task))
+    if flagged:
+        notes += f"; runs flagged one class (>= 90% one option): {flagged}"
+    return notes
 
 
 def newcombe_paired_interval(
@@ -201,69 +389,6 @@ def mcnemar_p(a_only: int, b_only: int) -> float:
     return binomtest(a_only, a_only + b_only).pvalue if a_only + b_only else 1.0
 
 
-def pooled_paired_difference(counts: pd.DataFrame, confidence: float = 0.95) -> dict:
-    """Method A minus method B, pooled over tasks and seeds, with a `confidence` interval.
-
-    The estimate is the unweighted mean over tasks (as the paper's Avg. column) of each
-    task's mean over seeds of the paired accuracy difference. Its interval is built from the
-    Newcombe paired interval of every (task, seed) table (`newcombe_paired_interval`):
-    within a task, the seeds' distances from estimate to limit are averaged, which is
-    conservative whatever the correlation between seeds (they may evaluate the same examples,
-    and the spread of a mean is at most the mean of the spreads); across tasks, whose examples
-    are independent, the distances are combined by root sum of squares, the MOVER method of
-    G. Y. Zou and A. Donner, "Construction of confidence limits about effect measures: a
-    general approach", Statistics in Medicine 27:1693-1702, 2008. With one task and one seed
-    this is Newcombe's interval. McNemar's exact test on the pooled discordant examples is
-    reported as a secondary statistic (`p_value`); verdicts do not use it.
-    """
-    if counts.empty:
-        return {
-            "tasks": [],
-            "seeds": [],
-            "examples": 0,
-            "diff": np.nan,
-            "low": np.nan,
-            "high": np.nan,
-            "a_only": 0,
-            "b_only": 0,
-            "p_value": np.nan,
-        }
-    per_cell = [
-        newcombe_paired_interval(*(int(r[c]) for c in PAIRED_CELLS), confidence)
-        for r in counts.to_dict("records")
-    ]
-    cells = counts.assign(
-        diff=[d for d, _, _ in per_cell],
-        below=[d - low for d, low, _ in per_cell],
-        above=[high - d for d, _, high in per_cell],
-    )
-    a_only, b_only = int(counts.a_only.sum()), int(counts.b_only.sum())
-    return {
-        **pool_cells(cells),
-        "examples": int(counts[PAIRED_CELLS].to_numpy().sum()),
-        "a_only": a_only,
-        "b_only": b_only,
-        "p_value": mcnemar_p(a_only, b_only),
-    }
-
-
-def pool_cells(cells: pd.DataFrame) -> dict:
-    """Pool per-(task, seed) differences `diff` with their interval distances `below` and
-    `above` (limit = diff - below, diff + above): the mean over tasks of each task's mean over
-    seeds; within a task the seeds' distances are averaged (conservative whatever their
-    correlation), across tasks combined by root sum of squares (MOVER; see
-    `pooled_paired_difference`)."""
-    tasks = cells.groupby("task")[["diff", "below", "above"]].mean()
-    diff = tasks["diff"].mean()
-    return {
-        "tasks": sorted(tasks.index),
-        "seeds": sorted(cells.seed.unique().tolist()),
-        "diff": float(diff),
-        "low": float(diff - np.sqrt((tasks.below**2).sum()) / len(tasks)),
-        "high": float(diff + np.sqrt((tasks.above**2).sum()) / len(tasks)),
-    }
-
-
 def claim_setting(runs: pd.DataFrame, model: str, methods: list[str]) -> str:
     """What a claim comparing `methods` on `model` names: the model and the one data protocol
     of their runs (a claim is per protocol)."""
@@ -274,59 +399,53 @@ def claim_setting(runs: pd.DataFrame, model: str, methods: list[str]) -> str:
     return f"{model}, {protocols[0]} protocol" if protocols else model
 
 
-def paired_nll_differences(
-    runs: pd.DataFrame, model: str, method: str, baseline: str, confidence: float = 0.95
-) -> pd.DataFrame:
-    """One row per (task, seed) that both ran on `model`: over the examples both evaluated,
-    the mean of baseline's minus method's gold-answer NLL per token (positive: `method`
-    gives the gold answer more probability), the two means, and the paired t interval's
-    distances (`below`, `above`)."""
-    rows = []
-    for key, run_method, run_baseline in paired_runs(runs, model, method, baseline):
-        ours, base = gold_nll_by_example(run_method), gold_nll_by_example(run_baseline)
-        shared = sorted(ours.keys() & base.keys())
-        gains = np.array([base[k] - ours[k] for k in shared])
-        n = len(gains)
-        half = (
-            t.ppf((1 + confidence) / 2, n - 1) * gains.std(ddof=1) / np.sqrt(n) if n > 1 else np.inf
-        )
-        rows.append(
-            {
-                "task": key[0],
-                "seed": key[1],
-                "n": n,
-                "baseline_nll": float(np.mean([base[k] for k in shared])),
-                "method_nll": float(np.mean([ours[k] for k in shared])),
-                "diff": float(gains.mean()),
-                "below": float(half),
-                "above": float(half),
-            }
-        )
-    columns = ["task", "seed", "n", "baseline_nll", "method_nll", "diff", "below", "above"]
-    return pd.DataFrame(rows, columns=columns)
+def sample_size(tasks: pd.DataFrame, pairs: pd.DataFrame) -> str:
+    """The evidence's opening: tasks, seeds, (seed, example) pairs and unique examples."""
+    return (
+        f"{len(tasks)} task(s) ({' '.join(tasks.task)}), {pairs.seed.nunique()} seed(s), "
+        f"{len(pairs)} (seed, example) pairs on {int(tasks.examples.sum())} unique examples"
+    )
 
 
-def nll_claim(runs: pd.DataFrame, model: str, method: str, baseline: str, settings: dict) -> dict:
-    """The claim "`method` learns: it lowers the held-out gold-answer NLL below `baseline`
-    (zero-shot)" on `model` under one protocol, decided like a superiority claim
-    (`claim_verdict`, boundary 0) on the pooled paired interval of the NLL reduction
-    (`paired_nll_differences`, pooled by `pool_cells`). NLL moves long before accuracy does
-    at small scale; accuracy has its own claim."""
+def nll_claim(
+    runs: pd.DataFrame,
+    model: str,
+    method: str,
+    baseline: str,
+    settings: dict,
+    among_options: bool = False,
+) -> dict:
+    """The claim "`method` lowers the held-out gold answer's NLL below `baseline` (zero-shot)"
+    on `model` under one protocol, on one of two measures: the raw NLL per answer token
+    (`gold_nll_by_example`; it also falls when the model merely learns the answer strings) or,
+    with `among_options`, -log P(gold | options) (`gold_nll_among_options_by_example`; it falls
+    only when the gold answer gains on the other options). Decided like a superiority claim
+    (`claim_verdict`, boundary 0) on the pooled interval of the reduction
+    (`task_nll_differences`, seeds clustered by example, `pool_tasks` over tasks)."""
     confidence = settings["confidence"]
     setting = claim_setting(runs, model, [method, baseline])
-    claim = f"{method} lowers the held-out gold-answer NLL below {baseline} ({setting})"
-    differences = paired_nll_differences(runs, model, method, baseline, confidence)
-    if differences.empty:
+    if among_options:
+        measure, per_example = "-log P(gold | options)", gold_nll_among_options_by_example
+        claim = f"{method} lowers the held-out gold answer's NLL among the options, {measure}, "
+        claim += f"below {baseline} ({setting})"
+        unit = "nats per example"
+    else:
+        measure, per_example = "raw NLL per answer token", gold_nll_by_example
+        claim = f"{method} lowers the held-out gold answer's raw NLL per answer token below "
+        claim += f"{baseline}, learning the answer strings included ({setting})"
+        unit = "nats per token"
+    pairs = paired_examples(runs, model, method, baseline, per_example)
+    if pairs.empty:
         return {"claim": claim, "verdict": "not measured", "evidence": "no paired runs"}
-    c = pool_cells(differences)
+    tasks = task_nll_differences(pairs, confidence)
+    c = pool_tasks(tasks)
     verdict = claim_verdict(c["low"], c["high"], None)
     evidence = (
-        f"{len(c['tasks'])} task(s) ({' '.join(c['tasks'])}), {len(c['seeds'])} seed(s), "
-        f"{int(differences.n.sum())} paired examples: NLL per answer token "
-        f"{differences.baseline_nll.mean():.3f} ({baseline}) -> "
-        f"{differences.method_nll.mean():.3f} ({method}), reduction {c['diff']:+.3f} nats, "
-        f"{100 * confidence:g}% CI [{c['low']:+.3f}, {c['high']:+.3f}] (paired t per task and "
-        "seed, MOVER over tasks); supported if the lower limit > 0"
+        f"{sample_size(tasks, pairs)}: {measure} {tasks.baseline_nll.mean():.3f} ({baseline}) -> "
+        f"{tasks.method_nll.mean():.3f} ({method}), reduction {c['diff']:+.3f} {unit}, "
+        f"{100 * confidence:g}% CI [{c['low']:+.3f}, {c['high']:+.3f}] (paired t per task, "
+        "seeds clustered by example, MOVER over tasks); supported if the lower limit > 0; "
+        f"{estimate_notes(tasks, 0.0, runs, model, [method, baseline], points=False)}"
     )
     return {"claim": claim, "verdict": verdict, "evidence": evidence, **c}
 
@@ -366,8 +485,10 @@ def method_claim(
     """The claim "method_a beats method_b" (or, with `noninferiority`, "method_a is not worse
     than method_b by more than the margin") on `model` under one data protocol (`runs` of one
     protocol; the claim names it), from the paired runs: verdict by `claim_verdict` on the
-    pooled interval (`pooled_paired_difference`), with `settings` the config's `claims` block
-    (confidence, noninferiority_margin_points); evidence names the tasks, seeds and examples."""
+    pooled accuracy difference (`task_accuracy_differences` per task, `pool_tasks` over
+    tasks), with `settings` the config's `claims` block (confidence,
+    noninferiority_margin_points); evidence names the tasks, seeds and examples, each task's
+    difference, and whether one task or one-class runs carry the estimate (`estimate_notes`)."""
     confidence, margin_points = settings["confidence"], settings["noninferiority_margin_points"]
     setting = claim_setting(runs, model, [method_a, method_b])
     claim = (
@@ -376,20 +497,20 @@ def method_claim(
         else f"{method_a} beats {method_b} ({setting})"
     )
     claim = f"{label}{claim}"
-    counts = paired_counts(runs, model, method_a, method_b)
-    c = pooled_paired_difference(counts, confidence)
-    if not c["tasks"]:
+    pairs = paired_examples(runs, model, method_a, method_b, correctness)
+    if pairs.empty:
         return {"claim": claim, "verdict": "not measured", "evidence": "no paired runs"}
+    tasks = task_accuracy_differences(pairs, confidence)
+    c = pool_tasks(tasks)
     margin = margin_points / 100 if noninferiority else None
     verdict = claim_verdict(c["low"], c["high"], margin)
-    boundary = f"-{margin_points:g}" if noninferiority else "0"
+    boundary = -margin if noninferiority else 0.0
     evidence = (
-        f"{len(c['tasks'])} task(s) ({' '.join(c['tasks'])}), "
-        f"{len(c['seeds'])} seed(s), {c['examples']} paired examples: {method_a} - {method_b} = "
-        f"{100 * c['diff']:+.1f} points, {100 * confidence:g}% CI [{100 * c['low']:+.1f}, "
-        f"{100 * c['high']:+.1f}] (Newcombe paired per task and seed, MOVER over tasks); "
-        f"supported if the lower limit > {boundary}; secondary: only {method_a} right on "
-        f"{c['a_only']}, only {method_b} on {c['b_only']} (McNemar p = {c['p_value']:.2g})"
+        f"{sample_size(tasks, pairs)}: {method_a} - {method_b} = {100 * c['diff']:+.1f} points, "
+        f"{100 * confidence:g}% CI [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}] (Newcombe "
+        "paired per task, widened by the design effect of seeds sharing examples, MOVER over "
+        f"tasks); supported if the lower limit > {100 * boundary:g}; "
+        f"{estimate_notes(tasks, boundary, runs, model, [method_a, method_b], points=True)}"
     )
     return {"claim": claim, "verdict": verdict, "evidence": evidence, **c}
 

@@ -8,6 +8,7 @@ give. Every number in the section is copied from those files.
 
 import argparse
 import csv
+import re
 from pathlib import Path
 
 from lomo.io import write_atomic
@@ -84,11 +85,23 @@ def superglue_lines(rows: list[dict[str, str]]) -> list[str]:
 
 
 def claim_lines(rows: list[dict[str, str]]) -> list[str]:
+    """The claims table, and beneath it what its intervals are: per claim, with no correction
+    for the table's several claims."""
     missing = {"claim", "verdict", "evidence"} - set(rows[0] if rows else ())
     if rows and missing:
         raise ValueError(f"a claims table lacks the columns {sorted(missing)}")
     lines = ["| claim | verdict | evidence |", "|---|---|---|"]
     lines += [f"| {r['claim']} | {r['verdict']} | {r['evidence']} |" for r in rows]
+    # the confidence levels the rows' evidence states (the config's claims.confidence)
+    levels = sorted(
+        {level for r in rows for level in re.findall(r"(\d+(?:\.\d+)?)% CI", r["evidence"])}
+    )
+    intervals = f"Each {' / '.join(f'{x}%' for x in levels)} CI above" if levels else "Each verdict"
+    lines += [
+        "",
+        f"{intervals} is per claim: no family-wise correction is made across this table's "
+        f"claims ({len(rows)}), so with several claims some verdict can be reached by chance.",
+    ]
     return lines
 
 
