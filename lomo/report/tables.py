@@ -62,6 +62,7 @@ NOT_SETTINGS = {
     "eval_tokens",
     "save_model",
     "deepspeed",
+    "report_to",
 }
 
 
