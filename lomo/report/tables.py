@@ -62,6 +62,10 @@ NOT_SETTINGS = {
     "eval_tokens",
     "save_model",
     "deepspeed",
+    "report_to",
+    # when a run checkpoints or stops early: the resumed run's results are the same
+    "checkpoint_every_minutes",
+    "time_limit_margin_minutes",
 }
 
 

@@ -13,6 +13,7 @@ from typing import Any, get_args
 
 from lomo.io import read_yaml
 from lomo.loss_scaler import DynamicLossScaler
+from lomo.train.tracking import REPORT_TO, require_package
 from tasks.superglue import PROTOCOLS, get_task, get_template
 
 METHODS = ("zero-shot", "lomo", "adalomo", "sgd", "adamw", "lora", "lora+lomo")
@@ -30,6 +31,7 @@ CHOICES = {
     "attn_implementation": ("eager", "sdpa"),
     "data_order": ("ours", "official"),
     "lr_schedule": ("ours", "official"),
+    "report_to": REPORT_TO,
 }
 
 
@@ -108,6 +110,9 @@ class FinetuneConfig:
     # In a SLURM job: stop and checkpoint this long before the job's time limit
     # (SLURM_JOB_END_TIME), also allowing for the next step or evaluation to finish first.
     time_limit_margin_minutes: float = 10.0
+    # Experiment tracking (lomo.train.tracking): per-step training scalars and per-epoch scores
+    # to TensorBoard (<run folder>/tensorboard/) or W&B; none changes what the run computes.
+    report_to: str = "none"
     # several processes: a DeepSpeed JSON config (ZeRO-3), or none for plain data parallelism
     deepspeed: str | None = None
 
@@ -176,7 +181,7 @@ class FinetuneConfig:
 
     def validate_launch(self) -> None:
         """What the machine and the launch must provide: a GPU for fp16 (unless allowed on CPU
-        for a rehearsal), the DeepSpeed file."""
+        for a rehearsal), the DeepSpeed file, the tracker's package."""
         import torch  # here, not at the top: the workflow imports this module when it parses
 
         if self.dtype == "fp16" and not torch.cuda.is_available() and not self.allow_cpu_fp16:
@@ -193,6 +198,7 @@ class FinetuneConfig:
                 f"{self.method}: it would need DeepSpeed's optimizer and its fp32 states; run "
                 "it in one process or data-parallel (torchrun without --deepspeed)"
             )
+        require_package(self.report_to)
 
     @property
     def updates_per_batch(self) -> int:

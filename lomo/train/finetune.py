@@ -10,7 +10,9 @@ says which method runs where); see README, "Multi-GPU and multi-node".
 
 The run folder gets config.yaml (resolved), train_log.csv, metrics.json and the reported
 epoch's predictions.jsonl, each written atomically; checkpoint.pt after every epoch lets the
-same command resume after a kill, and is removed when the run has finished.
+same command resume after a kill, and is removed when the run has finished. With
+`--report-to tensorboard|wandb` rank 0 also logs each step and each epoch's scores there
+(lomo.train.tracking).
 """
 
 import argparse
@@ -49,6 +51,7 @@ from lomo.train.config import CHOICES, FUSED_METHODS, FinetuneConfig, load_confi
 from lomo.train.evaluate import IGNORE_INDEX, encode_train_example, evaluate
 from lomo.train.models import DTYPES, load_tokenizer, model_fingerprint
 from lomo.train.runtime import RunFolderError, Runtime, read_checkpoint_file
+from lomo.train.tracking import eval_scalars, open_tracker, train_scalars
 from tasks.superglue import get_task, get_template, prepare
 from tasks.superglue.metrics import gold_nll_per_token
 
@@ -684,6 +687,8 @@ def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> 
 
     if config.method == "zero-shot":
         scores, predictions = run_eval(0)
+        with open_tracker(dataclasses.asdict(config), out, runtime.main, 0) as tracker:
+            tracker.log(eval_scalars(scores), 0)
         run = {"per_epoch": [scores], "predictions": {0: predictions}, "log": []}
         run["train_end"] = train_end(0)
         return finish(config, runtime, model, tokenizer, out, run, len(train_examples), invoked)
@@ -731,7 +736,10 @@ def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> 
         runtime.save_checkpoint(checkpoint_path, step, model, optimizers, state)
         last_saved = time.monotonic()
 
-    with stop_signals() as received:
+    with (
+        stop_signals() as received,
+        open_tracker(dataclasses.asdict(config), out, runtime.main, step + 1) as tracker,
+    ):
         for epoch in range(start_epoch, config.epochs + 1):
             order = epoch_order(len(encoded), config.seed, epoch, config.data_order)
             batches = [
@@ -761,12 +769,11 @@ def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> 
                 stats["loss"] = runtime.sum(stats["loss"]) / runtime.world
                 step_schedulers(schedulers)
                 step += 1
-                n_tokens = sum(int(m["attention_mask"].sum()) for m in micro)
+                step_seconds = time.perf_counter() - step_start
+                n_tokens = runtime.sum(sum(int(m["attention_mask"].sum()) for m in micro))
+                tokens_per_second = n_tokens / step_seconds  # all ranks' tokens
                 progress.update()
-                progress.set_postfix(
-                    loss=f"{stats['loss']:.4f}",
-                    tok_s=f"{n_tokens / (time.perf_counter() - step_start):.0f}",
-                )
+                progress.set_postfix(loss=f"{stats['loss']:.4f}", tok_s=f"{tokens_per_second:.0f}")
                 log.append(
                     {
                         "step": step,
@@ -782,6 +789,7 @@ def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> 
                 longest_step = max(longest_step, time.perf_counter() - step_start)
                 upcoming = longest_step if index + 1 < len(batches) else evaluation_seconds
                 near_limit = time_left() < 60 * config.time_limit_margin_minutes + upcoming
+                tracker.log(train_scalars(log[-1], tokens_per_second), step)
                 # A signal may reach one rank only: every rank stops after the same step.
                 signalled = runtime.sum(len(received)) > 0
                 stop = signalled or runtime.sum(int(near_limit)) > 0
@@ -799,6 +807,7 @@ def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> 
             evaluation_start = time.perf_counter()
             scores, predictions = run_eval(epoch)
             evaluation_seconds = time.perf_counter() - evaluation_start
+            tracker.log(eval_scalars(scores), step)
             run["per_epoch"].append(scores)
             run["predictions"][epoch] = predictions
             save(epoch, None)
