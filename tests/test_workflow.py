@@ -41,6 +41,47 @@ def test_lint_is_clean():
     assert "Congratulations" in done.stdout + done.stderr
 
 
+def test_every_rule_environment_lists_dependencies_only():
+    """Snakemake creates a rule's conda environment from a copy of its file in .snakemake/conda,
+    so a path in it (`-e .`) would install whatever lies next to the copy: every rule that runs
+    a command names an environment of named packages only (jobs find lomo via PYTHONPATH)."""
+    environments = set()
+    for path in (ROOT / "workflow/rules").glob("*.smk"):
+        for rule in re.split(r"^rule ", path.read_text(), flags=re.M)[1:]:
+            if "    shell:" in rule:
+                (name,) = re.findall(r"    conda:\n        \"(.+)\"", rule)
+                environments.add((path.parent / name).resolve())
+    assert environments == {ROOT / "environment.yml"}
+    environment = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
+    assert len(pip) > 20
+    for line in pip:
+        assert not line.startswith(("-", ".", "/")) and "://" not in line and "@" not in line, line
+
+
+@pytest.mark.parametrize("use_conda", [False, True], ids=["venv", "use-conda"])
+def test_jobs_run_lomo_from_the_workflow_directory(use_conda):
+    """Under --use-conda a job runs the rule environment's `python` (first on PATH once
+    Snakemake activates it), else the Python running Snakemake; either way with the workflow's
+    directory on PYTHONPATH, as the environment holds the dependencies only. tests/fake_conda
+    answers the checks a dry run makes; building the environment needs a real conda."""
+    args = ["-n", "-p", "--forceall", "--configfile", "config/ci.yaml"]
+    args += ["--config", f"superglue_dir={DATA_DIR}"]
+    env = {}
+    if use_conda:
+        args.append("--use-conda")
+        env["PATH"] = f"{ROOT / 'tests/fake_conda'}:{os.environ['PATH']}"
+    done = snakemake(*args, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    commands = [line for line in done.stdout.splitlines() if line.startswith("Shell command: ")]
+    commands = [command for command in commands if command != "Shell command: None"]  # `all`
+    assert len(commands) > 10, done.stdout[-3000:]
+    python = "python" if use_conda else sys.executable
+    for command in commands:
+        assert f" env PYTHONPATH={ROOT} {python} -m lomo.cli " in command, command
+        assert (sys.executable in command) == (not use_conda), command
+
+
 PROFILES = {
     "laptop": "config/config.yaml",
     "ci": "config/ci.yaml",
@@ -109,9 +150,8 @@ def test_every_job_runs_exactly_what_its_profile_file_says(profile, full_supergl
         ds = said.get("deepspeed_config")
         assert given.get("deepspeed") == ds
         gpus = planned_gpus.get(given["model"], said["resources"]["gpus"])
-        assert launcher.endswith(said["launcher"].format(python=sys.executable, gpus=gpus)), (
-            launcher
-        )
+        python = f"env PYTHONPATH={ROOT} {sys.executable}"  # lomo from the workflow's folder
+        assert launcher.endswith(said["launcher"].format(python=python, gpus=gpus)), launcher
         # a GPU job claims its own GPUs of the machine (lomo.gpus) before the launcher starts
         assert (f"-m lomo.gpus {gpus} -- " in launcher) == (gpus > 0), launcher
         variants[(model, method, task)].add(variant)

@@ -8,9 +8,11 @@ import functools
 import json
 import os
 import re
+import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 from lomo.workflow import (
@@ -42,8 +44,15 @@ except ValueError as error:
     raise WorkflowError(str(error))
 
 PROFILE = config["profile"]
-# The lomo CLI of the Python running Snakemake: works from a venv that is not activated.
-LOMO = f"{sys.executable} -m lomo.cli"
+# The Python that runs the jobs: under --use-conda the rule environment's (its `python` is first
+# on PATH once Snakemake activates it), else the one running Snakemake (a venv need not be
+# activated). Either way lomo and tasks are imported from the workflow's directory (PYTHONPATH):
+# the rule environment (environment.yml) holds the dependencies only, not the project. `env`,
+# not a shell assignment, as lomo.gpus execs the command after it without a shell.
+USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+JOB_PYTHON = "python" if USE_CONDA else sys.executable
+PYTHON = f"env PYTHONPATH={shlex.quote(workflow.basedir)} {JOB_PYTHON}"
+LOMO = f"{PYTHON} -m lomo.cli"
 RESULTS = f"results/{PROFILE}"
 # Model names may contain slashes (hub ids); paths use a slug without them.
 MODELS = {model_slug(name): name for name in config["models"]}
@@ -170,12 +179,12 @@ FINETUNE_RETRIES = (
 def on_gpus(gpus):
     """The prefix that runs a job's command on `gpus` GPUs that no other job of this machine
     holds (lomo.gpus; under SLURM and on CPU-only machines the command runs as it is)."""
-    return f"{sys.executable} -m lomo.gpus {gpus} -- " if gpus else ""
+    return f"{PYTHON} -m lomo.gpus {gpus} -- " if gpus else ""
 
 
 def launcher(wildcards):
     gpus = job_gpus(wildcards)
-    return OFFLINE + on_gpus(gpus) + config["launcher"].format(python=sys.executable, gpus=gpus)
+    return OFFLINE + on_gpus(gpus) + config["launcher"].format(python=PYTHON, gpus=gpus)
 
 
 def deepspeed_flag(wildcards):
