@@ -20,6 +20,8 @@ LOCK = "requirements/lock.txt"
 OPTIONAL_IMPORTS = {
     "lm_eval": "lm-evaluation-harness runs in its own venv (README, Evaluation speed); "
     "the tests that use it skip without it",
+    "wandb": "lomo finetune --report-to wandb only (pip install wandb); refused at start without "
+    "it, and its test skips",
 }
 # The folders whose Python imports count (the workflow's .smk files and notebooks besides).
 CODE_FOLDERS = ["lomo", "tasks", "tests", "scripts", "benchmarks"]
