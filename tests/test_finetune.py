@@ -241,7 +241,7 @@ def test_nan_loss_stops_with_step_number(tmp_path, monkeypatch):
         ({"method": "magic"}, "method='magic'"),
         ({"task": "squad"}, "unknown task"),
         ({"model": "gpt-17"}, "unknown model"),
-        ({"lr": 0.0}, "lr must be > 0"),
+        ({"lr": 0.0}, "lr: expected a positive number, got 0.0"),
         ({"global_batch": 6, "micro_batch": 4}, "not a multiple"),
         ({"method": "lomo", "micro_batch": 2}, "cannot accumulate"),
         ({"dtype": "fp16"}, "fp16 needs a GPU"),
@@ -257,8 +257,13 @@ def test_nan_loss_stops_with_step_number(tmp_path, monkeypatch):
             },
             "force_overflow_step needs dtype fp16 and a fused method",
         ),
-        ({"dtype": "fp16", "allow_cpu_fp16": True, "force_overflow_step": 0}, "must be > 0"),
-        ({"loss_scale_window": 0}, "loss_scale_window must be > 0"),
+        (
+            {"dtype": "fp16", "allow_cpu_fp16": True, "force_overflow_step": 0},
+            "force_overflow_step: expected a positive",
+        ),
+        ({"loss_scale_window": 0}, "loss_scale_window: expected a positive integer"),
+        ({"lora_dropout": 1.5}, r"lora_dropout: expected a number in \[0, 1\], got 1.5"),
+        ({"seed": 2**32}, "seed: expected a seed in 0..4294967295"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, overrides, message):

@@ -5,12 +5,14 @@ Every value is coerced once by its key's type (`coerce`: "3e-2" is a number, "no
 import: the Snakemake workflow coerces its `finetune` settings with this when it parses.
 """
 
+import argparse
 import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
+from lomo import argtypes
 from lomo.io import read_yaml
 from lomo.loss_scaler import DynamicLossScaler
 from tasks.superglue import PROTOCOLS, get_task, get_template
@@ -30,6 +32,38 @@ CHOICES = {
     "attn_implementation": ("eager", "sdpa"),
     "data_order": ("ours", "official"),
     "lr_schedule": ("ours", "official"),
+}
+
+# The range of each numeric setting: its `lomo finetune --flag`'s type, and validate()'s check
+# of values from YAML or the workflow.
+RANGES = {
+    "seed": argtypes.seed,
+    "num_train": argtypes.positive_int,
+    "num_dev": argtypes.positive_int,
+    "num_eval": argtypes.positive_int,
+    "train_size": argtypes.fraction_or_count,
+    "test_size": argtypes.fraction_or_count,
+    "max_length": argtypes.positive_int,
+    "limit_train": argtypes.positive_int,
+    "limit_eval": argtypes.positive_int,
+    "epochs": argtypes.nonnegative_int,
+    "global_batch": argtypes.positive_int,
+    "micro_batch": argtypes.positive_int,
+    "lr": argtypes.positive_float,
+    "warmup_ratio": argtypes.fraction,
+    "weight_decay": argtypes.nonnegative_float,
+    "clip_value": argtypes.positive_float,
+    "loss_scale_window": argtypes.positive_int,
+    "force_overflow_step": argtypes.positive_int,
+    "lora_r": argtypes.positive_int,
+    "lora_alpha": argtypes.positive_int,
+    "lora_dropout": argtypes.probability,
+    "lora_lr": argtypes.positive_float,
+    "lora_warmup_ratio": argtypes.fraction,
+    "adam_eps": argtypes.positive_float,
+    "eval_batch": argtypes.positive_int,
+    "eval_tokens": argtypes.positive_int,
+    "checkpoint_every_minutes": argtypes.positive_float,
 }
 
 
@@ -116,40 +150,15 @@ class FinetuneConfig:
                 )
         get_task(self.task)
         get_template(self.template)
-        positive = (
-            "lr",
-            "lora_lr",
-            "global_batch",
-            "micro_batch",
-            "eval_batch",
-            "max_length",
-            "clip_value",
-            "lora_r",
-            "adam_eps",
-            "num_train",
-            "num_dev",
-            "num_eval",
-            "loss_scale_window",
-        )
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.epochs < 0 or not 0 <= self.warmup_ratio < 1 or self.weight_decay < 0:
-            raise ValueError("need epochs >= 0, 0 <= warmup_ratio < 1 and weight_decay >= 0")
-        if self.lora_warmup_ratio is not None and not 0 <= self.lora_warmup_ratio < 1:
-            raise ValueError(f"need 0 <= lora_warmup_ratio < 1, got {self.lora_warmup_ratio}")
+        for name, check in RANGES.items():
+            value = getattr(self, name)
+            if value is not None:  # None: unset, where the field allows it
+                try:
+                    check(value)
+                except argparse.ArgumentTypeError as error:
+                    raise ValueError(f"{name}: {error}") from None
         if self.epochs == 0 and self.method != "zero-shot":
             raise ValueError(f"epochs must be >= 1 for {self.method} (zero-shot only evaluates)")
-        counts = ("limit_train", "limit_eval", "eval_tokens", "force_overflow_step")
-        for name in (*counts, "checkpoint_every_minutes"):
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0 (or unset), got {getattr(self, name)}")
-        for name in ("train_size", "test_size"):
-            size = getattr(self, name)
-            if size is not None and (size <= 0 or size >= 1 and not float(size).is_integer()):
-                raise ValueError(
-                    f"{name} must be a fraction in (0, 1) or a whole count, got {size}"
-                )
         if self.global_batch % self.micro_batch:
             raise ValueError(
                 f"global_batch {self.global_batch} is not a multiple of micro_batch "

@@ -32,7 +32,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import torch
 import yaml
@@ -40,12 +40,13 @@ from filelock import FileLock, Timeout
 from torch import nn
 from tqdm import tqdm
 
+from lomo import argtypes
 from lomo.io import write_atomic
 from lomo.loss import causal_lm_loss, frozen_partitioned_head
 from lomo.optim import LOMO, AdaLomo, FusedOptimizer, rng_state, set_rng_state
 from lomo.provenance import provenance
 from lomo.sync import GradSync
-from lomo.train.config import CHOICES, FUSED_METHODS, FinetuneConfig, load_config
+from lomo.train.config import CHOICES, FUSED_METHODS, RANGES, FinetuneConfig, load_config
 from lomo.train.evaluate import IGNORE_INDEX, encode_train_example, evaluate
 from lomo.train.models import DTYPES, load_tokenizer, model_fingerprint
 from lomo.train.runtime import RunFolderError, Runtime, read_checkpoint_file
@@ -880,7 +881,7 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     )
     parser.add_argument("--config", help="YAML file with any of the keys below")
     parser.add_argument("--out", required=True, help="run folder")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--threads", type=argtypes.positive_int, help="torch CPU threads")
     defaults = FinetuneConfig()
     for f in dataclasses.fields(FinetuneConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -891,9 +892,10 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=text)
         elif f.type == list[str]:
             parser.add_argument(flag, dest=f.name, nargs="+", help=text)
-        else:  # int, float, str, or one of them | None
-            kind = next(k for k in (int, float, str) if k is f.type or k in get_args(f.type))
-            parser.add_argument(flag, dest=f.name, type=kind, help=text)
+        elif f.name in RANGES:  # a number, in its range
+            parser.add_argument(flag, dest=f.name, type=RANGES[f.name], help=text)
+        else:
+            parser.add_argument(flag, dest=f.name, help=text)
     parser.set_defaults(func=main)
 
 
@@ -901,8 +903,6 @@ def main(args: argparse.Namespace) -> None:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)}
     config = load_config(args.config, overrides)
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     try:
         metrics = finetune(config, args.out)
