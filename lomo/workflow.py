@@ -12,8 +12,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from lomo.io import read_yaml
 from tasks.superglue import TASKS
 
 
@@ -113,7 +112,7 @@ def check_task_names(config: dict, schema_path: str | Path) -> None:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = read_yaml(schema_path)
     schema["$defs"]["task"]["enum"] = list(TASKS)
     error = best_match(Draft202012Validator(schema).iter_errors(config))
     if error is not None:

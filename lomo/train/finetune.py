@@ -41,7 +41,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lomo import argtypes
-from lomo.io import write_atomic
+from lomo.io import read_yaml, write_atomic
 from lomo.loss import causal_lm_loss, frozen_partitioned_head
 from lomo.optim import LOMO, AdaLomo, FusedOptimizer, rng_state, set_rng_state
 from lomo.provenance import provenance
@@ -418,7 +418,7 @@ def claim_folder(out: Path, config: FinetuneConfig, main: bool) -> Iterator[None
             if stale.is_file() and (base in RUN_FILES or base.startswith("checkpoint.")):
                 stale.unlink()
         if (out / "metrics.json").exists() and (out / "config.yaml").exists():
-            finished = yaml.safe_load((out / "config.yaml").read_text())
+            finished = read_yaml(out / "config.yaml")
             changed = sorted(
                 k for k, v in dataclasses.asdict(config).items() if finished.get(k) != v
             )
