@@ -189,8 +189,6 @@ def load_profile(path: str, gpu_memory: float | None) -> dict:
 
 
 def run_budget(args: argparse.Namespace) -> None:
-    if args.node_gpus < 1:
-        raise ValueError(f"--node-gpus must be >= 1, got {args.node_gpus}")
     jobs = profile_jobs(load_profile(args.profile, args.gpu_memory))
     print(budget_table(jobs, args.node_gpus))
 

@@ -8,6 +8,7 @@ import: the Snakemake workflow coerces its `finetune` settings with this when it
 import argparse
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
@@ -17,6 +18,11 @@ from lomo.io import read_yaml
 from lomo.loss_scaler import DynamicLossScaler
 from tasks.superglue import PROTOCOLS, get_task, get_template
 
+# The models built in (lomo.train.models); any other is a local folder or a hub id.
+SMOLLM2 = "smollm2-135m"
+TINY_LLAMA = "tiny-llama"
+KNOWN_MODELS = (SMOLLM2, TINY_LLAMA)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 METHODS = ("zero-shot", "lomo", "adalomo", "sgd", "adamw", "lora", "lora+lomo")
 FUSED_METHODS = ("lomo", "adalomo")
 DTYPE_NAMES = ("fp32", "bf16", "fp16")  # torch dtypes: lomo.train.models.DTYPES
@@ -150,6 +156,7 @@ class FinetuneConfig:
                 )
         get_task(self.task)
         get_template(self.template)
+        check_model_name(self.model)
         for name, check in RANGES.items():
             value = getattr(self, name)
             if value is not None:  # None: unset, where the field allows it
@@ -203,6 +210,22 @@ class FinetuneConfig:
     def updates_per_batch(self) -> int:
         fused = self.method in FUSED_METHODS or self.method == "lora+lomo"
         return self.global_batch // self.micro_batch if fused and self.sequential_updates else 1
+
+
+def check_model_name(name: str) -> None:
+    """A model a job can load: a built-in name (KNOWN_MODELS), a local folder with a
+    config.json, or a Hugging Face hub id owner/name (which the job downloads); a ValueError
+    otherwise. A path-like name (/, ., ~) is a folder and must exist."""
+    folder = Path(name).expanduser()
+    if name in KNOWN_MODELS or (folder / "config.json").is_file():
+        return
+    if folder.exists() or name.startswith(("/", ".", "~")):
+        raise ValueError(f"model folder {name} does not exist or has no config.json")
+    if not HUB_ID.fullmatch(name):
+        raise ValueError(
+            f"unknown model {name!r}: expected one of {', '.join(KNOWN_MODELS)}, a local model "
+            "folder with a config.json, or a Hugging Face hub id (owner/name)"
+        )
 
 
 BOOLEANS = {"true": True, "yes": True, "on": True, "1": True}

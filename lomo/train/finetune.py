@@ -52,6 +52,7 @@ from lomo.train.models import DTYPES, load_tokenizer, model_fingerprint
 from lomo.train.runtime import RunFolderError, Runtime, read_checkpoint_file
 from tasks.superglue import get_task, get_template, prepare
 from tasks.superglue.metrics import gold_nll_per_token
+from tasks.superglue.protocols import Prepared, write_prepared
 
 # --- data ------------------------------------------------------------------------------------
 
@@ -614,13 +615,30 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
         raise ValueError(
             f"micro_batch {config.micro_batch} is not a multiple of the {runtime.world} processes"
         )
+    # The data is read, and its rows checked, before the run folder exists: bad data leaves
+    # nothing behind. Rank 0 reads first (a hub download), the others then find its cache.
+    with runtime.main_first():
+        data = prepare(
+            config.task,
+            config.protocol,
+            config.source,
+            config.data_dir,
+            seed=0 if config.protocol == "paper" else config.seed,
+            num_train=config.num_train,
+            num_dev=config.num_dev,
+            num_eval=config.num_eval,
+            train_size=split_size(config.train_size),
+            test_size=split_size(config.test_size),
+        )
     out = Path(out_dir)
     with claim_folder(out, config, runtime.main):
-        return run(config, runtime, out, invoked)
+        return run(config, runtime, data, out, invoked)
 
 
-def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> dict[str, Any]:
-    """The run in a folder this process holds: data, model, training, evaluation, results."""
+def run(
+    config: FinetuneConfig, runtime: Runtime, data: Prepared, out: Path, invoked: float
+) -> dict[str, Any]:
+    """The run in a folder this process holds: model, training, evaluation, results."""
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / "checkpoint.pt"
     checkpoint = read_checkpoint(checkpoint_path, config)
@@ -634,19 +652,7 @@ def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> 
     task = get_task(config.task)
     template = get_template(config.template)
     with runtime.main_first():  # rank 0 writes the data folder (and fetches), the others read it
-        data = prepare(
-            config.task,
-            config.protocol,
-            config.source,
-            config.data_dir,
-            out / "data",
-            seed=0 if config.protocol == "paper" else config.seed,
-            num_train=config.num_train,
-            num_dev=config.num_dev,
-            num_eval=config.num_eval,
-            train_size=split_size(config.train_size),
-            test_size=split_size(config.test_size),
-        )
+        write_prepared(data, out / "data")
         tokenizer = load_tokenizer(config.model)
     train_examples = data.train[: config.limit_train]
     eval_sets = {"eval": data.eval[: config.limit_eval]}
