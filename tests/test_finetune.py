@@ -699,5 +699,7 @@ def test_time_based_checkpoints_within_an_epoch(tmp_path, monkeypatch):
     monkeypatch.setattr(ft, "checkpoint_due", lambda config, last: True)  # every step is due
     ft.finetune(tiny_config(method="lomo", epochs=2, checkpoint_every_minutes=5), tmp_path)
     assert saved == [(1, 1), (2, 2), (2, None), (3, 1), (4, 2), (4, None)]
-    with pytest.raises(ValueError, match="checkpoint_every_minutes must be > 0"):
+    with pytest.raises(
+        ValueError, match="checkpoint_every_minutes: expected a positive number, got 0"
+    ):
         tiny_config(checkpoint_every_minutes=0).validate()
