@@ -26,6 +26,7 @@ import argparse
 import math
 from collections import defaultdict
 
+from lomo import argtypes
 from lomo.io import read_yaml
 from lomo.measure.plan import DTYPE_BYTES, count_parameters, fit_check, load_shape, plan
 from lomo.workflow import expand_runs, job_setting, method_of, model_slug, type_settings
@@ -224,8 +225,6 @@ def load_profile(path: str, gpu_memory: float | None) -> dict:
 
 
 def run_budget(args: argparse.Namespace) -> None:
-    if args.node_gpus < 1:
-        raise ValueError(f"--node-gpus must be >= 1, got {args.node_gpus}")
     jobs = profile_jobs(load_profile(args.profile, args.gpu_memory))
     print(budget_table(jobs, args.node_gpus))
 
@@ -240,8 +239,10 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser.add_argument("--profile", default="config/paper.yaml", help="a workflow profile")
     parser.add_argument(
         "--gpu-memory",
-        type=float,
+        type=argtypes.positive_float,
         help="GiB per GPU (default: the profile's gpu_memory_gib; replaces its model_gpus)",
     )
-    parser.add_argument("--node-gpus", type=int, default=8, help="GPUs of one node (default 8)")
+    parser.add_argument(
+        "--node-gpus", type=argtypes.positive_int, default=8, help="GPUs of one node (default 8)"
+    )
     parser.set_defaults(func=run_budget)

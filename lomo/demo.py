@@ -9,7 +9,7 @@ import argparse
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lomo import LOMO
+from lomo import LOMO, argtypes
 
 
 def run_demo(args: argparse.Namespace) -> None:
@@ -50,6 +50,6 @@ def run_demo(args: argparse.Namespace) -> None:
 
 def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser = subparsers.add_parser("demo", help=summary)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--lr", type=float, default=0.5)
+    parser.add_argument("--steps", type=argtypes.positive_int, default=60)
+    parser.add_argument("--lr", type=argtypes.positive_float, default=0.5)
     parser.set_defaults(func=run_demo)

@@ -46,11 +46,16 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
 def read_yaml(path: str | Path) -> Any:
     """A YAML file's content; a syntax error is one line naming file:line:column and the
     problem (PyYAML's own message spans several lines and shows the parser's internals)."""
+    return parse_yaml(Path(path).read_text(), str(path))
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text's content; a syntax error is one line `where:line:column: invalid YAML: ...`."""
     try:
-        return yaml.safe_load(Path(path).read_text())
+        return yaml.safe_load(text)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        where = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
         raise ValueError(f"{where}: invalid YAML: {error.problem}") from None
     except yaml.YAMLError as error:
-        raise ValueError(f"{path}: invalid YAML: {' '.join(str(error).split())}") from None
+        raise ValueError(f"{where}: invalid YAML: {' '.join(str(error).split())}") from None

@@ -12,8 +12,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from lomo.io import read_yaml
 from tasks.superglue import TASKS
 
 
@@ -93,12 +92,55 @@ def selection_keys(config: dict) -> list[str]:
     return sorted({key for grid in config["grid"].values() for key in grid})
 
 
+SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schemas" / "config.schema.yaml"
+NULLS = ("null", "Null", "NULL", "~")
+
+
+def typed_by_schema(value: Any, schema: dict, defs: dict) -> Any:
+    """`value` with each string that `schema` does not allow as a string typed as it declares:
+    "43" an integer, "0.01" a number, "no" a boolean, "null" null, inside lists and mappings
+    too (Snakemake's --config gives every value inside a list or mapping as a string). A string
+    that is none of the declared types stays a string, for the schema check to name."""
+    from lomo.train.config import BOOLEANS
+
+    if "$ref" in schema:  # the schema's references are all to its own "#/$defs/..."
+        schema = defs[schema["$ref"].removeprefix("#/$defs/")]
+    for alternative in schema.get("oneOf", []):  # the first alternative that types it
+        typed = typed_by_schema(value, alternative, defs)
+        if typed != value:
+            return typed
+    if isinstance(value, dict):
+        properties, others = schema.get("properties", {}), schema.get("additionalProperties")
+        others = others if isinstance(others, dict) else {}
+        return {k: typed_by_schema(v, properties.get(k, others), defs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [typed_by_schema(item, schema.get("items", {}), defs) for item in value]
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if not isinstance(value, str) or "string" in types:
+        return value
+    if "null" in types and value in NULLS:
+        return None
+    if "boolean" in types and value.lower() in BOOLEANS:
+        return BOOLEANS[value.lower()]
+    for kind, parse in (("integer", int), ("number", int), ("number", float)):
+        if kind in types:
+            try:
+                return parse(value)
+            except ValueError:
+                pass
+    return value
+
+
 def type_settings(config: dict) -> None:
-    """The profile's `finetune`, `method_settings` and `task_settings` typed as `lomo finetune`
-    types them (`--config 'finetune={epochs: 2}'` gives the string "2"), in place."""
+    """The profile typed, in place: every block by the schema's declared types
+    (`typed_by_schema`), then `finetune`, `method_settings` and `task_settings` as `lomo
+    finetune` types them (--config 'finetune={epochs: 2}' gives the string "2")."""
     from lomo.train.config import coerce_settings
 
-    config["finetune"] = coerce_settings(config.get("finetune", {}), "finetune")
+    schema = read_yaml(SCHEMA)
+    config.update(typed_by_schema(config, schema, schema["$defs"]))
+    config["finetune"] = coerce_settings(config.get("finetune") or {}, "finetune")
     for block in ("method_settings", "task_settings"):
         config[block] = {
             name: coerce_settings(values or {}, f"{block}.{name}")
@@ -106,20 +148,40 @@ def type_settings(config: dict) -> None:
         }
 
 
-def check_task_names(config: dict, schema_path: str | Path) -> None:
-    """Every task the config names is declared in tasks.superglue.TASKS. The schema marks where
-    task names go (`$defs/task`) without listing them, so the declarations stay the one list:
-    it is filled in here and the config checked against the schema again."""
+def check_config(config: dict, schema_path: str | Path = SCHEMA) -> None:
+    """The config is valid by the schema, with task names from tasks.superglue.TASKS: the
+    schema marks where task names go (`$defs/task`) without listing them, so the declarations
+    stay the one list. A ValueError names the first problem and where it is."""
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = read_yaml(schema_path)
     schema["$defs"]["task"]["enum"] = list(TASKS)
     error = best_match(Draft202012Validator(schema).iter_errors(config))
     if error is not None:
         where = ".".join(map(str, error.absolute_path))
+        task = error.validator == "enum" and error.validator_value == list(TASKS)
+        hint = " (tasks are declared in tasks/superglue/tasks.py)" if task else ""
+        raise ValueError(f"config: {where}: {error.message}{hint}")
+
+
+def check_models(config: dict) -> None:
+    """Every model of `models` and `figure3.models` is one a job can load
+    (lomo.train.config.check_model_name), and Figure 3's models are among `models`."""
+    from lomo.train.config import check_model_name
+
+    figure3 = config.get("figure3") or {}
+    for key, names in (("models", config["models"]), ("figure3.models", figure3.get("models"))):
+        for name in names or []:
+            try:
+                check_model_name(name)
+            except ValueError as error:
+                raise ValueError(f"config: {key}: {error}") from None
+    missing = [name for name in figure3.get("models", []) if name not in config["models"]]
+    if missing:
         raise ValueError(
-            f"config: {where}: {error.message} (tasks are declared in tasks/superglue/tasks.py)"
+            f"config: figure3.models {missing} are not among models {config['models']}: add "
+            "them to models, or leave Figure 3 out (--config figure3=null)"
         )
 
 

@@ -30,9 +30,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from lomo.io import write_atomic
+from lomo.io import read_yaml, write_atomic
 from lomo.report.analysis import correctness, mcnemar_p
 from lomo.report.tables import wilson_interval
 
@@ -55,12 +54,12 @@ def calibrated_accuracy(records: list[dict]) -> float:
 def evaluated_as(run: Path) -> tuple:
     """What makes two runs' scores comparable: the evaluated examples and the template."""
     rows = json.loads((run / "data" / "ids.json").read_text())["splits"]["eval"]["rows"]
-    return tuple(rows), yaml.safe_load((run / "config.yaml").read_text())["template"]
+    return tuple(rows), read_yaml(run / "config.yaml")["template"]
 
 
 def summarize(run: Path, zero_shot: Path, label: str) -> dict:
     metrics = json.loads((run / "metrics.json").read_text())
-    config = yaml.safe_load((run / "config.yaml").read_text())
+    config = read_yaml(run / "config.yaml")
     accuracy, n = metrics["reported"]["eval"]["accuracy"], metrics["n_eval"]
     low, high = wilson_interval(accuracy, n)
     right, right_zero = correctness(run), correctness(zero_shot)

@@ -242,7 +242,7 @@ def test_nan_loss_stops_with_step_number(tmp_path, monkeypatch):
         ({"method": "magic"}, "method='magic'"),
         ({"task": "squad"}, "unknown task"),
         ({"model": "gpt-17"}, "unknown model"),
-        ({"lr": 0.0}, "lr must be > 0"),
+        ({"lr": 0.0}, "lr: expected a positive number, got 0.0"),
         ({"global_batch": 6, "micro_batch": 4}, "not a multiple"),
         ({"method": "lomo", "micro_batch": 2}, "cannot accumulate"),
         ({"dtype": "fp16"}, "fp16 needs a GPU"),
@@ -258,12 +258,17 @@ def test_nan_loss_stops_with_step_number(tmp_path, monkeypatch):
             },
             "force_overflow_step needs dtype fp16 and a fused method",
         ),
-        ({"dtype": "fp16", "allow_cpu_fp16": True, "force_overflow_step": 0}, "must be > 0"),
-        ({"loss_scale_window": 0}, "loss_scale_window must be > 0"),
-        ({"epochs": -1}, "epochs must be >= 0, got -1"),
-        ({"weight_decay": -0.1}, "weight_decay must be >= 0"),
-        ({"warmup_ratio": 1.0}, "need 0 <= warmup_ratio < 1, got 1.0"),
-        ({"lora_warmup_ratio": -0.5}, "need 0 <= lora_warmup_ratio < 1"),
+        (
+            {"dtype": "fp16", "allow_cpu_fp16": True, "force_overflow_step": 0},
+            "force_overflow_step: expected a positive",
+        ),
+        ({"loss_scale_window": 0}, "loss_scale_window: expected a positive integer"),
+        ({"lora_dropout": 1.5}, r"lora_dropout: expected a number in \[0, 1\], got 1.5"),
+        ({"seed": 2**32}, "seed: expected a seed in 0..4294967295"),
+        ({"epochs": -1}, "epochs: expected an integer >= 0, got -1"),
+        ({"weight_decay": -0.1}, "weight_decay: expected a number >= 0"),
+        ({"warmup_ratio": 1.0}, r"warmup_ratio: expected a number in \[0, 1\), got 1.0"),
+        ({"time_limit_margin_minutes": -1}, "time_limit_margin_minutes: expected a number >= 0"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, overrides, message):
@@ -489,11 +494,11 @@ def test_yaml_values_are_coerced_by_key(tmp_path):
         ("activation_checkpointing: maybe\n", "activation_checkpointing: expected true or false"),
         ("epochs: 2.5\n", "epochs: expected a whole number, got 2.5"),
         ("epochs: 0\n", "epochs must be >= 1 for lomo"),
-        ("limit_train: 0\n", "limit_train must be > 0"),
-        ("limit_train: -3\n", "limit_train must be > 0"),
+        ("limit_train: 0\n", "limit_train: expected a positive integer, got 0"),
+        ("limit_train: -3\n", "limit_train: expected a positive integer, got -3"),
         (
             "protocol: val-split\ntrain_size: 8.9\n",
-            "train_size must be a fraction in \\(0, 1\\) or a whole",
+            "train_size: expected a fraction in \\(0, 1\\) or a whole",
         ),
         ("- lr: 0.1\n", "expected a mapping of settings, got a list"),
         ("lora_targets: [1, 2]\n", "lora_targets: expected a list of names"),
@@ -717,7 +722,7 @@ def test_the_time_limit_allows_for_the_evaluation_it_has_measured(tmp_path, monk
     for name in ("metrics.json", "predictions.jsonl"):
         full = (tmp_path / "full" / name).read_bytes()
         assert (tmp_path / "resumed" / name).read_bytes() == full, name
-    with pytest.raises(ValueError, match="time_limit_margin_minutes must be >= 0"):
+    with pytest.raises(ValueError, match="time_limit_margin_minutes: expected a number >= 0"):
         tiny_config(time_limit_margin_minutes=-1).validate()
     monkeypatch.undo()
     monkeypatch.setenv("SLURM_JOB_END_TIME", "tomorrow")
@@ -737,5 +742,7 @@ def test_time_based_checkpoints_within_an_epoch(tmp_path, monkeypatch):
     monkeypatch.setattr(ft, "checkpoint_due", lambda config, last: True)  # every step is due
     ft.finetune(tiny_config(method="lomo", epochs=2, checkpoint_every_minutes=5), tmp_path)
     assert saved == [(1, 1), (2, 2), (2, None), (3, 1), (4, 2), (4, None)]
-    with pytest.raises(ValueError, match="checkpoint_every_minutes must be > 0"):
+    with pytest.raises(
+        ValueError, match="checkpoint_every_minutes: expected a positive number, got 0"
+    ):
         tiny_config(checkpoint_every_minutes=0).validate()

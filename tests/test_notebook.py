@@ -43,15 +43,17 @@ def test_runs_a_notebook_with_parameters_over_ipc(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ipynb", "out.ipynb"]
 
 
-def test_a_failing_cell_leaves_no_notebook_at_the_output(tmp_path):
+def test_a_failing_cell_is_one_line_and_leaves_no_file(tmp_path):
     write_notebook(tmp_path / "in.ipynb", "raise ValueError('bad results_dir: ' + name)")
     out = tmp_path / "out.ipynb"
     done = lomo_notebook(str(tmp_path / "in.ipynb"), str(out), "-p", "name", "nowhere")
-    assert done.returncode != 0
-    assert "bad results_dir: nowhere" in done.stderr
-    assert not out.exists()
-    partial = nbformat.read(tmp_path / "out.partial.ipynb", as_version=4)
-    assert partial.cells[-1].outputs[0]["ename"] == "ValueError"
+    assert done.returncode == 1  # cell 3: run third, after the parameters and papermill's
+    assert done.stderr.splitlines()[-1] == (
+        f"lomo notebook: {tmp_path / 'in.ipynb'}: cell 3 raised ValueError: bad results_dir: "
+        "nowhere"
+    )
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ipynb"]
 
 
 def test_parameters():
@@ -61,3 +63,7 @@ def test_parameters():
     }
     with pytest.raises(ValueError, match="YAML mapping"):
         parse_parameters([], "[1, 2]")
+    with pytest.raises(
+        ValueError, match=r"^-y:1:7: invalid YAML: expected ',' or '\]', but got '}'$"
+    ):
+        parse_parameters([], "{a: [1}")

@@ -284,6 +284,15 @@ def test_non_utf8_byte_names_file_and_line(tmp_path):
         load_split("cb", "val", "local", tmp_path)
 
 
+def test_lone_surrogate_escape_names_file_and_line(tmp_path):
+    """JSON "\\ud800" parses, but the text cannot be encoded: refused where it is read."""
+    row = json.dumps({**CB_ROW, "idx": 1, "premise": "caf\ud800"})
+    path = write_task(tmp_path, "CB", "val", [json.dumps(CB_ROW), row])
+    assert "\\ud800" in path.read_text()
+    with raises_data_error(rf"^{path}:2: text that cannot be encoded as UTF-8 \('\\ud800'"):
+        load_split("cb", "val", "local", tmp_path)
+
+
 @pytest.mark.parametrize("folder", ["rte", "Rte", "rTE"])
 def test_task_folder_in_another_letter_case(tmp_path, folder):
     (tmp_path / folder).mkdir()

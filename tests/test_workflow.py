@@ -19,7 +19,7 @@ from paths import DATA_DIR, ROOT
 from lomo import budget, workflow
 from lomo.cli import build_parser
 from lomo.train import finetune as ft
-from lomo.workflow import expand_runs, grid_points, settings_to_flags
+from lomo.workflow import SCHEMA, expand_runs, grid_points, settings_to_flags, typed_by_schema
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -256,6 +256,81 @@ def test_command_line_settings_are_typed_like_lomo_finetune():
     bad = snakemake("-n", "--config", "finetune={epochs: two}", data)
     assert bad.returncode != 0
     assert "config: finetune: epochs: expected a whole number, got 'two'" in bad.stdout + bad.stderr
+
+
+def test_every_config_block_is_typed_by_the_schema():
+    """Snakemake's --config gives every value inside a list or mapping as a string."""
+    schema = yaml.safe_load(SCHEMA.read_text())
+    strings = {
+        "seeds": ["43"],
+        "grid": {"lomo": {"lr": ["0.01", "3e-2"]}},
+        "figure3": "null",
+        "memory": [{"name": "m", "model": "tiny-llama", "layers": "2", "clip": "no"}],
+        "claims": {"confidence": "0.9", "sgd_settings": "--pairs 2"},
+        "profile": "42",  # a string where the schema says string
+    }
+    assert typed_by_schema(strings, schema, schema["$defs"]) == {
+        "seeds": [43],
+        "grid": {"lomo": {"lr": [0.01, 0.03]}},
+        "figure3": None,
+        "memory": [{"name": "m", "model": "tiny-llama", "layers": 2, "clip": False}],
+        "claims": {"confidence": 0.9, "sgd_settings": "--pairs 2"},
+        "profile": "42",
+    }
+    untyped = {"seeds": ["many"], "figure3": "nul"}  # left for the schema check to name
+    assert typed_by_schema(untyped, schema, schema["$defs"]) == untyped
+
+
+def test_command_line_config_is_typed_then_validated():
+    data = f"superglue_dir={DATA_DIR}"
+    overrides = ["seeds=[43]", "grid={lomo: {lr: [0.01, 0.03]}}", "figure3=null"]
+    done = snakemake("-n", "-p", "--configfile", "config/ci.yaml", "--config", *overrides, data)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "lomo@lr=0.03/rte/seed43" in done.stdout and " --lr 0.03 " in done.stdout
+
+
+BAD_CONFIG = [
+    (
+        "models=[gpt-17]",
+        "config: models: unknown model 'gpt-17': expected one of smollm2-135m, tiny-llama, a "
+        "local model folder with a config.json, or a Hugging Face hub id (owner/name)",
+    ),
+    ("seeds=[-1]", "config: seeds.0: -1 is less than the minimum of 0"),
+    pytest.param(
+        "seeds=[4294967296]",
+        "config: seeds.0: 4294967296 is greater than the maximum of 4294967295",
+        marks=pytest.mark.slow,
+    ),
+    pytest.param(
+        "grid={lomo: {lr: [0.01, fast]}}",
+        "config: grid.lomo.lr.1: 'fast' is not of type 'number'",
+        marks=pytest.mark.slow,
+    ),
+    pytest.param(
+        "models=[./nowhere]",
+        "config: models: model folder ./nowhere does not exist or has no config.json",
+        marks=pytest.mark.slow,
+    ),
+    pytest.param(
+        "memory=[{name: m, model: tiny-llama, seq: 0}]",
+        "config: memory.0.seq: 0 is less than the minimum of 1",
+        marks=pytest.mark.slow,
+    ),
+    pytest.param(
+        "figure3={models: [smollm2-135m], tasks: [rte], methods: [lora], lora_r: [2]}",
+        "config: figure3.models ['smollm2-135m'] are not among models ['tiny-llama']: add them "
+        "to models, or leave Figure 3 out (--config figure3=null)",
+        marks=pytest.mark.slow,
+    ),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD_CONFIG)
+def test_bad_command_line_config_is_one_line_before_any_job(override, message):
+    done = snakemake("-n", "--configfile", "config/ci.yaml", "--config", override)
+    assert done.returncode != 0
+    assert message in (done.stdout + done.stderr).splitlines(), done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
 
 
 @pytest.mark.e2e

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from lomo import argtypes
 from lomo.io import write_atomic
 from lomo.measure.census import MemoryCensus, ProcessPeak, proc_status_bytes
 from lomo.measure.workloads import (
@@ -392,7 +393,7 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser.add_argument(
         "--layers",
         nargs="*",
-        type=int,
+        type=argtypes.positive_int,
         default=[],
         help="depths to measure a LLaMA shape at, for extrapolation (e.g. 1 2)",
     )

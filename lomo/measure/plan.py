@@ -29,6 +29,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from lomo import argtypes
 from lomo.measure.workloads import LLAMA_SHAPES, LLAMA_VOCAB
 from lomo.train.config import FinetuneConfig
 
@@ -825,9 +826,11 @@ def eval_tokens_arg(text: str) -> int | str | None:
     if text in ("auto", "none"):
         return None if text == "none" else text
     try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, auto or none, got {text!r}") from None
+        return argtypes.positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer, auto or none, got {text!r}"
+        ) from None
 
 
 def run_plan(args: argparse.Namespace) -> None:
@@ -891,17 +894,21 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     )
     parser.add_argument("size", help="7b, 13b, 30b, 65b, or a Hugging Face config.json (or folder)")
     parser.add_argument("--method", default="lomo", choices=METHODS)
-    parser.add_argument("--gpus", type=int, default=1)
-    parser.add_argument("--memory", type=float, default=80.0, help="GiB per GPU (default 80)")
+    parser.add_argument("--gpus", type=argtypes.positive_int, default=1)
+    parser.add_argument(
+        "--memory", type=argtypes.positive_float, default=80.0, help="GiB per GPU (default 80)"
+    )
     parser.add_argument(
         "--reserve",
-        type=float,
+        type=argtypes.nonnegative_float,
         default=1.0,
         help="GiB per GPU the tensor census cannot see: CUDA context, NCCL, allocator "
         "fragmentation (default 1.0; scripts/gpu_acceptance.sh measures it)",
     )
-    parser.add_argument("--seq", type=int, default=512, help="tokens per sequence")
-    parser.add_argument("--batch", type=int, default=8, help="sequences per GPU")
+    parser.add_argument(
+        "--seq", type=argtypes.positive_int, default=512, help="tokens per sequence"
+    )
+    parser.add_argument("--batch", type=argtypes.positive_int, default=8, help="sequences per GPU")
     parser.add_argument("--dtype", default="fp16", choices=list(DTYPE_BYTES))
     parser.add_argument(
         "--activation-checkpointing", action=argparse.BooleanOptionalAction, default=True
@@ -920,7 +927,9 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
         "size); --no-chunked-loss: the full logits at once",
     )
     parser.add_argument(
-        "--loss-chunk", type=int, help="tokens per chunk of the chunked loss (what-if)"
+        "--loss-chunk",
+        type=argtypes.positive_int,
+        help="tokens per chunk of the chunked loss (what-if)",
     )
     parser.add_argument(
         "--deepspeed",
@@ -934,10 +943,10 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
         help="DeepSpeed JSON whose ZeRO-3 sizes (persistence threshold, prefetch bucket, "
         "sub-group) the plan uses (default: the repository's config/deepspeed/zero3.json)",
     )
-    parser.add_argument("--lora-r", type=int, default=FinetuneConfig.lora_r)
+    parser.add_argument("--lora-r", type=argtypes.positive_int, default=FinetuneConfig.lora_r)
     parser.add_argument(
         "--eval-batch",
-        type=int,
+        type=argtypes.positive_int,
         default=FinetuneConfig.eval_batch,
         help="prompts per evaluation forward, at most (lomo finetune's eval_batch)",
     )
@@ -949,12 +958,16 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
         "auto (default): the largest that fits, printed in the command; none: no bound",
     )
     parser.add_argument(
-        "--eval-prompt", type=int, help="tokens of the longest prompt (default: --seq)"
+        "--eval-prompt",
+        type=argtypes.positive_int,
+        help="tokens of the longest prompt (default: --seq)",
     )
-    parser.add_argument("--eval-candidates", type=int, default=2, help="candidates per prompt")
+    parser.add_argument(
+        "--eval-candidates", type=argtypes.positive_int, default=2, help="candidates per prompt"
+    )
     parser.add_argument(
         "--eval-answer",
-        type=int,
+        type=argtypes.positive_int,
         default=2,
         help="tokens of the longest candidate, EOS included (default 2: a word and the EOS "
         "that the paper's template scores)",

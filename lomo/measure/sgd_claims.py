@@ -40,6 +40,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from lomo import argtypes
 from lomo.io import write_atomic
 from lomo.train.evaluate import encode_train_example
 from lomo.train.finetune import collate, finetune, load_config
@@ -428,26 +429,42 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser.add_argument("--task", default="rte")
     parser.add_argument("--source", default="local", choices=["local", "hub"])
     parser.add_argument("--data-dir", help="SuperGLUE folder (official layout)")
-    parser.add_argument("--max-length", type=int, default=128, help="tokens per example")
-    parser.add_argument("--pairs", type=int, default=4, help="example pairs (implicit batch)")
-    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2, 3e-2])
     parser.add_argument(
-        "--batch-size", type=int, default=4, help="examples in the smoothness/Hessian batch"
+        "--max-length", type=argtypes.positive_int, default=128, help="tokens per example"
     )
-    parser.add_argument("--epsilons", type=float, nargs="+", default=[1e-3, 1e-2, 5e-2])
     parser.add_argument(
-        "--clip-norm", type=float, default=1.0, help="global norm clipping of the SGD steps"
+        "--pairs", type=argtypes.positive_int, default=4, help="example pairs (implicit batch)"
     )
-    parser.add_argument("--directions", type=int, default=3, help="random directions")
-    parser.add_argument("--power-iterations", type=int, default=10)
+    parser.add_argument(
+        "--lrs", type=argtypes.positive_float, nargs="+", default=[1e-4, 1e-3, 1e-2, 3e-2]
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=argtypes.positive_int,
+        default=4,
+        help="examples in the smoothness/Hessian batch",
+    )
+    parser.add_argument(
+        "--epsilons", type=argtypes.positive_float, nargs="+", default=[1e-3, 1e-2, 5e-2]
+    )
+    parser.add_argument(
+        "--clip-norm",
+        type=argtypes.positive_float,
+        default=1.0,
+        help="global norm clipping of the SGD steps",
+    )
+    parser.add_argument(
+        "--directions", type=argtypes.positive_int, default=3, help="random directions"
+    )
+    parser.add_argument("--power-iterations", type=argtypes.positive_int, default=10)
     parser.add_argument(
         "--distance-runs",
         nargs="*",
         default=[],
         help="fine-tuning run folders (with config.yaml) to rerun for the distance travelled",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=argtypes.seed, default=0)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the paper's models")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=argtypes.positive_int, default=1)
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.set_defaults(func=run)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from lomo import argtypes
 from lomo.io import write_atomic
 from lomo.measure.census import ProcessPeak
 from lomo.measure.memory import build_workload, to_csv
@@ -223,7 +224,9 @@ def run_throughput(args: argparse.Namespace) -> None:
 def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     parser = subparsers.add_parser("throughput", help=summary)
     add_workload_arguments(parser, attn="sdpa", seq=1024, batch=1, clip=True)
-    parser.add_argument("--layers", type=int, help="decoder layers of a LLaMA shape (default all)")
+    parser.add_argument(
+        "--layers", type=argtypes.positive_int, help="decoder layers of a LLaMA shape (default all)"
+    )
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=OPTIMIZERS)
     parser.add_argument(
         "--ac",
@@ -231,9 +234,11 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
         choices=["off", "on"],
         help="activation checkpointing (on in the paper's runs)",
     )
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--threads", type=int, help="CPU threads per worker (default: torch's)")
+    parser.add_argument("--warmup", type=argtypes.nonnegative_int, default=2)
+    parser.add_argument("--steps", type=argtypes.positive_int, default=5)
+    parser.add_argument(
+        "--threads", type=argtypes.positive_int, help="CPU threads per worker (default: torch's)"
+    )
     parser.add_argument("--reference", default=str(REFERENCE), help="the paper's Table 2 (CSV)")
     parser.add_argument("--csv", help="write the table here (CSV)")
     parser.add_argument("--tex", help="write the table here (LaTeX)")

@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
+from lomo import argtypes
+
 LEARNING_RATES = {"lomo": 1e-3, "adalomo": 1e-3, "sgd": 1e-3, "adamw": 1e-5}
 STATEFUL = ("adalomo", "adalomo-optim", "adamw")  # create optimizer state in their first step
 
@@ -260,8 +262,8 @@ def add_workload_arguments(
         choices=["eager", "sdpa"],
         help="attention implementation (eager materialises the score matrix)",
     )
-    parser.add_argument("--seq", type=int, default=seq)
-    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--seq", type=argtypes.positive_int, default=seq)
+    parser.add_argument("--batch", type=argtypes.positive_int, default=batch)
     parser.add_argument(
         "--clip",
         action=argparse.BooleanOptionalAction,

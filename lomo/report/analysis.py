@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy.special import log_softmax
 from scipy.stats import binomtest, t
 
-from lomo.io import write_atomic
+from lomo.io import read_yaml, write_atomic
 from lomo.report import tables
 from lomo.report.tables import NOT_SETTINGS, PAPER_METHOD_NAMES, PAPER_MODEL_SIZES, wilson_interval
 from tasks.superglue.metrics import gold_nll_per_token
@@ -116,7 +115,7 @@ def correctness(run_dir: str | Path) -> dict[str, bool]:
 
 def score_reduction(run_dir: str | Path) -> str:
     """How the run scored an option: "sum" or "mean" of its tokens' log-probabilities."""
-    config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    config = read_yaml(Path(run_dir) / "config.yaml")
     return config.get("reduction", "sum")
 
 
@@ -521,10 +520,10 @@ def claim_settings(profile: str, config_dir: str | Path = "config") -> dict:
     profile); keys it lacks, or a profile without a file of its own (a renamed copy such as
     `--config profile=rehearsal-test`), take config/config.yaml's."""
     config_dir = Path(config_dir)
-    settings = dict(yaml.safe_load((config_dir / "config.yaml").read_text()).get("claims") or {})
+    settings = dict(read_yaml(config_dir / "config.yaml").get("claims") or {})
     profile_file = config_dir / f"{profile}.yaml"
     if profile_file.exists():
-        settings.update(yaml.safe_load(profile_file.read_text()).get("claims") or {})
+        settings.update(read_yaml(profile_file).get("claims") or {})
     missing = {"confidence", "noninferiority_margin_points"} - set(settings)
     if missing:
         raise ValueError(

@@ -14,40 +14,46 @@ from pathlib import Path
 from typing import Any
 
 import papermill
-import yaml
+from papermill.exceptions import PapermillExecutionError
 from traitlets.config import Config
+
+from lomo.io import parse_yaml, write_atomic
 
 
 def run_notebook(notebook: str, output: str, parameters: dict[str, Any]) -> None:
     """Execute `notebook` with `parameters` injected, saving the executed copy to `output`.
 
-    papermill saves the notebook after every cell: it writes to `<output>.partial.ipynb`,
-    renamed to `output` only when every cell ran (a failed run leaves the partial copy, with
-    the traceback, for reading, and never a half-run notebook at `output`).
+    papermill saves the notebook after every cell, into a private folder: `output` is written
+    only when every cell ran, and a failed run leaves no file behind; its error is one line
+    naming the cell (the cells' output, the traceback included, is logged as they run).
     """
-    partial = Path(output).with_suffix(".partial.ipynb")
-    partial.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="lomo-kernel-") as runtime:
         # IPC socket paths derive from the connection file's: a short private folder keeps
         # them unique and under the 107-character limit of a socket path.
         kernel = {"transport": "ipc", "connection_file": os.path.join(runtime, "kernel.json")}
-        papermill.execute_notebook(
-            notebook,
-            str(partial),
-            parameters=parameters,
-            kernel_name="python3",
-            log_output=True,
-            progress_bar=False,
-            config=Config({"KernelManager": kernel}),
-        )
-    os.replace(partial, output)
+        executed = os.path.join(runtime, "executed.ipynb")
+        try:
+            papermill.execute_notebook(
+                notebook,
+                executed,
+                parameters=parameters,
+                kernel_name="python3",
+                log_output=True,
+                progress_bar=False,
+                config=Config({"KernelManager": kernel}),
+            )
+        except PapermillExecutionError as error:
+            raise ValueError(
+                f"{notebook}: cell {error.exec_count} raised {error.ename}: {error.evalue}"
+            ) from error
+        write_atomic(output, Path(executed).read_bytes())
 
 
 def parse_parameters(pairs: list[list[str]], yaml_text: str | None) -> dict[str, Any]:
     """`-p NAME VALUE` pairs (strings) and `-y YAML` (a mapping, for typed values)."""
     parameters = {name: value for name, value in pairs}
     if yaml_text:
-        extra = yaml.safe_load(yaml_text)
+        extra = parse_yaml(yaml_text, "-y")
         if not isinstance(extra, dict):
             raise ValueError(f"-y needs a YAML mapping, got {yaml_text!r}")
         parameters.update(extra)

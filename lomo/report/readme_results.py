@@ -17,6 +17,10 @@ START = "<!-- results:start -->"
 END = "<!-- results:end -->"
 SUPERGLUE = "compare_superglue.csv"
 CLAIMS = "claims_*.csv"
+# The columns of compare_superglue.csv that the section shows (seed_sd and seeds: optional)
+SUPERGLUE_COLUMNS = {"model", "protocol", "template", "method", "task", "n", "accuracy"}
+SUPERGLUE_COLUMNS |= {"ci_low", "ci_high", "paper", "paper_model", "paper_protocol"}
+SUPERGLUE_COLUMNS |= {"unlike_paper", "ours_minus_paper"}
 
 
 def percent(value: str) -> str:
@@ -51,7 +55,7 @@ def superglue_lines(rows: list[dict[str, str]]) -> list[str]:
     template that produced it; "ours - paper" is shown only for a like-for-like row (an empty
     `unlike_paper`), every other row says what differs instead."""
     columns = set(rows[0]) if rows else set()
-    missing = {"protocol", "template", "unlike_paper", "ours_minus_paper"} - columns
+    missing = SUPERGLUE_COLUMNS - columns
     if missing:
         raise ValueError(
             f"{SUPERGLUE} lacks the columns {sorted(missing)}: "
@@ -152,13 +156,14 @@ def splice(readme: str, section: str) -> str:
 
 def run(args: argparse.Namespace) -> None:
     section = render(Path(args.tables))
+    readme = Path(args.readme)
+    current = readme.read_text()  # before anything is written: a missing README writes nothing
+    updated = splice(current, section)
     if args.out:
         write_atomic(args.out, section)
-    readme = Path(args.readme)
-    updated = splice(readme.read_text(), section)
     if args.write:
         write_atomic(readme, updated)
-    elif args.check and updated != readme.read_text():
+    elif args.check and updated != current:
         raise ValueError(
             f"the Results section of {readme} differs from {args.tables}; "
             f"run `lomo readme-results --write --tables {args.tables}`"

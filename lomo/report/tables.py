@@ -17,10 +17,11 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 from scipy.stats import binomtest
 
-from lomo.io import write_atomic
+from lomo.io import read_yaml, write_atomic
 from lomo.provenance import code_and_environment
 from tasks.superglue import get_task
 
@@ -69,14 +70,67 @@ NOT_SETTINGS = {
 }
 
 
+# What the table reads of a run's metrics.json and config.yaml (`lomo finetune` writes more): a
+# run from an older version or another program is refused naming the file and what is missing.
+NAMES = {"type": "string"}
+RUN_METRICS_SCHEMA = {
+    "type": "object",
+    "required": ["model", "method", "task", "seed", "protocol", "n_eval", "reported"],
+    "properties": {
+        **dict.fromkeys(("model", "method", "task", "protocol"), NAMES),
+        "seed": {"type": "integer"},
+        "n_eval": {"type": "integer", "minimum": 1},
+        "reported": {
+            "type": "object",
+            "required": ["epoch", "eval"],
+            "properties": {
+                "epoch": {"type": "integer"},
+                **dict.fromkeys(("eval", "dev"), {"additionalProperties": {"type": "number"}}),
+            },
+        },
+    },
+}
+RUN_CONFIG_SCHEMA = {
+    "type": "object",
+    "required": ["model", "method", "task", "seed", "protocol"],
+    "properties": {
+        "seed": {"type": "integer"},
+        **dict.fromkeys(("model", "method", "task", "protocol"), NAMES),
+    },
+}
+REFERENCE_COLUMNS = ("size", "method", "task", "accuracy")
+
+
+def check_schema(value, schema: dict, what: str) -> None:
+    """A ValueError naming `what` and the first thing in `value` that `schema` refuses."""
+    error = best_match(Draft202012Validator(schema).iter_errors(value))
+    if error is not None:
+        where = "".join(f"[{part!r}]" for part in error.absolute_path)
+        raise ValueError(f"{what}: {where + ': ' if where else ''}{error.message}")
+
+
 def load_reference(path: str | None) -> dict[tuple[str, str, str], float]:
     """(size, method, task) -> the paper's accuracy in percent."""
     if not path:
         return {}
-    with open(path) as f:
-        return {
-            (r["size"], r["method"], r["task"]): float(r["accuracy"]) for r in csv.DictReader(f)
-        }
+    reference = {}
+    with open(path, newline="") as f:
+        rows = csv.DictReader(f)
+        missing = [c for c in REFERENCE_COLUMNS if c not in (rows.fieldnames or [])]
+        if missing:
+            raise ValueError(
+                f"{path}: no column {', '.join(missing)}: expected the paper's Table 3 with "
+                f"the columns {','.join(REFERENCE_COLUMNS)}"
+            )
+        for row in rows:
+            try:
+                accuracy = float(row["accuracy"])
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{path}:{rows.line_num}: accuracy {row['accuracy']!r} is not a number"
+                ) from None
+            reference[row["size"], row["method"], row["task"]] = accuracy
+    return reference
 
 
 def wilson_interval(accuracy: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -95,13 +149,19 @@ def load_run(path: str) -> dict:
     resources_path = metrics_path.with_name("resources.json")
     try:
         metrics = json.loads(metrics_path.read_text())
-        config = yaml.safe_load(config_path.read_text())
+        config = read_yaml(config_path)
         data = (
             json.loads(fingerprint_path.read_text())["data"] if fingerprint_path.exists() else None
         )
         resources = json.loads(resources_path.read_text()) if resources_path.exists() else {}
-    except (OSError, KeyError, json.JSONDecodeError, yaml.YAMLError) as error:
+    except (OSError, KeyError, json.JSONDecodeError) as error:
         raise ValueError(f"cannot read the run {metrics_path}: {error}") from None
+    check_schema(metrics, RUN_METRICS_SCHEMA, f"{metrics_path}: not a lomo finetune run")
+    check_schema(config, RUN_CONFIG_SCHEMA, f"{config_path}: not a lomo finetune run")
+    metric = get_task(metrics["task"]).primary_metric
+    split = "dev" if config["protocol"] == "heldout" else "eval"
+    if metric not in metrics["reported"].get(split, {}):
+        raise ValueError(f"{metrics_path}: reported.{split} has no {metric} (the task's metric)")
     if data is not None:
         data = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
     code = code_and_environment(resources.get("provenance"))

@@ -5,17 +5,25 @@ Every value is coerced once by its key's type (`coerce`: "3e-2" is a number, "no
 import: the Snakemake workflow coerces its `finetune` settings with this when it parses.
 """
 
+import argparse
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
+from lomo import argtypes
 from lomo.io import read_yaml
 from lomo.loss_scaler import DynamicLossScaler
 from lomo.train.tracking import REPORT_TO, require_package
 from tasks.superglue import PROTOCOLS, get_task, get_template
 
+# The models built in (lomo.train.models); any other is a local folder or a hub id.
+SMOLLM2 = "smollm2-135m"
+TINY_LLAMA = "tiny-llama"
+KNOWN_MODELS = (SMOLLM2, TINY_LLAMA)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 METHODS = ("zero-shot", "lomo", "adalomo", "sgd", "adamw", "lora", "lora+lomo")
 FUSED_METHODS = ("lomo", "adalomo")
 DTYPE_NAMES = ("fp32", "bf16", "fp16")  # torch dtypes: lomo.train.models.DTYPES
@@ -32,6 +40,39 @@ CHOICES = {
     "data_order": ("ours", "official"),
     "lr_schedule": ("ours", "official"),
     "report_to": REPORT_TO,
+}
+
+# The range of each numeric setting: its `lomo finetune --flag`'s type, and validate()'s check
+# of values from YAML or the workflow.
+RANGES = {
+    "seed": argtypes.seed,
+    "num_train": argtypes.positive_int,
+    "num_dev": argtypes.positive_int,
+    "num_eval": argtypes.positive_int,
+    "train_size": argtypes.fraction_or_count,
+    "test_size": argtypes.fraction_or_count,
+    "max_length": argtypes.positive_int,
+    "limit_train": argtypes.positive_int,
+    "limit_eval": argtypes.positive_int,
+    "epochs": argtypes.nonnegative_int,
+    "global_batch": argtypes.positive_int,
+    "micro_batch": argtypes.positive_int,
+    "lr": argtypes.positive_float,
+    "warmup_ratio": argtypes.fraction,
+    "weight_decay": argtypes.nonnegative_float,
+    "clip_value": argtypes.positive_float,
+    "loss_scale_window": argtypes.positive_int,
+    "force_overflow_step": argtypes.positive_int,
+    "lora_r": argtypes.positive_int,
+    "lora_alpha": argtypes.positive_int,
+    "lora_dropout": argtypes.probability,
+    "lora_lr": argtypes.positive_float,
+    "lora_warmup_ratio": argtypes.fraction,
+    "adam_eps": argtypes.positive_float,
+    "eval_batch": argtypes.positive_int,
+    "eval_tokens": argtypes.positive_int,
+    "checkpoint_every_minutes": argtypes.positive_float,
+    "time_limit_margin_minutes": argtypes.nonnegative_float,
 }
 
 
@@ -124,41 +165,16 @@ class FinetuneConfig:
                 )
         get_task(self.task)
         get_template(self.template)
-        positive = (
-            "lr",
-            "lora_lr",
-            "global_batch",
-            "micro_batch",
-            "eval_batch",
-            "max_length",
-            "clip_value",
-            "lora_r",
-            "adam_eps",
-            "num_train",
-            "num_dev",
-            "num_eval",
-            "loss_scale_window",
-        )
-        nonnegative = ("epochs", "weight_decay", "time_limit_margin_minutes")
-        for name in (*positive, *nonnegative):
-            value, bound = getattr(self, name), ">" if name in positive else ">="
-            if not (value > 0 if name in positive else value >= 0):
-                raise ValueError(f"{name} must be {bound} 0, got {value}")
-        for name in ("warmup_ratio", "lora_warmup_ratio"):
-            if getattr(self, name) is not None and not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"need 0 <= {name} < 1, got {getattr(self, name)}")
+        check_model_name(self.model)
+        for name, check in RANGES.items():
+            value = getattr(self, name)
+            if value is not None:  # None: unset, where the field allows it
+                try:
+                    check(value)
+                except argparse.ArgumentTypeError as error:
+                    raise ValueError(f"{name}: {error}") from None
         if self.epochs == 0 and self.method != "zero-shot":
             raise ValueError(f"epochs must be >= 1 for {self.method} (zero-shot only evaluates)")
-        counts = ("limit_train", "limit_eval", "eval_tokens", "force_overflow_step")
-        for name in (*counts, "checkpoint_every_minutes"):
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0 (or unset), got {getattr(self, name)}")
-        for name in ("train_size", "test_size"):
-            size = getattr(self, name)
-            if size is not None and (size <= 0 or size >= 1 and not float(size).is_integer()):
-                raise ValueError(
-                    f"{name} must be a fraction in (0, 1) or a whole count, got {size}"
-                )
         if self.global_batch % self.micro_batch:
             raise ValueError(
                 f"global_batch {self.global_batch} is not a multiple of micro_batch "
@@ -204,6 +220,22 @@ class FinetuneConfig:
     def updates_per_batch(self) -> int:
         fused = self.method in FUSED_METHODS or self.method == "lora+lomo"
         return self.global_batch // self.micro_batch if fused and self.sequential_updates else 1
+
+
+def check_model_name(name: str) -> None:
+    """A model a job can load: a built-in name (KNOWN_MODELS), a local folder with a
+    config.json, or a Hugging Face hub id owner/name (which the job downloads); a ValueError
+    otherwise. A path-like name (/, ., ~) is a folder and must exist."""
+    folder = Path(name).expanduser()
+    if name in KNOWN_MODELS or (folder / "config.json").is_file():
+        return
+    if folder.exists() or name.startswith(("/", ".", "~")):
+        raise ValueError(f"model folder {name} does not exist or has no config.json")
+    if not HUB_ID.fullmatch(name):
+        raise ValueError(
+            f"unknown model {name!r}: expected one of {', '.join(KNOWN_MODELS)}, a local model "
+            "folder with a config.json, or a Hugging Face hub id (owner/name)"
+        )
 
 
 BOOLEANS = {"true": True, "yes": True, "on": True, "1": True}

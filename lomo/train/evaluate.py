@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from lomo import argtypes
 from lomo.io import write_atomic
 from lomo.train.models import DTYPES, load_model, load_tokenizer
 from tasks.superglue import PROTOCOLS, TASKS, Prompt, Task, Template, get_task, get_template
@@ -413,15 +414,15 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     )
     parser.add_argument("--template", default="lomo", help="lomo, mezo, lm-eval; lomo+QUIRK...")
     parser.add_argument("--reduction", choices=REDUCTIONS, default="sum")
-    parser.add_argument("--limit", type=int, help="only the first N examples")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--limit", type=argtypes.positive_int, help="only the first N examples")
+    parser.add_argument("--batch-size", type=argtypes.positive_int, default=8)
     parser.add_argument(
         "--max-tokens",
-        type=int,
+        type=argtypes.positive_int,
         help="at most this many cached (prompt + answer) tokens per forward: long prompts make "
         "smaller batches (default: no bound; `lomo plan` says what fits)",
     )
-    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--max-length", type=argtypes.positive_int, default=1024)
     parser.add_argument("--dtype", choices=DTYPES, default="fp32")
     parser.add_argument("--out", required=True, type=Path, help="results JSON (+ .jsonl rows)")
     parser.set_defaults(func=main)

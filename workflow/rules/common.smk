@@ -16,9 +16,11 @@ from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 from lomo.workflow import (
+    SCHEMA,
     beyond_gpu_memory,
+    check_config,
     check_memory,
-    check_task_names,
+    check_models,
     expand_runs,
     method_of,
     model_slug,
@@ -29,19 +31,19 @@ from lomo.workflow import (
 from tasks.superglue.source import SourceError, resolve_source
 
 
-# Settings typed as `lomo finetune` types them (--config 'finetune={epochs: 2}' gives the
-# string "2"), then checked against the schema.
+# Every value typed by the schema's declared types (--config 'seeds=[43]' gives the string
+# "43"), the settings as `lomo finetune` types them, then checked: against the schema (with the
+# declared task names), and every model one a job can load. One line naming the problem.
 try:
     type_settings(config)
 except ValueError as error:
     raise WorkflowError(f"config: {error}")
-SCHEMA = f"{workflow.basedir}/config/schemas/config.schema.yaml"
-validate(config, SCHEMA)
-# The schema lists no task names; the task declarations (tasks/superglue/tasks.py) do.
 try:
-    check_task_names(config, SCHEMA)
+    check_config(config)
+    check_models(config)
 except ValueError as error:
     raise WorkflowError(str(error))
+validate(config, str(SCHEMA))  # fills in the schema's defaults
 
 PROFILE = config["profile"]
 # The Python that runs the jobs: under --use-conda the rule environment's (its `python` is first
@@ -82,8 +84,6 @@ TABLE3_TASKS = [t for t in TASKS if t in config["tasks"] or t in config["optiona
 # with the hub switched off (OFFLINE), as it reads the model prepare_model put in the HF cache.
 HUB_COPY = f"{RESULTS}/superglue_hub" if SOURCE == "hub" else None
 OFFLINE = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 "
-if config.get("figure3") and set(config["figure3"]["models"]) - set(config["models"]):
-    raise WorkflowError("figure3.models must be among models")
 if config.get("deepspeed_config") and {"sgd", "adamw"} & set(config["methods"]):
     raise WorkflowError(
         "deepspeed_config (ZeRO-3) runs zero-shot, lomo, adalomo, lora and lora+lomo; "
