@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from lomo.train.methods import METHODS
 from tasks.superglue import TASKS
 
 
@@ -106,20 +107,23 @@ def type_settings(config: dict) -> None:
         }
 
 
-def check_task_names(config: dict, schema_path: str | Path) -> None:
-    """Every task the config names is declared in tasks.superglue.TASKS. The schema marks where
-    task names go (`$defs/task`) without listing them, so the declarations stay the one list:
-    it is filled in here and the config checked against the schema again."""
+def check_declared_names(config: dict, schema_path: str | Path) -> None:
+    """Every task and method the config names is declared (tasks.superglue.TASKS,
+    lomo.train.methods.METHODS). The schema marks where their names go (`$defs/task`,
+    `$defs/method`) without listing them, so the declarations stay the one list: they are
+    filled in here and the config checked against the schema again."""
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
     schema = yaml.safe_load(Path(schema_path).read_text())
     schema["$defs"]["task"]["enum"] = list(TASKS)
+    schema["$defs"]["method"]["enum"] = list(METHODS)
     error = best_match(Draft202012Validator(schema).iter_errors(config))
     if error is not None:
         where = ".".join(map(str, error.absolute_path))
         raise ValueError(
-            f"config: {where}: {error.message} (tasks are declared in tasks/superglue/tasks.py)"
+            f"config: {where}: {error.message} (tasks are declared in tasks/superglue/tasks.py, "
+            "methods in lomo/train/methods.py)"
         )
 
 

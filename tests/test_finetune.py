@@ -21,6 +21,7 @@ from lomo import LOMO
 from lomo.cli import main
 from lomo.train import finetune as ft
 from lomo.train.evaluate import encode_train_example, evaluate
+from lomo.train.methods import METHODS, lora_lomo_step
 from lomo.train.models import load_model, load_tokenizer
 from lomo.train.runtime import Runtime, rank_file
 from tasks.superglue import get_task, get_template, prepare
@@ -310,9 +311,10 @@ def test_the_loss_scale_window_reaches_the_scaler():
     for method in ("lomo", "adalomo", "lora+lomo"):
         config = tiny_config(method=method, dtype="fp16", allow_cpu_fp16=True, loss_scale_window=7)
         model = ft.build_model(config, runtime)
-        assert ft.build_optimizers(config, model)[0].loss_scaler.scale_window == 7
+        assert METHODS[method].optimizers(config, model, None)[0].loss_scaler.scale_window == 7
     bf16 = tiny_config(method="lomo", dtype="bf16", loss_scale_window=7)
-    assert ft.build_optimizers(bf16, ft.build_model(bf16, runtime))[0].loss_scaler is None
+    lomo = METHODS["lomo"].optimizers(bf16, ft.build_model(bf16, runtime), None)
+    assert lomo[0].loss_scaler is None
 
 
 def test_help_lists_choices_and_defaults(capsys):
@@ -372,7 +374,7 @@ def test_lora_lomo_step_unscales_the_adapter_gradients_under_fp16_loss_scaling()
     assert lomo.loss_scale > 1  # fp16 parameters: dynamic loss scaling is on
     adapters = torch.optim.SGD([adapter], lr=1.0)
     before = adapter.detach().clone()
-    ft.lora_lomo_step(lomo, adapters, loss_fn, Runtime("single", torch.device("cpu")))
+    lora_lomo_step(None, [lomo, adapters], [loss_fn], Runtime("single", torch.device("cpu")))
     assert torch.allclose(before - adapter.detach(), expected, rtol=1e-3, atol=1e-6)
 
 

@@ -10,7 +10,7 @@ import yaml
 from paths import DATA_DIR, ROOT
 
 from lomo.report.tables import primary_value
-from lomo.workflow import check_task_names
+from lomo.workflow import check_declared_names
 from tasks.superglue import TASKS, get_task, get_template, load_split, prepare
 from tasks.superglue.data import DataNotFoundError
 from tasks.superglue.prompts import lomo_rte
@@ -94,10 +94,10 @@ def test_a_declared_task_selects_epochs_by_its_primary_metric(toy):
 def test_the_workflow_config_takes_its_task_names_from_the_declarations(toy):
     config = yaml.safe_load((ROOT / "config/ci.yaml").read_text())
     config.update(optional_tasks=[], tasks=["toy", "rte"], task_settings={"toy": {}})
-    check_task_names(config, SCHEMA)
+    check_declared_names(config, SCHEMA)
     config["tasks"] = ["toy", "mnli"]
     with pytest.raises(ValueError, match=r"config: tasks.1: 'mnli' is not one of \[.*'toy'\]"):
-        check_task_names(config, SCHEMA)
+        check_declared_names(config, SCHEMA)
 
 
 def test_a_declaration_that_cannot_work_is_refused():

@@ -13,17 +13,16 @@ from typing import Any, get_args
 
 from lomo.io import read_yaml
 from lomo.loss_scaler import DynamicLossScaler
+from lomo.train.methods import METHODS
 from lomo.train.tracking import REPORT_TO, require_package
 from tasks.superglue import PROTOCOLS, get_task, get_template
 
-METHODS = ("zero-shot", "lomo", "adalomo", "sgd", "adamw", "lora", "lora+lomo")
-FUSED_METHODS = ("lomo", "adalomo")
 DTYPE_NAMES = ("fp32", "bf16", "fp16")  # torch dtypes: lomo.train.models.DTYPES
 CLIP_MODES = ("norm", "value", "none")
 
 
 CHOICES = {
-    "method": METHODS,
+    "method": METHODS,  # the declared methods' names (lomo.train.methods)
     "dtype": DTYPE_NAMES,
     "clip_mode": CLIP_MODES,
     "protocol": PROTOCOLS,
@@ -147,7 +146,8 @@ class FinetuneConfig:
         for name in ("warmup_ratio", "lora_warmup_ratio"):
             if getattr(self, name) is not None and not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"need 0 <= {name} < 1, got {getattr(self, name)}")
-        if self.epochs == 0 and self.method != "zero-shot":
+        method = METHODS[self.method]
+        if self.epochs == 0 and method.trains:
             raise ValueError(f"epochs must be >= 1 for {self.method} (zero-shot only evaluates)")
         counts = ("limit_train", "limit_eval", "eval_tokens", "force_overflow_step")
         for name in (*counts, "checkpoint_every_minutes"):
@@ -164,18 +164,18 @@ class FinetuneConfig:
                 f"global_batch {self.global_batch} is not a multiple of micro_batch "
                 f"{self.micro_batch}"
             )
-        fused = self.method in FUSED_METHODS or self.method == "lora+lomo"
-        if fused and self.micro_batch < self.global_batch and not self.sequential_updates:
+        if method.fused and self.micro_batch < self.global_batch and not self.sequential_updates:
             raise ValueError(
                 f"{self.method} updates the weights inside backward and keeps no gradients, so "
                 f"it cannot accumulate micro batches of {self.micro_batch} into a global batch "
                 f"of {self.global_batch}: set micro_batch = global_batch, or sequential_updates "
                 "= true for one update per micro batch"
             )
-        if self.force_overflow_step is not None and (self.dtype != "fp16" or not fused):
+        if self.force_overflow_step is not None and (self.dtype != "fp16" or not method.fused):
+            fused = ", ".join(name for name, m in METHODS.items() if m.fused)
             raise ValueError(
-                "force_overflow_step needs dtype fp16 and a fused method (lomo, adalomo, "
-                f"lora+lomo), which scale the loss; got dtype {self.dtype}, method {self.method}"
+                f"force_overflow_step needs dtype fp16 and a fused method ({fused}), which scale "
+                f"the loss; got dtype {self.dtype}, method {self.method}"
             )
         self.validate_launch()
 
@@ -192,17 +192,18 @@ class FinetuneConfig:
 
         if self.deepspeed is not None and not Path(self.deepspeed).is_file():
             raise ValueError(f"deepspeed: {self.deepspeed} is not a file (a DeepSpeed JSON config)")
-        if self.deepspeed and self.method in ("sgd", "adamw"):
+        if self.deepspeed and not METHODS[self.method].zero3:
+            zero3 = ", ".join(name for name, m in METHODS.items() if m.zero3)
             raise ValueError(
-                f"--deepspeed (ZeRO-3) runs zero-shot, lomo, adalomo, lora and lora+lomo, not "
-                f"{self.method}: it would need DeepSpeed's optimizer and its fp32 states; run "
-                "it in one process or data-parallel (torchrun without --deepspeed)"
+                f"--deepspeed (ZeRO-3) runs {zero3}, not {self.method}: it would need "
+                "DeepSpeed's optimizer and its fp32 states; run it in one process or "
+                "data-parallel (torchrun without --deepspeed)"
             )
         require_package(self.report_to)
 
     @property
     def updates_per_batch(self) -> int:
-        fused = self.method in FUSED_METHODS or self.method == "lora+lomo"
+        fused = METHODS[self.method].fused
         return self.global_batch // self.micro_batch if fused and self.sequential_updates else 1
 
 

@@ -18,7 +18,7 @@ from snakemake.utils import validate
 from lomo.workflow import (
     beyond_gpu_memory,
     check_memory,
-    check_task_names,
+    check_declared_names,
     expand_runs,
     method_of,
     model_slug,
@@ -26,6 +26,7 @@ from lomo.workflow import (
     settings_to_flags,
     type_settings,
 )
+from lomo.train.methods import METHODS
 from tasks.superglue.source import SourceError, resolve_source
 
 
@@ -37,9 +38,10 @@ except ValueError as error:
     raise WorkflowError(f"config: {error}")
 SCHEMA = f"{workflow.basedir}/config/schemas/config.schema.yaml"
 validate(config, SCHEMA)
-# The schema lists no task names; the task declarations (tasks/superglue/tasks.py) do.
+# The schema lists no task or method names; their declarations (tasks/superglue/tasks.py,
+# lomo/train/methods.py) do.
 try:
-    check_task_names(config, SCHEMA)
+    check_declared_names(config, SCHEMA)
 except ValueError as error:
     raise WorkflowError(str(error))
 
@@ -84,10 +86,12 @@ HUB_COPY = f"{RESULTS}/superglue_hub" if SOURCE == "hub" else None
 OFFLINE = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 "
 if config.get("figure3") and set(config["figure3"]["models"]) - set(config["models"]):
     raise WorkflowError("figure3.models must be among models")
-if config.get("deepspeed_config") and {"sgd", "adamw"} & set(config["methods"]):
+NOT_ZERO3 = [method for method in config["methods"] if not METHODS[method].zero3]
+if config.get("deepspeed_config") and NOT_ZERO3:
+    zero3 = ", ".join(name for name, method in METHODS.items() if method.zero3)
     raise WorkflowError(
-        "deepspeed_config (ZeRO-3) runs zero-shot, lomo, adalomo, lora and lora+lomo; "
-        "sgd and adamw need a profile without it"
+        f"deepspeed_config (ZeRO-3) runs {zero3}; {', '.join(NOT_ZERO3)} need a profile "
+        "without it"
     )
 
 # (model slug, variant, task) -> the run's settings: grid points, extra protocols, Figure 3.
