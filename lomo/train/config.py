@@ -132,6 +132,7 @@ class FinetuneConfig:
             "max_length",
             "clip_value",
             "lora_r",
+            "lora_alpha",
             "adam_eps",
             "num_train",
             "num_dev",
@@ -143,6 +144,8 @@ class FinetuneConfig:
             value, bound = getattr(self, name), ">" if name in positive else ">="
             if not (value > 0 if name in positive else value >= 0):
                 raise ValueError(f"{name} must be {bound} 0, got {value}")
+        if not 0 <= self.lora_dropout <= 1:
+            raise ValueError(f"need 0 <= lora_dropout <= 1, got {self.lora_dropout}")
         for name in ("warmup_ratio", "lora_warmup_ratio"):
             if getattr(self, name) is not None and not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"need 0 <= {name} < 1, got {getattr(self, name)}")
@@ -164,6 +167,13 @@ class FinetuneConfig:
                 f"global_batch {self.global_batch} is not a multiple of micro_batch "
                 f"{self.micro_batch}"
             )
+        self.validate_fused()
+        self.validate_launch()
+
+    def validate_fused(self) -> None:
+        """What updating inside backward rules out: accumulating micro batches; and what only
+        it has: fp16 loss scaling, which force_overflow_step tests."""
+        method = METHODS[self.method]
         if method.fused and self.micro_batch < self.global_batch and not self.sequential_updates:
             raise ValueError(
                 f"{self.method} updates the weights inside backward and keeps no gradients, so "
@@ -177,7 +187,6 @@ class FinetuneConfig:
                 f"force_overflow_step needs dtype fp16 and a fused method ({fused}), which scale "
                 f"the loss; got dtype {self.dtype}, method {self.method}"
             )
-        self.validate_launch()
 
     def validate_launch(self) -> None:
         """What the machine and the launch must provide: a GPU for fp16 (unless allowed on CPU
