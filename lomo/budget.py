@@ -29,6 +29,7 @@ from collections import defaultdict
 from lomo import argtypes
 from lomo.io import read_yaml
 from lomo.measure.plan import DTYPE_BYTES, count_parameters, fit_check, load_shape, plan
+from lomo.train.methods import METHODS
 from lomo.workflow import expand_runs, job_setting, method_of, model_slug, type_settings
 
 GPU_COUNTS = (1, 2, 4, 8)
@@ -125,12 +126,12 @@ def job_resources(
     minutes (all its submissions together)} of one job on GPUs."""
     n_train, n_eval = example_counts(task, settings)
     per_example = min(TASK_TOKENS[task], settings.get("max_length", 1024))
-    epochs = 0 if method == "zero-shot" else settings.get("epochs", 10)
+    epochs = settings.get("epochs", 10) if METHODS[method].trains else 0
     trained = epochs * n_train * per_example
     evaluated = (max(epochs, 1) * n_eval + n_train) * per_example
     seconds = SAFETY * (trained + EVAL_TOKEN_COST * evaluated) / tokens_per_second(model, gpus)
     params = count_parameters(load_shape(model))
-    trainable = 0 if method in ("zero-shot", "lora") else params
+    trainable = params if METHODS[method].trains_base else 0
     checkpoint = DTYPE_BYTES[settings.get("dtype", "fp32")] * trainable
     work = math.ceil(seconds / 60)
     submissions, minutes = 1, work + FIXED_MINUTES

@@ -53,6 +53,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     def __init__(
         self,
         model: nn.Module,
+        param_groups: list[dict[str, Any]],
         defaults: dict[str, Any],
         clip_grad_norm: float | None,
         clip_grad_value: float | None,
@@ -60,19 +61,16 @@ class FusedOptimizer(torch.optim.Optimizer):
         static_loss_scale: float = 1.0,
         sync: GradSync | None = None,
     ) -> None:
-        if defaults["lr"] < 0:
-            raise ValueError(f"learning rate must be >= 0, got {defaults['lr']}")
+        for lr in (defaults["lr"], *(group.get("lr", 0.0) for group in param_groups)):
+            if lr < 0:
+                raise ValueError(f"learning rate must be >= 0, got {lr}")
         if clip_grad_norm is not None and clip_grad_value is not None:
             raise ValueError("set clip_grad_norm or clip_grad_value, not both")
         if clip_grad_norm is not None and clip_grad_norm <= 0:
             raise ValueError(f"clip_grad_norm must be > 0, got {clip_grad_norm}")
         if clip_grad_value is not None and clip_grad_value <= 0:
             raise ValueError(f"clip_grad_value must be > 0, got {clip_grad_value}")
-        # model.parameters() yields a tied weight once, so it gets exactly one hook.
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError(f"{type(model).__name__} has no parameter with requires_grad=True")
-        super().__init__(params, defaults)
+        super().__init__(param_groups, defaults)
         self.model = model
         self.clip_grad_norm = clip_grad_norm
         self.clip_grad_value = clip_grad_value
@@ -269,8 +267,30 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fp16_params(model: nn.Module) -> bool:
-    return any(p.requires_grad and p.dtype == torch.float16 for p in model.parameters())
+Params = list[Tensor] | list[dict[str, Any]]
+
+
+def param_groups(model: nn.Module, params: Params | None) -> list[dict[str, Any]]:
+    """torch-style parameter groups: `params` as torch's optimizers take it, a list of tensors
+    or of dicts with "params" and the group's own settings (e.g. weight_decay 0 for norms and
+    biases); by default one group of every trainable parameter of `model`."""
+    if params is None:
+        # model.parameters() yields a tied weight once, so it gets exactly one hook.
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"{type(model).__name__} has no parameter with requires_grad=True")
+    params = list(params)
+    groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+    groups = [{**group, "params": list(group["params"])} for group in groups]
+    if not any(group["params"] for group in groups):
+        raise ValueError("params holds no parameter")
+    if any(not p.requires_grad for group in groups for p in group["params"]):
+        raise ValueError("params holds a parameter with requires_grad=False: it gets no gradient")
+    return groups
+
+
+def _fp16_params(groups: list[dict[str, Any]]) -> bool:
+    return any(p.dtype == torch.float16 for group in groups for p in group["params"])
 
 
 def _apply_in_fp32(param: Tensor, update: Callable[[Tensor], None]) -> None:
@@ -286,7 +306,9 @@ def _apply_in_fp32(param: Tensor, update: Callable[[Tensor], None]) -> None:
 class LOMO(FusedOptimizer):
     """LOMO (Lv et al., 2023): SGD whose update is fused into the backward pass.
 
-    Per parameter, in fp32: `p *= 1 - lr * weight_decay` (decoupled), then `p -= lr * g`.
+    Per parameter, in fp32: `p *= 1 - lr * weight_decay` (decoupled), then `p -= lr * g`, with
+    the lr and weight decay of its group: `params` takes groups as torch's optimizers do
+    (`param_groups`), e.g. weight decay off for norms and biases.
     fp16 parameters turn on dynamic loss scaling (`loss_scale_args` are passed to
     `DynamicLossScaler`); bf16 and fp32 need none.
     """
@@ -300,12 +322,15 @@ class LOMO(FusedOptimizer):
         weight_decay: float = 0.0,
         loss_scale_args: dict[str, Any] | None = None,
         sync: GradSync | None = None,
+        params: Params | None = None,
     ) -> None:
+        groups = param_groups(model, params)
         scaler = None
-        if _fp16_params(model) or loss_scale_args is not None:
+        if _fp16_params(groups) or loss_scale_args is not None:
             scaler = DynamicLossScaler(**(loss_scale_args or {}))
         super().__init__(
             model,
+            groups,
             dict(lr=lr, weight_decay=weight_decay),
             clip_grad_norm=clip_grad_norm,
             clip_grad_value=clip_grad_value,
@@ -363,14 +388,17 @@ class AdaLomo(FusedOptimizer):
         clip_grad_value: float | None = None,
         weight_decay: float = 0.0,
         sync: GradSync | None = None,
+        params: Params | None = None,
     ) -> None:
         if loss_scale <= 0:
             raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
+        groups = param_groups(model, params)
         scaler = None
-        if _fp16_params(model):
+        if _fp16_params(groups):
             scaler = DynamicLossScaler(init_scale=loss_scale, scale_window=loss_scale_window)
         super().__init__(
             model,
+            groups,
             dict(
                 lr=lr,
                 eps=eps,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lomo.io import read_yaml
+from lomo.train.methods import METHODS
 from tasks.superglue import TASKS
 
 
@@ -149,19 +150,25 @@ def type_settings(config: dict) -> None:
 
 
 def check_config(config: dict, schema_path: str | Path = SCHEMA) -> None:
-    """The config is valid by the schema, with task names from tasks.superglue.TASKS: the
-    schema marks where task names go (`$defs/task`) without listing them, so the declarations
-    stay the one list. A ValueError names the first problem and where it is."""
+    """The config is valid by the schema, with task and method names from their declarations
+    (tasks.superglue.TASKS, lomo.train.methods.METHODS): the schema marks where their names go
+    (`$defs/task`, `$defs/method`) without listing them, so the declarations stay the one list.
+    A ValueError names the first problem and where it is."""
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
     schema = read_yaml(schema_path)
     schema["$defs"]["task"]["enum"] = list(TASKS)
+    schema["$defs"]["method"]["enum"] = list(METHODS)
     error = best_match(Draft202012Validator(schema).iter_errors(config))
     if error is not None:
         where = ".".join(map(str, error.absolute_path))
-        task = error.validator == "enum" and error.validator_value == list(TASKS)
-        hint = " (tasks are declared in tasks/superglue/tasks.py)" if task else ""
+        declared = {
+            tuple(TASKS): " (tasks are declared in tasks/superglue/tasks.py)",
+            tuple(METHODS): " (methods are declared in lomo/train/methods.py)",
+        }
+        enum = tuple(error.validator_value) if error.validator == "enum" else ()
+        hint = declared.get(enum, "")
         raise ValueError(f"config: {where}: {error.message}{hint}")
 
 

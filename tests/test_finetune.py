@@ -21,8 +21,9 @@ from lomo import LOMO
 from lomo.cli import main
 from lomo.train import finetune as ft
 from lomo.train.evaluate import encode_train_example, evaluate
+from lomo.train.methods import METHODS, lora_lomo_step
 from lomo.train.models import load_model, load_tokenizer
-from lomo.train.runtime import Runtime, rank_file
+from lomo.train.runtime import RunFolderError, Runtime, rank_file
 from tasks.superglue import get_task, get_template, prepare
 
 
@@ -315,9 +316,10 @@ def test_the_loss_scale_window_reaches_the_scaler():
     for method in ("lomo", "adalomo", "lora+lomo"):
         config = tiny_config(method=method, dtype="fp16", allow_cpu_fp16=True, loss_scale_window=7)
         model = ft.build_model(config, runtime)
-        assert ft.build_optimizers(config, model)[0].loss_scaler.scale_window == 7
+        assert METHODS[method].optimizers(config, model, None)[0].loss_scaler.scale_window == 7
     bf16 = tiny_config(method="lomo", dtype="bf16", loss_scale_window=7)
-    assert ft.build_optimizers(bf16, ft.build_model(bf16, runtime))[0].loss_scaler is None
+    lomo = METHODS["lomo"].optimizers(bf16, ft.build_model(bf16, runtime), None)
+    assert lomo[0].loss_scaler is None
 
 
 def test_help_lists_choices_and_defaults(capsys):
@@ -377,7 +379,7 @@ def test_lora_lomo_step_unscales_the_adapter_gradients_under_fp16_loss_scaling()
     assert lomo.loss_scale > 1  # fp16 parameters: dynamic loss scaling is on
     adapters = torch.optim.SGD([adapter], lr=1.0)
     before = adapter.detach().clone()
-    ft.lora_lomo_step(lomo, adapters, loss_fn, Runtime("single", torch.device("cpu")))
+    lora_lomo_step(None, [lomo, adapters], [loss_fn], Runtime("single", torch.device("cpu")))
     assert torch.allclose(before - adapter.detach(), expected, rtol=1e-3, atol=1e-6)
 
 
@@ -527,9 +529,7 @@ def test_a_second_run_on_a_held_folder_stops_naming_the_holder(tmp_path):
     holder.acquire()
     (tmp_path / ".lock.pid").write_text("4242\n")
     try:
-        with pytest.raises(
-            ft.RunFolderError, match=r"in use by another lomo finetune \(pid 4242\)"
-        ):
+        with pytest.raises(RunFolderError, match=r"in use by another lomo finetune \(pid 4242\)"):
             ft.finetune(tiny_config(method="zero-shot"), tmp_path)
     finally:
         holder.release()
@@ -538,7 +538,7 @@ def test_a_second_run_on_a_held_folder_stops_naming_the_holder(tmp_path):
 def test_a_folder_with_another_runs_results_is_refused(tmp_path):
     ft.finetune(tiny_config(method="zero-shot"), tmp_path)
     before = (tmp_path / "metrics.json").read_bytes()
-    with pytest.raises(ft.RunFolderError, match="differs in epochs, method"):
+    with pytest.raises(RunFolderError, match="differs in epochs, method"):
         ft.finetune(tiny_config(method="lomo", epochs=1), tmp_path)
     assert (tmp_path / "metrics.json").read_bytes() == before
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["method"] == "zero-shot"
@@ -556,7 +556,7 @@ def test_resume_on_changed_data_names_what_changed(tmp_path, monkeypatch):
     rows = (data / "RTE" / "val.jsonl").read_text().splitlines()
     (data / "RTE" / "val.jsonl").write_text("\n".join(rows[1:] + rows[:1]) + "\n")  # reordered
     with pytest.raises(
-        ft.RunFolderError, match=r"inputs changed since .*checkpoint.pt was written \(eval.jsonl"
+        RunFolderError, match=r"inputs changed since .*checkpoint.pt was written \(eval.jsonl"
     ):
         ft.finetune(config, tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.json").exists()
@@ -565,13 +565,13 @@ def test_resume_on_changed_data_names_what_changed(tmp_path, monkeypatch):
 @pytest.mark.parametrize("content", [b"", b"garbage", b"PK\x03\x04truncated"])
 def test_an_unreadable_checkpoint_is_named_with_what_to_do(tmp_path, content):
     (tmp_path / "checkpoint.pt").write_bytes(content)
-    with pytest.raises(ft.RunFolderError, match=r"checkpoint.pt cannot be read .*delete it"):
+    with pytest.raises(RunFolderError, match=r"checkpoint.pt cannot be read .*delete it"):
         ft.finetune(tiny_config(method="lomo", epochs=1), tmp_path)
 
 
 def test_out_is_a_file_and_stale_temp_files_go(tmp_path):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ft.RunFolderError, match="is a file; give a folder"):
+    with pytest.raises(RunFolderError, match="is a file; give a folder"):
         ft.finetune(tiny_config(method="zero-shot"), tmp_path / "file")
     run = tmp_path / "run"
     run.mkdir()
@@ -608,7 +608,7 @@ def test_a_planted_checkpoint_is_refused_without_running_code(tmp_path, where):
     marker.unlink()
     if where == "checkpoint":
         planted.rename(tmp_path / "checkpoint.pt")
-        with pytest.raises(ft.RunFolderError, match=r"checkpoint.pt cannot be read"):
+        with pytest.raises(RunFolderError, match=r"checkpoint.pt cannot be read"):
             ft.finetune(tiny_config(method="lomo", epochs=1), tmp_path)
     else:
         planted.rename(rank_file(tmp_path / "checkpoint.pt", 0, 1))
@@ -620,7 +620,7 @@ def test_a_planted_checkpoint_is_refused_without_running_code(tmp_path, where):
             "weights": {},
             "optimizers": None,
         }
-        with pytest.raises(ft.RunFolderError, match=r"rank0.step1.pt cannot be read"):
+        with pytest.raises(RunFolderError, match=r"rank0.step1.pt cannot be read"):
             runtime.load_checkpoint(written, tmp_path / "checkpoint.pt", torch.nn.Linear(2, 2), [])
     assert not marker.exists()
 
@@ -639,7 +639,7 @@ def test_resume_refuses_changed_base_weights_naming_the_file(tmp_path, monkeypat
         with torch.no_grad():
             other.model.norm.weight.add_(1.0)
         other.save_pretrained(folder)
-        with pytest.raises(ft.RunFolderError, match=r"the model's model.safetensors"):
+        with pytest.raises(RunFolderError, match=r"the model's model.safetensors"):
             ft.finetune(config, tmp_path / "run")
     else:  # the control: the same files resume
         ft.finetune(config, tmp_path / "run")

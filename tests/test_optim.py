@@ -383,3 +383,44 @@ def test_default_scale_window_regrows_within_a_paper_run():
     for step in range(1, updates + 1):
         never.update(overflow=step == 1)
     assert never.scale == start / 2
+
+
+def no_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on the matrices only; norms and biases (1-d) without it, at their own lr."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0, "lr": 0.05},
+    ]
+
+
+def test_lomo_param_groups_equal_sgd_with_the_same_groups():
+    model = tiny_llama()
+    reference = copy.deepcopy(model)
+    batches = token_batches(5)
+    opt = LOMO(model, lr=0.1, params=no_decay_groups(model, 0.5))
+    run_fused(opt, model, batches)
+    sgd = torch.optim.SGD(no_decay_groups(reference, 0.5), lr=0.1)
+    for tokens in batches:
+        sgd.zero_grad()
+        lm_loss(reference, tokens).backward()
+        sgd.step()
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.05]
+    assert max_param_diff(model, tiny_llama()) > 1e-3
+    assert max_param_diff(model, reference) <= 1e-6
+    # the groups differ: one group with decay everywhere moves the norms elsewhere
+    single = tiny_llama()
+    run_fused(LOMO(single, lr=0.1, weight_decay=0.5), single, batches)
+    assert max_param_diff(single, reference) > 1e-3
+
+
+def test_param_groups_bad_input_errors():
+    model = tiny_llama()
+    with pytest.raises(ValueError, match="learning rate"):
+        LOMO(model, params=[{"params": list(model.parameters()), "lr": -1.0}])
+    with pytest.raises(ValueError, match="holds no parameter"):
+        AdaLomo(model, params=[{"params": []}])
+    first = next(model.parameters()).requires_grad_(False)
+    with pytest.raises(ValueError, match="requires_grad=False"):
+        LOMO(model, params=[first])

@@ -32,14 +32,15 @@ from pathlib import Path
 from lomo import argtypes
 from lomo.measure.workloads import LLAMA_SHAPES, LLAMA_VOCAB
 from lomo.train.config import FinetuneConfig
+from lomo.train.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[2]
 ZERO3_CONFIG = "config/deepspeed/zero3.json"  # relative to the repository root
 GIB = 2**30
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-METHODS = ("lomo", "adalomo", "sgd", "adamw", "lora", "lora+lomo", "zero-shot")
-FUSED = ("lomo", "adalomo", "lora+lomo")  # update inside backward: at most one gradient alive
-LORA = ("lora", "lora+lomo")
+# update inside backward: at most one gradient alive
+FUSED = tuple(name for name, method in METHODS.items() if method.fused)
+LORA = tuple(name for name, method in METHODS.items() if method.lora)
 HUB_NAMES = {name: f"huggyllama/{name}" for name in LLAMA_SHAPES}  # as in config/paper.yaml
 COMPONENTS = (
     "parameters",
@@ -222,7 +223,7 @@ def uses_zero3(setting: Setting) -> bool:
     """ZeRO-3 for LOMO/AdaLomo/LoRA with --deepspeed (the paper profile launches them so, also
     on one GPU); for SGD/AdamW on several GPUs (DeepSpeed's optimizer partitions gradients and
     states). Without it every GPU holds the whole model: the one-GPU footprint."""
-    return setting.deepspeed and (setting.method not in ("sgd", "adamw") or setting.gpus > 1)
+    return setting.deepspeed and (METHODS[setting.method].zero3 or setting.gpus > 1)
 
 
 def check_setting(setting: Setting) -> None:
@@ -689,7 +690,7 @@ def finetune_command(shape: Shape, setting: Setting, task: str, out: str) -> lis
     """The run this plan is for, or None where `lomo finetune` cannot run it (SGD/AdamW under
     ZeRO-3). ZeRO-3 and several GPUs go through torchrun, as config/paper.yaml does."""
     zero3 = uses_zero3(setting)
-    if zero3 and setting.method in ("sgd", "adamw"):
+    if zero3 and not METHODS[setting.method].zero3:
         return None
     global_batch = setting.batch * setting.gpus
     model = HUB_NAMES.get(shape.name, shape.name)

@@ -16,6 +16,7 @@ from typing import Any, get_args
 from lomo import argtypes
 from lomo.io import read_yaml
 from lomo.loss_scaler import DynamicLossScaler
+from lomo.train.methods import METHODS
 from lomo.train.tracking import REPORT_TO, require_package
 from tasks.superglue import PROTOCOLS, get_task, get_template
 
@@ -24,14 +25,12 @@ SMOLLM2 = "smollm2-135m"
 TINY_LLAMA = "tiny-llama"
 KNOWN_MODELS = (SMOLLM2, TINY_LLAMA)
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-METHODS = ("zero-shot", "lomo", "adalomo", "sgd", "adamw", "lora", "lora+lomo")
-FUSED_METHODS = ("lomo", "adalomo")
 DTYPE_NAMES = ("fp32", "bf16", "fp16")  # torch dtypes: lomo.train.models.DTYPES
 CLIP_MODES = ("norm", "value", "none")
 
 
 CHOICES = {
-    "method": METHODS,
+    "method": METHODS,  # the declared methods' names (lomo.train.methods)
     "dtype": DTYPE_NAMES,
     "clip_mode": CLIP_MODES,
     "protocol": PROTOCOLS,
@@ -173,27 +172,34 @@ class FinetuneConfig:
                     check(value)
                 except argparse.ArgumentTypeError as error:
                     raise ValueError(f"{name}: {error}") from None
-        if self.epochs == 0 and self.method != "zero-shot":
+        method = METHODS[self.method]
+        if self.epochs == 0 and method.trains:
             raise ValueError(f"epochs must be >= 1 for {self.method} (zero-shot only evaluates)")
         if self.global_batch % self.micro_batch:
             raise ValueError(
                 f"global_batch {self.global_batch} is not a multiple of micro_batch "
                 f"{self.micro_batch}"
             )
-        fused = self.method in FUSED_METHODS or self.method == "lora+lomo"
-        if fused and self.micro_batch < self.global_batch and not self.sequential_updates:
+        self.validate_fused()
+        self.validate_launch()
+
+    def validate_fused(self) -> None:
+        """What updating inside backward rules out: accumulating micro batches; and what only
+        it has: fp16 loss scaling, which force_overflow_step tests."""
+        method = METHODS[self.method]
+        if method.fused and self.micro_batch < self.global_batch and not self.sequential_updates:
             raise ValueError(
                 f"{self.method} updates the weights inside backward and keeps no gradients, so "
                 f"it cannot accumulate micro batches of {self.micro_batch} into a global batch "
                 f"of {self.global_batch}: set micro_batch = global_batch, or sequential_updates "
                 "= true for one update per micro batch"
             )
-        if self.force_overflow_step is not None and (self.dtype != "fp16" or not fused):
+        if self.force_overflow_step is not None and (self.dtype != "fp16" or not method.fused):
+            fused = ", ".join(name for name, m in METHODS.items() if m.fused)
             raise ValueError(
-                "force_overflow_step needs dtype fp16 and a fused method (lomo, adalomo, "
-                f"lora+lomo), which scale the loss; got dtype {self.dtype}, method {self.method}"
+                f"force_overflow_step needs dtype fp16 and a fused method ({fused}), which scale "
+                f"the loss; got dtype {self.dtype}, method {self.method}"
             )
-        self.validate_launch()
 
     def validate_launch(self) -> None:
         """What the machine and the launch must provide: a GPU for fp16 (unless allowed on CPU
@@ -208,17 +214,18 @@ class FinetuneConfig:
 
         if self.deepspeed is not None and not Path(self.deepspeed).is_file():
             raise ValueError(f"deepspeed: {self.deepspeed} is not a file (a DeepSpeed JSON config)")
-        if self.deepspeed and self.method in ("sgd", "adamw"):
+        if self.deepspeed and not METHODS[self.method].zero3:
+            zero3 = ", ".join(name for name, m in METHODS.items() if m.zero3)
             raise ValueError(
-                f"--deepspeed (ZeRO-3) runs zero-shot, lomo, adalomo, lora and lora+lomo, not "
-                f"{self.method}: it would need DeepSpeed's optimizer and its fp32 states; run "
-                "it in one process or data-parallel (torchrun without --deepspeed)"
+                f"--deepspeed (ZeRO-3) runs {zero3}, not {self.method}: it would need "
+                "DeepSpeed's optimizer and its fp32 states; run it in one process or "
+                "data-parallel (torchrun without --deepspeed)"
             )
         require_package(self.report_to)
 
     @property
     def updates_per_batch(self) -> int:
-        fused = self.method in FUSED_METHODS or self.method == "lora+lomo"
+        fused = METHODS[self.method].fused
         return self.global_batch // self.micro_batch if fused and self.sequential_updates else 1
 
 

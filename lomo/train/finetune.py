@@ -1,8 +1,9 @@
 """`lomo finetune`: train one (model, method, task, seed) and evaluate it every epoch.
 
-Methods: zero-shot (evaluation only), lomo, adalomo (fused updates, no gradients kept),
-sgd, adamw (torch optimizers, standard backward, gradient accumulation), lora (peft adapters
-trained with AdamW) and lora+lomo (adapters by AdamW, base weights by LOMO, in one backward).
+Methods (each declared in lomo.train.methods): zero-shot (evaluation only), lomo, adalomo
+(fused updates, no gradients kept), sgd, adamw (torch optimizers, standard backward, gradient
+accumulation), lora (peft adapters trained with AdamW) and lora+lomo (adapters by AdamW, base
+weights by LOMO, in one backward).
 
 One process, or several launched by torchrun: with `--deepspeed CONFIG` (ZeRO-3) each rank
 holds a partition of the weights, without it each rank holds the whole model (lomo.train.runtime
@@ -20,7 +21,6 @@ import collections
 import contextlib
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -38,20 +38,25 @@ from typing import Any
 
 import torch
 import yaml
-from filelock import FileLock, Timeout
 from torch import nn
 from tqdm import tqdm
 
 from lomo import argtypes
-from lomo.io import read_yaml, write_atomic
+from lomo.io import write_atomic
 from lomo.loss import causal_lm_loss, frozen_partitioned_head
-from lomo.optim import LOMO, AdaLomo, FusedOptimizer, rng_state, set_rng_state
+from lomo.optim import rng_state, set_rng_state
 from lomo.provenance import provenance
-from lomo.sync import GradSync
-from lomo.train.config import CHOICES, FUSED_METHODS, RANGES, FinetuneConfig, load_config
+from lomo.train.config import CHOICES, RANGES, FinetuneConfig, load_config
 from lomo.train.evaluate import IGNORE_INDEX, encode_train_example, evaluate
-from lomo.train.models import DTYPES, load_tokenizer, model_fingerprint
-from lomo.train.runtime import RunFolderError, Runtime, read_checkpoint_file
+from lomo.train.methods import METHODS, Loss
+from lomo.train.models import DTYPES, load_tokenizer
+from lomo.train.run_folder import (
+    check_fingerprint,
+    claim_folder,
+    fingerprint,
+    read_checkpoint,
+)
+from lomo.train.runtime import Runtime
 from lomo.train.tracking import eval_scalars, open_tracker, train_scalars
 from tasks.superglue import get_task, get_template, prepare
 from tasks.superglue.metrics import gold_nll_per_token
@@ -87,22 +92,20 @@ def epoch_order(n: int, seed: int, epoch: int, data_order: str = "ours") -> list
     return torch.randperm(n, generator=torch.Generator().manual_seed(generator_seed)).tolist()
 
 
-# --- model and optimizers --------------------------------------------------------------------
-
-
-def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for name, p in model.named_parameters() if "lora_" in name]
+# --- model and lr schedules ---------------------------------------------------------------------
 
 
 def build_model(config: FinetuneConfig, runtime: Runtime) -> nn.Module:
-    """The base model placed by the runtime, then activation checkpointing and LoRA adapters.
-    Under ZeRO-3 the adapters are added after partitioning, so they stay replicated."""
+    """The base model placed by the runtime, then activation checkpointing and the method's
+    LoRA adapters. Under ZeRO-3 the adapters are added after partitioning, so they stay
+    replicated."""
     model = runtime.load_model(
         config.model, DTYPES[config.dtype], config.attn_implementation, config.global_batch
     )
     if config.activation_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
-    if config.method in ("lora", "lora+lomo"):
+    method = METHODS[config.method]
+    if method.lora:
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(
@@ -113,56 +116,10 @@ def build_model(config: FinetuneConfig, runtime: Runtime) -> nn.Module:
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
-        if config.method == "lora+lomo":  # the base weights train too, by LOMO
+        if method.trains_base:  # lora+lomo: the base weights train too
             for p in model.parameters():
                 p.requires_grad_(True)
     return model
-
-
-def clip_kwargs(config: FinetuneConfig) -> dict[str, float | None]:
-    return {
-        "clip_grad_norm": config.clip_value if config.clip_mode == "norm" else None,
-        "clip_grad_value": config.clip_value if config.clip_mode == "value" else None,
-    }
-
-
-def build_optimizers(
-    config: FinetuneConfig, model: nn.Module, sync: GradSync | None = None
-) -> list[torch.optim.Optimizer]:
-    """The optimizers of a method; for lora+lomo, [LOMO on the base, AdamW on the adapters].
-    `sync`: how lomo and adalomo average gradients over processes (lomo.sync)."""
-    method = config.method
-    adamw = dict(weight_decay=config.weight_decay, eps=config.adam_eps)
-    # fp16 weights turn on dynamic loss scaling in LOMO and AdaLomo; bf16 and fp32 need none.
-    loss_scale_args = {"scale_window": config.loss_scale_window} if config.dtype == "fp16" else None
-    if method in FUSED_METHODS:
-        kwargs = dict(lr=config.lr, weight_decay=config.weight_decay, **clip_kwargs(config))
-        if method == "lomo":
-            return [LOMO(model, sync=sync, loss_scale_args=loss_scale_args, **kwargs)]
-        return [AdaLomo(model, sync=sync, loss_scale_window=config.loss_scale_window, **kwargs)]
-    if method == "sgd":
-        return [torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)]
-    if method == "adamw":
-        return [torch.optim.AdamW(model.parameters(), lr=config.lr, **adamw)]
-    if method == "lora":
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        return [torch.optim.AdamW(trainable, lr=config.lora_lr, **adamw)]
-    # lora+lomo: LOMO must hook the base weights only, so the adapters are frozen while it
-    # registers its hooks; their gradients then accumulate normally for AdamW.
-    adapters = lora_parameters(model)
-    for p in adapters:
-        p.requires_grad_(False)
-    base = LOMO(
-        model,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        loss_scale_args=loss_scale_args,
-        sync=sync,
-        **clip_kwargs(config),
-    )
-    for p in adapters:
-        p.requires_grad_(True)
-    return [base, torch.optim.AdamW(adapters, lr=config.lora_lr, **adamw)]
 
 
 # Each schedule maps the 0-indexed update (torch's LambdaLR count) to a multiple of the lr.
@@ -208,8 +165,8 @@ def official_adapter_linear(total_steps: int, warmup_ratio: float):
 
 
 def lr_factors(config: FinetuneConfig, total_steps: int) -> list:
-    """One schedule per optimizer of `build_optimizers`: the adapters' AdamW (lora, and the
-    second optimizer of lora+lomo) warms up over `lora_warmup_ratio` when set."""
+    """One schedule per optimizer of the method (`Method.schedules`): the adapters' AdamW
+    (lora, and the second optimizer of lora+lomo) warms up over `lora_warmup_ratio` when set."""
     schedule = official_linear if config.lr_schedule == "official" else warmup_then_linear
     adapter_schedule = (
         official_adapter_linear if config.lr_schedule == "official" else warmup_then_linear
@@ -217,11 +174,11 @@ def lr_factors(config: FinetuneConfig, total_steps: int) -> list:
     adapter_warmup = config.warmup_ratio
     if config.lora_warmup_ratio is not None:
         adapter_warmup = config.lora_warmup_ratio
-    adapters = adapter_schedule(total_steps, adapter_warmup)
-    if config.method == "lora":
-        return [adapters]
-    base = schedule(total_steps, config.warmup_ratio)
-    return [base, adapters] if config.method == "lora+lomo" else [base]
+    factors = {
+        "base": schedule(total_steps, config.warmup_ratio),
+        "adapters": adapter_schedule(total_steps, adapter_warmup),
+    }
+    return [factors[name] for name in METHODS[config.method].schedules]
 
 
 # --- one training step -----------------------------------------------------------------------
@@ -261,10 +218,37 @@ def batch_loss(
     # LoRA dropout on the LM head would draw its masks per chunk: exact only without it. A
     # frozen ZeRO-3 head (LoRA) is not gathered again for the chunks' recompute (lomo.loss).
     lora_head_dropout = "lm_head" in config.lora_targets and config.lora_dropout > 0
-    lora_head_dropout = lora_head_dropout and "lora" in config.method
+    lora_head_dropout = lora_head_dropout and METHODS[config.method].lora
     chunked = config.chunked_loss and not lora_head_dropout
     chunked = chunked and not frozen_partitioned_head(model)
     return causal_lm_loss(model, **batch, chunked=chunked)
+
+
+def train_step(
+    config: FinetuneConfig,
+    model: nn.Module,
+    optimizers: list[torch.optim.Optimizer],
+    micro_batches: list[dict[str, torch.Tensor]],
+    weights: list[float],
+    step: int,
+    runtime: Runtime,
+) -> dict[str, float]:
+    """One update on this rank's `micro_batches` (each mean loss scaled by its weight, see
+    Runtime.loss_weights) by the method's step; returns this rank's weighted loss, the grad
+    norm and loss scale, and whether the update was skipped (overflow)."""
+
+    def loss_of(batch: dict[str, torch.Tensor], weight: float) -> Loss:
+        def loss() -> torch.Tensor:
+            # Checked before any backward: a non-finite loss never reaches the weights.
+            value = check_finite(batch_loss(config, model, batch), step) * weight
+            if step == config.force_overflow_step:  # fused methods only (validate)
+                value = InfGradient.apply(value)
+            return value
+
+        return loss
+
+    losses = [loss_of(b, w) for b, w in zip(micro_batches, weights, strict=True)]
+    return METHODS[config.method].step(config, optimizers, losses, runtime)
 
 
 def shard_batch(
@@ -281,94 +265,6 @@ def shard_batch(
     ]
     micro = [{k: v.to(runtime.device) for k, v in m.items()} for m in micro]
     return micro, runtime.loss_weights(tokens)
-
-
-def trainable_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    return [p for group in optimizer.param_groups for p in group["params"]]
-
-
-def train_step(
-    config: FinetuneConfig,
-    model: nn.Module,
-    optimizers: list[torch.optim.Optimizer],
-    micro_batches: list[dict[str, torch.Tensor]],
-    weights: list[float],
-    step: int,
-    runtime: Runtime,
-) -> dict[str, float]:
-    """One update on this rank's `micro_batches` (each mean loss scaled by its weight, see
-    Runtime.loss_weights); returns this rank's weighted loss, the grad norm and loss scale."""
-    first = optimizers[0]
-    if isinstance(first, FusedOptimizer):
-        (batch,), (weight,) = micro_batches, weights
-
-        def closure() -> torch.Tensor:
-            # Checked before any backward: a non-finite loss never reaches the weights.
-            loss = check_finite(batch_loss(config, model, batch), step) * weight
-            if step == config.force_overflow_step:
-                loss = InfGradient.apply(loss)
-            return loss
-
-        if config.method == "lora+lomo":
-            loss = lora_lomo_step(first, optimizers[1], closure, runtime)
-        else:
-            loss = first.step(closure)
-        norm = first.last_grad_norm
-        return {
-            "loss": loss.item(),
-            "grad_norm": norm.item() if norm is not None else float("nan"),
-            "loss_scale": first.loss_scale,  # after this step: halved if it overflowed
-            "overflow": int(first.overflow),  # 1: inf/NaN gradients, the update was skipped
-        }
-    # Standard backward with accumulation over the micro batches.
-    total_loss = 0.0
-    for batch, weight in zip(micro_batches, weights, strict=True):
-        loss = check_finite(batch_loss(config, model, batch), step) * weight
-        loss.backward()
-        runtime.end_of_backward()
-        total_loss += loss.item()
-    params = trainable_parameters(first)
-    runtime.average_gradients(params)
-    if config.clip_mode == "norm":
-        norm = torch.nn.utils.clip_grad_norm_(params, config.clip_value)
-    else:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        if config.clip_mode == "value":
-            torch.nn.utils.clip_grad_value_(params, config.clip_value)
-    first.step()
-    first.zero_grad(set_to_none=True)
-    return {"loss": total_loss, "grad_norm": norm.item(), "loss_scale": 1.0, "overflow": 0}
-
-
-def lora_lomo_step(
-    base: FusedOptimizer, adapters: torch.optim.Optimizer, closure, runtime: Runtime
-) -> torch.Tensor:
-    """LOMO updates the base weights inside backward while the adapters' gradients accumulate
-    for AdamW; the norm pass (clipping, fp16) must not leave adapter gradients behind, and
-    under fp16 loss scaling the adapters' gradients are unscaled before AdamW. Where a
-    graph cannot be backpropagated twice (ZeRO-3) the update pass runs its own forward, with
-    the norm pass's random state (dropout masks)."""
-    fresh_forward = base.norm_pass_required and base.sync.fresh_forward_per_pass
-    state = rng_state() if fresh_forward else None
-    loss = closure()
-    if base.norm_pass_required:
-        base.grad_norm(loss, retain_graph=not fresh_forward)
-        adapters.zero_grad(set_to_none=True)
-        if fresh_forward and not base.overflow:
-            set_rng_state(state)
-            loss = closure()
-    scale = base.loss_scale  # fp16: the adapters' gradients come scaled by it, as LOMO's do
-    base.fused_backward(loss)
-    if not base.overflow:
-        params = trainable_parameters(adapters)
-        runtime.average_gradients(params)
-        if scale != 1.0:
-            for param in params:
-                if param.grad is not None:
-                    param.grad.div_(scale)
-        adapters.step()
-    adapters.zero_grad(set_to_none=True)
-    return loss
 
 
 # --- bookkeeping -----------------------------------------------------------------------------
@@ -392,93 +288,6 @@ def select_epoch(config: FinetuneConfig, per_epoch: list[dict]) -> tuple[str, di
     metric = get_task(config.task).primary_metric
     best = max(per_epoch, key=lambda e: e[key][metric])  # first best on ties
     return rule, best
-
-
-RUN_FILES = ("checkpoint.pt", "config.yaml", "metrics.json", "train_log.csv", "predictions.jsonl")
-RUN_FILES += ("resources.json", "fingerprint.json")
-
-
-@contextlib.contextmanager
-def claim_folder(out: Path, config: FinetuneConfig, main: bool) -> Iterator[None]:
-    """Hold `out` for this run: a second run on it stops at once (an OS lock, released on exit
-    and after kill -9), and a folder with another config's finished results is refused, so a
-    folder never mixes two runs."""
-    if not main:
-        yield
-        return
-    if out.exists() and not out.is_dir():
-        raise RunFolderError(f"--out {out} is a file; give a folder for the run")
-    out.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(out / ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        holder = (out / ".lock.pid").read_text().strip() if (out / ".lock.pid").exists() else "?"
-        raise RunFolderError(f"{out} is in use by another lomo finetune (pid {holder})") from None
-    try:
-        (out / ".lock.pid").write_text(f"{os.getpid()}\n")
-        for stale in out.glob(".*.*-*"):  # write_atomic's temp files of an interrupted run
-            base = stale.name[1:].split("-")[0]
-            if stale.is_file() and (base in RUN_FILES or base.startswith("checkpoint.")):
-                stale.unlink()
-        if (out / "metrics.json").exists() and (out / "config.yaml").exists():
-            finished = read_yaml(out / "config.yaml")
-            changed = sorted(
-                k for k, v in dataclasses.asdict(config).items() if finished.get(k) != v
-            )
-            if changed:
-                raise RunFolderError(
-                    f"{out} holds the finished results of another run (it differs in "
-                    f"{', '.join(changed)}): use another --out, or delete that folder"
-                )
-        yield
-    finally:
-        lock.release()
-
-
-def fingerprint(out: Path, config: FinetuneConfig) -> dict[str, Any]:
-    """What the run's inputs were: the selected examples (hashes of the data files written for
-    the run) and the model, its name and its files' contents (models.model_fingerprint), so a
-    resume can check that nothing changed under it."""
-    data = {
-        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted((out / "data").glob("*.jsonl"))
-    }
-    return {"model": config.model, "model_files": model_fingerprint(config.model), "data": data}
-
-
-def changed_keys(before: dict | None, now: dict | None) -> list[str]:
-    before, now = before or {}, now or {}
-    return [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
-
-
-def check_fingerprint(checkpoint: dict, now: dict, path: Path) -> None:
-    before = checkpoint.get("fingerprint", {})
-    changed = changed_keys(before.get("data"), now["data"])
-    if before.get("model") != now["model"]:
-        changed.append("the model")
-    changed += [
-        f"the model's {name}"
-        for name in changed_keys(before.get("model_files"), now["model_files"])
-    ]
-    if changed:
-        raise RunFolderError(
-            f"the inputs changed since {path} was written ({', '.join(changed)} differ): restore "
-            "them, or delete the checkpoint to start over"
-        )
-
-
-def read_checkpoint(path: Path, config: FinetuneConfig) -> dict | None:
-    """The last finished epoch's checkpoint of this run, if any."""
-    if not path.exists():
-        return None
-    checkpoint = read_checkpoint_file(path)
-    if checkpoint["config"] != dataclasses.asdict(config):
-        raise ValueError(
-            f"{path} was written by a different config; delete it (or use another output "
-            "folder) to start over"
-        )
-    return checkpoint
 
 
 def evaluate_epoch(
@@ -692,7 +501,8 @@ def run(
         )
         return scores["train"]
 
-    if config.method == "zero-shot":
+    method = METHODS[config.method]
+    if not method.trains:
         scores, predictions = run_eval(0)
         with open_tracker(dataclasses.asdict(config), out, runtime.main, 0) as tracker:
             tracker.log(eval_scalars(scores), 0)
@@ -704,7 +514,7 @@ def run(
         encode_train_example(task, ex, template, tokenizer, config.max_length)
         for ex in train_examples
     ]
-    optimizers = build_optimizers(config, model, runtime.sync)
+    optimizers = method.optimizers(config, model, runtime.sync)
     batch_per_update = config.global_batch // config.updates_per_batch
     micro_batch = min(config.micro_batch, batch_per_update)
     updates_per_epoch = math.ceil(len(encoded) / batch_per_update)
@@ -839,7 +649,7 @@ def finish(
     per_epoch, log = run["per_epoch"], run["log"]
     rule, reported = (
         ("zero-shot: evaluation only", per_epoch[0])
-        if config.method == "zero-shot"
+        if not METHODS[config.method].trains
         else select_epoch(config, per_epoch)
     )
     metrics = {

@@ -24,8 +24,10 @@ FIGURE3_RUNS = any(
     method in ("lora", "lora+lomo", "lomo") and task in ("boolq", "multirc")
     for method, task in RUN_METHODS
 )
-# The optimizer comparison: full-parameter runs (the sgd_claims notebook's FULL)
-FULL_PARAMETER_RUNS = any(m in ("lomo", "sgd", "adamw", "adalomo") for m, _ in RUN_METHODS)
+# The optimizer comparison: full-parameter runs without adapters (the sgd_claims notebook's FULL)
+FULL_PARAMETER_RUNS = any(
+    METHODS[m].trains_base and not METHODS[m].lora for m, _ in RUN_METHODS
+)
 
 
 

@@ -28,6 +28,7 @@ from lomo.workflow import (
     settings_to_flags,
     type_settings,
 )
+from lomo.train.methods import METHODS
 from tasks.superglue.source import SourceError, resolve_source
 
 
@@ -84,10 +85,12 @@ TABLE3_TASKS = [t for t in TASKS if t in config["tasks"] or t in config["optiona
 # with the hub switched off (OFFLINE), as it reads the model prepare_model put in the HF cache.
 HUB_COPY = f"{RESULTS}/superglue_hub" if SOURCE == "hub" else None
 OFFLINE = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 "
-if config.get("deepspeed_config") and {"sgd", "adamw"} & set(config["methods"]):
+NOT_ZERO3 = [method for method in config["methods"] if not METHODS[method].zero3]
+if config.get("deepspeed_config") and NOT_ZERO3:
+    zero3 = ", ".join(name for name, method in METHODS.items() if method.zero3)
     raise WorkflowError(
-        "deepspeed_config (ZeRO-3) runs zero-shot, lomo, adalomo, lora and lora+lomo; "
-        "sgd and adamw need a profile without it"
+        f"deepspeed_config (ZeRO-3) runs {zero3}; {', '.join(NOT_ZERO3)} need a profile "
+        "without it"
     )
 
 # (model slug, variant, task) -> the run's settings: grid points, extra protocols, Figure 3.
