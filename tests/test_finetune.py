@@ -87,7 +87,14 @@ def test_each_method_runs_and_writes_outputs(tmp_path, method, overrides):
     assert len(log) == 1 + (0 if method == "zero-shot" else 4)  # 8 examples / 4, two epochs
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["method"] == method
     resources = json.loads((tmp_path / "resources.json").read_text())
-    assert resources["wall_seconds"] >= resources["train_seconds"] >= 0
+    phases = resources["phases"]
+    trains = method != "zero-shot"
+    expected = ["data", "model", "train", "evaluation", "checkpoint", "write"]
+    expected = [p for p in expected if trains or p not in ("train", "checkpoint")]
+    assert [p for p in phases if p not in ("start", "wall")] == expected
+    # the phases are parts of the wall time, and the training steps part of the training
+    assert phases["start"] > 0 and sum(phases[p] for p in expected) <= phases["wall"]
+    assert phases.get("train", 0) <= resources["train_seconds"]
     assert resources["peak_memory_bytes"] > 0
 
 

@@ -432,8 +432,40 @@ def stop_signals() -> Iterator[list[int]]:
 # --- the run ---------------------------------------------------------------------------------
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (Linux's /proc), None where that is unknown."""
+    try:
+        stat = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+    return uptime - int(stat[19]) / os.sysconf("SC_CLK_TCK")  # field 22: the start, in ticks
+
+
+class Phases:
+    """Where this invocation's wall time goes (resources.json `phases`, seconds): `start` (the
+    interpreter, imports and arguments before lomo finetune began), `data`, `model`, `train`,
+    `evaluation`, `checkpoint` and `write`, and `wall` (all of it)."""
+
+    def __init__(self) -> None:
+        self.began = time.perf_counter()
+        self.seconds = {"start": process_age() or 0.0}
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - began
+
+    def summary(self) -> dict[str, float]:
+        wall = self.seconds["start"] + time.perf_counter() - self.began
+        return {name: round(value, 3) for name, value in {**self.seconds, "wall": wall}.items()}
+
+
 def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
-    invoked = time.perf_counter()
+    phases = Phases()
     config.validate()
     runtime = Runtime.start(config.deepspeed)
     if config.micro_batch % runtime.world:
@@ -442,7 +474,7 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
         )
     # The data is read, and its rows checked, before the run folder exists: bad data leaves
     # nothing behind. Rank 0 reads first (a hub download), the others then find its cache.
-    with runtime.main_first():
+    with runtime.main_first(), phases.timed("data"):
         data = prepare(
             config.task,
             config.protocol,
@@ -457,11 +489,11 @@ def finetune(config: FinetuneConfig, out_dir: str | Path) -> dict[str, Any]:
         )
     out = Path(out_dir)
     with claim_folder(out, config, runtime.main):
-        return run(config, runtime, data, out, invoked)
+        return run(config, runtime, data, out, phases)
 
 
 def run(
-    config: FinetuneConfig, runtime: Runtime, data: Prepared, out: Path, invoked: float
+    config: FinetuneConfig, runtime: Runtime, data: Prepared, out: Path, phases: Phases
 ) -> dict[str, Any]:
     """The run in a folder this process holds: model, training, evaluation, results."""
     out.mkdir(parents=True, exist_ok=True)
@@ -476,14 +508,16 @@ def run(
     torch.manual_seed(config.seed)
     task = get_task(config.task)
     template = get_template(config.template)
-    with runtime.main_first():  # rank 0 writes the data folder (and fetches), the others read it
+    # rank 0 writes the data folder (and fetches), the others read it
+    with runtime.main_first(), phases.timed("data"):
         write_prepared(data, out / "data")
         tokenizer = load_tokenizer(config.model)
     train_examples = data.train[: config.limit_train]
     eval_sets = {"eval": data.eval[: config.limit_eval]}
     if data.dev is not None:
         eval_sets["dev"] = data.dev[: config.limit_eval]
-    model = build_model(config, runtime)
+    with phases.timed("model"):
+        model = build_model(config, runtime)
     inputs = fingerprint(out, config)  # after the model: a hub model is downloaded by then
     if checkpoint is not None:
         check_fingerprint(checkpoint, inputs, checkpoint_path)
@@ -491,14 +525,16 @@ def run(
         write_atomic(out / "fingerprint.json", json.dumps(inputs, indent=1) + "\n")
 
     def run_eval(epoch: int) -> tuple[dict, dict]:
-        return evaluate_epoch(epoch, config, runtime, model, tokenizer, eval_sets)
+        with phases.timed("evaluation"):
+            return evaluate_epoch(epoch, config, runtime, model, tokenizer, eval_sets)
 
     def train_end(epoch: int) -> dict[str, float]:
         """The training examples scored with the final weights (gold NLL, metrics): what the
         run fitted, beside what it generalised to."""
-        scores, _ = evaluate_epoch(
-            epoch, config, runtime, model, tokenizer, {"train": train_examples}
-        )
+        with phases.timed("evaluation"):
+            scores, _ = evaluate_epoch(
+                epoch, config, runtime, model, tokenizer, {"train": train_examples}
+            )
         return scores["train"]
 
     method = METHODS[config.method]
@@ -508,12 +544,13 @@ def run(
             tracker.log(eval_scalars(scores), 0)
         run = {"per_epoch": [scores], "predictions": {0: predictions}, "log": []}
         run["train_end"] = train_end(0)
-        return finish(config, runtime, model, tokenizer, out, run, len(train_examples), invoked)
+        return finish(config, runtime, model, tokenizer, out, run, len(train_examples), phases)
 
-    encoded = [
-        encode_train_example(task, ex, template, tokenizer, config.max_length)
-        for ex in train_examples
-    ]
+    with phases.timed("data"):
+        encoded = [
+            encode_train_example(task, ex, template, tokenizer, config.max_length)
+            for ex in train_examples
+        ]
     optimizers = method.optimizers(config, model, runtime.sync)
     batch_per_update = config.global_batch // config.updates_per_batch
     micro_batch = min(config.micro_batch, batch_per_update)
@@ -550,7 +587,8 @@ def run(
             "batches_done": batches_done,
             **run,
         }
-        runtime.save_checkpoint(checkpoint_path, step, model, optimizers, state)
+        with phases.timed("checkpoint"):
+            runtime.save_checkpoint(checkpoint_path, step, model, optimizers, state)
         last_saved = time.monotonic()
 
     with (
@@ -578,7 +616,10 @@ def run(
                 lr = optimizers[0].param_groups[0]["lr"]  # the lr this step uses
                 step_start = time.perf_counter()
                 try:
-                    stats = train_step(config, model, optimizers, micro, weights, step + 1, runtime)
+                    with phases.timed("train"):
+                        stats = train_step(
+                            config, model, optimizers, micro, weights, step + 1, runtime
+                        )
                 except NonFiniteLossError as error:
                     kept = checkpoint_path.exists()
                     kept = f"; the last good checkpoint is {checkpoint_path}" if kept else ""
@@ -629,7 +670,7 @@ def run(
             run["predictions"][epoch] = predictions
             save(epoch, None)
     run["train_end"] = train_end(config.epochs)
-    metrics = finish(config, runtime, model, tokenizer, out, run, len(train_examples), invoked)
+    metrics = finish(config, runtime, model, tokenizer, out, run, len(train_examples), phases)
     runtime.remove_checkpoints(checkpoint_path)
     return metrics
 
@@ -642,7 +683,7 @@ def finish(
     out: Path,
     run: dict,
     n_train: int,
-    invoked: float,
+    phases: Phases,
 ) -> dict[str, Any]:
     """Select the reported epoch and write the run folder: metrics.json last, so a folder
     with metrics.json is a finished run."""
@@ -668,11 +709,21 @@ def finish(
         "per_epoch": per_epoch,
         "train_end": run["train_end"],
     }
+    with phases.timed("write"):
+        if runtime.main:
+            write_atomic(out / "train_log.csv", to_csv(log))
+            rows = run["predictions"][reported["epoch"]]["eval"]
+            write_atomic(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        if config.save_model:
+            state = runtime.full_state_dict(model)
+            if runtime.main:
+                model.save_pretrained(out / "model", state_dict=state)
+                tokenizer.save_pretrained(out / "model")
     # Wall time and memory vary between identical runs: kept out of metrics.json.
     resources = {
         "train_seconds": log[-1]["seconds"] if log else 0.0,
-        # this invocation (a resumed run counts from the restart): data, model, train, eval
-        "wall_seconds": round(time.perf_counter() - invoked, 3),
+        # this invocation (a resumed run counts from the restart), by phase
+        "phases": phases.summary(),
         "peak_memory_bytes": peak_memory_bytes(runtime.device),
         "device": str(runtime.device),
         "threads": torch.get_num_threads(),
@@ -682,15 +733,6 @@ def finish(
     }
     if runtime.main:
         write_atomic(out / "resources.json", json.dumps(resources, indent=1) + "\n")
-        write_atomic(out / "train_log.csv", to_csv(log))
-        rows = run["predictions"][reported["epoch"]]["eval"]
-        write_atomic(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    if config.save_model:
-        state = runtime.full_state_dict(model)
-        if runtime.main:
-            model.save_pretrained(out / "model", state_dict=state)
-            tokenizer.save_pretrained(out / "model")
-    if runtime.main:
         write_atomic(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     runtime.barrier()
     return metrics
