@@ -162,7 +162,7 @@ def test_inline_snakemake_commands_plan_as_written(command, full_superglue):
 
 # Inline mentions that name a subcommand in prose rather than give a command line.
 NAMES = {"lomo finetune", "lomo evaluate", "lomo readme-results", "lomo finetune --deepspeed"}
-NAMES |= {"lomo plan"}
+NAMES |= {"lomo plan", "lomo sgd-claims", "lomo finetune --report-to tensorboard"}
 
 
 @pytest.mark.parametrize("command", [c for c in INLINE if c.split()[0].endswith("lomo")])
