@@ -43,7 +43,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lomo.io import write_atomic
-from lomo.loss import causal_lm_loss, frozen_partitioned_head
+from lomo.loss import causal_lm_loss, check_chunked_loss, frozen_partitioned_head
 from lomo.optim import LOMO, AdaLomo, FusedOptimizer, rng_state, set_rng_state
 from lomo.provenance import provenance
 from lomo.sync import GradSync
@@ -263,6 +263,15 @@ def batch_loss(
     chunked = config.chunked_loss and not lora_head_dropout
     chunked = chunked and not frozen_partitioned_head(model)
     return causal_lm_loss(model, **batch, chunked=chunked)
+
+
+def check_loss_at_start(
+    config: FinetuneConfig, model: nn.Module, batch: dict[str, torch.Tensor]
+) -> None:
+    """The chunked loss equals the model family's own on the first batch, or the run stops
+    naming the family (lomo.loss.check_chunked_loss). Every rank runs it (ZeRO-3 gathers)."""
+    if config.chunked_loss and not frozen_partitioned_head(model):
+        check_chunked_loss(model, **batch)
 
 
 def shard_batch(
@@ -712,6 +721,8 @@ def run(config: FinetuneConfig, runtime: Runtime, out: Path, invoked: float) -> 
         run, (start_epoch, skip) = resume(
             checkpoint, checkpoint_path, runtime, model, optimizers, schedulers
         )
+    first = collate(encoded[:micro_batch], tokenizer.pad_token_id)
+    check_loss_at_start(config, model, {k: v.to(runtime.device) for k, v in first.items()})
     model.train()
     log = run["log"]
     step = len(log)
