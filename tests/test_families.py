@@ -6,6 +6,7 @@ evaluation scorer against one sequence at a time, `lomo finetune` end to end, an
 against the live-tensor census of a real step."""
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -13,10 +14,14 @@ import torch
 from launch import torchrun
 from paths import DATA_DIR, ROOT
 from tiny_models import FAMILIES, SLIDING_WINDOW, save_family_checkpoint, tiny_family, token_batches
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from lomo import LOMO
 from lomo.cli import main
 from lomo.loss import ChunkedLossMismatch, causal_lm_loss, check_chunked_loss
+from lomo.measure.memory import run_worker as run_memory_worker
+from lomo.measure.plan import Setting, count_parameters, load_shape, parameter_sizes, plan
+from lomo.measure.workloads import FAMILY_SIZES, build_model
 from lomo.train.evaluate import score_candidates
 from lomo.train.models import load_model, load_tokenizer
 
@@ -240,3 +245,102 @@ def test_lomo_finetune_stops_on_a_loss_it_cannot_chunk(tmp_path, tokenizer):
     assert "LlamaForCausalLM (model_type llama)" in message and "--no-chunked-loss" in message
     main([*finetune_flags(str(folder), tmp_path / "plain"), "--no-chunked-loss"])
     assert (tmp_path / "plain" / "metrics.json").is_file()
+
+
+# --- lomo plan and lomo memory ------------------------------------------------------------------
+
+# The validation size: large enough that the census is not all overhead, small enough to run in
+# a second; a vocabulary of 2000 makes the loss the peak, one of 256 a layer's backward.
+PLAN_SIZES = dict(hidden_size=128, intermediate_size=344)
+PLAN_CASES = [("bf16", "eager", False, 2000), ("bf16", "sdpa", True, 256)]
+
+
+@with_each_family
+def test_plan_counts_the_parameters_of_each_family(tmp_path, family):
+    folder = save_family_checkpoint(family, tmp_path, vocab=2000, **PLAN_SIZES)
+    model = load_model(str(folder))
+    assert count_parameters(load_shape(str(folder))) == sum(p.numel() for p in model.parameters())
+
+
+@with_each_family
+@pytest.mark.parametrize("case", PLAN_CASES, ids=lambda c: f"{c[0]}-{c[1]}-ac{c[2]}")
+def test_plan_within_10_percent_of_lomo_memory(tmp_path, family, case):
+    """`lomo memory`'s measurement (its worker: the census of a LOMO step on the checkpoint,
+    whole-batch logits) against `lomo plan` on the checkpoint's config.json."""
+    dtype, attn, ac, vocab = case
+    attn = "eager" if family == "gemma2" else attn  # Gemma-2 has no sdpa
+    torch.set_num_threads(2)
+    folder = save_family_checkpoint(family, tmp_path, vocab=vocab, **PLAN_SIZES)
+    spec = dict(device="cpu", model=str(folder), dtype=dtype, attn=attn, layers=None, ac=ac)
+    spec |= dict(batch=2, seq=64, optimizer="lomo", clip=False, chunked_loss=False)
+    measured = run_memory_worker(spec)["census_peak"]
+    setting = Setting(seq=64, batch=2, dtype=dtype, ac=ac, attn=attn, deepspeed=False)
+    predicted = plan(load_shape(str(folder)), setting)["peak"]
+    assert abs(predicted / measured - 1) <= 0.10, (predicted, measured)
+
+
+# Published parameter counts (the models' safetensors metadata / model cards).
+PUBLISHED_PARAMETERS = {
+    "llama2-7b": 6_738_415_616,
+    "llama2-13b": 13_015_864_320,
+    "llama2-70b": 68_976_648_192,
+    "llama3-8b": 8_030_261_248,
+    "llama3-70b": 70_553_706_496,
+    "llama3.2-1b": 1_235_814_400,
+    "qwen2.5-0.5b": 494_032_768,
+    "qwen2.5-1.5b": 1_543_714_304,
+    "qwen2.5-7b": 7_615_616_512,
+    "qwen2.5-14b": 14_770_033_664,
+}
+
+
+@pytest.mark.parametrize("size", list(FAMILY_SIZES))
+def test_named_sizes_have_their_published_parameter_counts(size):
+    assert count_parameters(load_shape(size)) == PUBLISHED_PARAMETERS[size]
+    # and transformers builds that many from the same config fields (on the meta device)
+    config = AutoConfig.for_model(**FAMILY_SIZES[size])
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    assert sum(p.numel() for p in model.parameters()) == PUBLISHED_PARAMETERS[size]
+
+
+def test_plan_of_a_named_size_prints_its_hub_command(capsys):
+    main(["plan", "qwen2.5-7b", "--gpus", "2"])
+    out = capsys.readouterr().out
+    assert out.startswith("qwen2.5-7b: 7.62B parameters, 28 layers, hidden 3584")
+    assert "--model=Qwen/Qwen2.5-7B" in out.strip().splitlines()[-1]
+    main(["plan", "meta-llama/Meta-Llama-3-8B"])  # the hub id names the same size
+    assert capsys.readouterr().out.startswith("llama3-8b: 8.03B parameters")
+
+
+def test_plan_refuses_a_model_type_without_formulas_in_one_line(tmp_path):
+    config = dict(PLAN_SIZES, model_type="gpt_neox", num_hidden_layers=2)
+    (tmp_path / "config.json").write_text(json.dumps(config | {"num_attention_heads": 4}))
+    with pytest.raises(SystemExit) as refused:
+        main(["plan", str(tmp_path)])
+    message = str(refused.value.code)
+    assert "\n" not in message
+    assert message.startswith(f"lomo plan: {tmp_path}: model_type 'gpt_neox' has no memory")
+    assert "(it plans llama, mistral, qwen2, gemma2, phi3, granite)" in message
+
+
+def test_plan_reads_the_architecture_from_the_config(tmp_path):
+    gemma2 = load_shape(str(save_family_checkpoint("gemma2", tmp_path / "gemma2")))
+    assert (gemma2.head_size, gemma2.norms_per_layer, gemma2.tied) == (16, 4, True)
+    assert gemma2.attn_softcapping and gemma2.final_softcapping
+    qwen2 = load_shape(str(save_family_checkpoint("qwen2", tmp_path / "qwen2")))
+    assert (qwen2.qkv_bias, qwen2.o_bias, qwen2.kv_heads) == (True, False, 2)
+    phi3 = load_shape(str(save_family_checkpoint("phi3", tmp_path / "phi3")))
+    assert phi3.fused_projections and "layer.qkv" in parameter_sizes(phi3)
+    biased = save_family_checkpoint("llama", tmp_path / "b", attention_bias=True, mlp_bias=True)
+    model = load_model(str(biased))
+    assert count_parameters(load_shape(str(biased))) == sum(p.numel() for p in model.parameters())
+
+
+def test_lomo_memory_builds_a_named_size_at_any_depth():
+    """The model `lomo memory --model qwen2.5-0.5b --layers 1 2` measures: the named size's
+    architecture with one decoder layer, as the planner counts it."""
+    model = build_model("qwen2.5-0.5b", torch.bfloat16, "sdpa", num_layers=1)
+    one_layer = dataclasses.replace(load_shape("qwen2.5-0.5b"), layers=1)
+    assert sum(p.numel() for p in model.parameters()) == count_parameters(one_layer)
+    assert model.model.layers[0].self_attn.q_proj.bias is not None

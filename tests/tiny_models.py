@@ -122,10 +122,12 @@ def tiny_family(family: str, seed: int = 0, vocab: int = VOCAB, **overrides) -> 
     return AutoModelForCausalLM.from_config(config, attn_implementation="eager")
 
 
-def save_family_checkpoint(family: str, folder: Path, tokenizer=None, **overrides) -> Path:
+def save_family_checkpoint(
+    family: str, folder: Path, tokenizer=None, vocab: int = VOCAB, **overrides
+) -> Path:
     """A Hugging Face model folder (config.json, model.safetensors, and the tokenizer's files
     when given one: its vocabulary sets the model's)."""
-    vocab = len(tokenizer) if tokenizer is not None else VOCAB
+    vocab = len(tokenizer) if tokenizer is not None else vocab
     tiny_family(family, vocab=vocab, **overrides).save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
