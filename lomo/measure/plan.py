@@ -433,11 +433,11 @@ def plan(shape: Shape, setting: Setting) -> dict:
     # under ZeRO-3 DeepSpeed's module hooks keep the lm_head output (p more). In the head's
     # backward the fp32 logit gradient and its cast to the dtype remain (4 + p, 4 in fp32).
     # A chunked cross-entropy holds one chunk of logits at a time, plus the fp32 gradient of
-    # the hidden states of the whole batch, accumulated chunk by chunk.
+    # the hidden states of the whole batch, accumulated chunk by chunk. Soft-capped logits
+    # (Gemma-2): tanh keeps its output, p more per logit (census).
     logit_tokens = tokens if setting.loss_chunk is None else min(setting.loss_chunk, tokens)
     loss_bytes_per_logit = 12 + (p if zero3 and setting.loss_chunk is None else 0)
-    if shape.final_softcapping:  # tanh keeps its output (census: p per logit)
-        loss_bytes_per_logit += p
+    loss_bytes_per_logit += p * shape.final_softcapping
     logits_loss = loss_bytes_per_logit * logit_tokens * vocab
     logits_head = (4 + (p if p < 4 else 0)) * logit_tokens * vocab
     if setting.loss_chunk is not None:
