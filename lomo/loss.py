@@ -43,11 +43,19 @@ In bf16/fp16 the head gradient's buffer has the weight's dtype, so it is rounded
 chunk, as `.grad` is once per micro-batch under gradient accumulation. A head with dropout
 (LoRA dropout on `lm_head`) draws its masks per chunk, so they differ from the plain path's.
 
+Families whose head does more than `lm_head(hidden)` (`logit_transform`): Gemma-2's
+`final_logit_softcapping`, Cohere's `logit_scale`, Granite's `logits_scaling`, read from the
+config and applied to each chunk's logits before the fp32 cross-entropy, as their
+`forward` does. A family that transforms its logits in a way not listed here would train on a
+different loss: `check_chunked_loss` compares the two losses on a batch (lomo finetune: its
+first one) and stops naming the family where they differ.
+
 `chunked=False` is the plain path, `model(...).loss`, for comparison and as the off switch.
 """
 
 import math
 import weakref
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -138,13 +146,42 @@ def _plain_head(head: nn.Module) -> bool:
     return type(head) is nn.Linear and head.bias is None and not hasattr(head.weight, "ds_id")
 
 
+def logit_transform(config) -> Callable[[Tensor], Tensor] | None:
+    """What the model's causal-LM forward does to `lm_head(hidden)` before the loss, read from
+    its (text) config, or None: Granite divides by `logits_scaling`, Cohere multiplies by
+    `logit_scale`, Gemma-2 (and later Gemmas) soft-cap with `final_logit_softcapping`."""
+    config = config.get_text_config()
+    divisor = getattr(config, "logits_scaling", None)
+    factor = getattr(config, "logit_scale", None)
+    cap = getattr(config, "final_logit_softcapping", None)
+    if divisor is None and factor is None and cap is None:
+        return None
+
+    def transform(logits: Tensor) -> Tensor:
+        if divisor is not None:
+            logits = logits / divisor
+        if factor is not None:
+            logits = logits * factor
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return transform
+
+
 def _head_and_cross_entropy(
-    head: nn.Module, shared: _SharedWeightGrad | None, hidden: Tensor, labels: Tensor
+    head: nn.Module,
+    shared: _SharedWeightGrad | None,
+    transform: Callable[[Tensor], Tensor] | None,
+    hidden: Tensor,
+    labels: Tensor,
 ) -> Tensor:
     if shared is None:
         logits = head(hidden)
     else:
         logits = _LinearSharingWeightGrad.apply(hidden, head.weight, shared)
+    if transform is not None:
+        logits = transform(logits)
     # upcast as Hugging Face's ForCausalLMLoss does
     return F.cross_entropy(logits.float(), labels, reduction="sum")
 
@@ -209,6 +246,7 @@ def causal_lm_loss(
     if _plain_head(head):
         tied = head.weight is model.get_input_embeddings().weight
         shared = _SharedWeightGrad(head.weight, num_chunks, tied)
+    transform = logit_transform(model.config)
     total = hidden.new_zeros((), dtype=torch.float32)
     for hidden_chunk, target_chunk in zip(
         hidden.tensor_split(num_chunks), targets.tensor_split(num_chunks), strict=True
@@ -217,8 +255,46 @@ def causal_lm_loss(
             _head_and_cross_entropy,
             head,
             shared,
+            transform,
             hidden_chunk,
             target_chunk,
             use_reentrant=False,
         )
     return total / num_tokens  # no tokens: 0 / 0 = nan, as Hugging Face's mean
+
+
+# How far apart the two losses of one batch may be (relative): rounding, which averages out over
+# the batch's tokens (the tiny family checkpoints of tests/test_families.py: about 1e-7 in fp32
+# and bf16); leaving out Gemma-2's soft-capping moves a random model's loss by 1e-3 or more.
+CHECK_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-3, torch.float16: 1e-3}
+
+
+class ChunkedLossMismatch(ValueError):
+    """The chunked loss differs from the model's own: lomo.loss does not know its head."""
+
+
+@torch.no_grad()
+def check_chunked_loss(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None, labels: Tensor
+) -> tuple[float, float]:
+    """The chunked loss and `model(...).loss` of one batch, in eval mode (no dropout); raises
+    `ChunkedLossMismatch`, naming the model's family, where they differ by more than rounding.
+    Under ZeRO-3 every rank must call it (each forward gathers the weights)."""
+    was_training = model.training
+    model.eval()
+    try:
+        batch = dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        ours = causal_lm_loss(model, **batch).item()
+        theirs = causal_lm_loss(model, **batch, chunked=False).item()
+    finally:
+        model.train(was_training)
+    dtype = model.get_output_embeddings().weight.dtype
+    if not math.isclose(ours, theirs, rel_tol=CHECK_TOLERANCE.get(dtype, 1e-5)):
+        config = model.config.get_text_config()
+        raise ChunkedLossMismatch(
+            f"the chunked loss is {ours:.6f} where {type(model).__name__} "
+            f"(model_type {config.model_type}) computes {theirs:.6f} on the first batch: "
+            "lomo.loss does not know how this family turns hidden states into logits; "
+            "train with --no-chunked-loss"
+        )
+    return ours, theirs

@@ -286,7 +286,8 @@ def test_examples_with_the_same_prompt_run_it_once(model, tokenizer):
 @contextlib.contextmanager
 def counted_forwards(model):
     """(kind, rows) of the scorer's forwards: 'prompts' (they keep the last prompt token's
-    logits), 'prefix' (a shared prefix: no cache in, all logits) or 'answers' (on a cache)."""
+    logits), 'prefix' (a shared prefix: an empty cache in, all logits) or 'answers' (on a
+    cache)."""
     forwards = []
 
     def count(module, args, kwargs):
@@ -295,7 +296,8 @@ def counted_forwards(model):
         if kwargs.get("logits_to_keep") is not None:
             kind = "prompts"
         else:
-            kind = "prefix" if kwargs.get("past_key_values") is None else "answers"
+            cache = kwargs.get("past_key_values")
+            kind = "prefix" if cache is None or cache.get_seq_length() == 0 else "answers"
         forwards.append((kind, kwargs["input_ids"].shape[0]))
 
     handle = model.register_forward_pre_hook(count, with_kwargs=True)

@@ -40,11 +40,12 @@ from lomo import argtypes
 from lomo.io import write_atomic
 from lomo.measure.census import MemoryCensus, ProcessPeak, proc_status_bytes
 from lomo.measure.workloads import (
-    LLAMA_SHAPES,
+    SIZED_MODELS,
     STATEFUL,
     add_workload_arguments,
     build_model,
     check_model,
+    full_depth,
     make_step,
     optimizer_state_tensors,
     run_worker_process,
@@ -149,8 +150,8 @@ def summarise(raw_rows: list[dict]) -> list[dict]:
             device=first["device"],
             clip=first["clip"],
         )
-        if model in LLAMA_SHAPES:
-            depth = LLAMA_SHAPES[model][3]
+        if model in SIZED_MODELS:
+            depth = full_depth(model)
             values = {n: row_values(raw) for n, raw in by_layers.items()}
             row["layers"] = depth
             row["measured_layers"] = " ".join(str(n) for n in sorted(by_layers))
@@ -326,7 +327,7 @@ def describe(rows: list[dict]) -> str:
         text += " Loss: model(...).loss, whole-batch logits."
     else:
         text += " Loss: chunked (lomo.loss) or whole-batch logits (hf), per row."
-    if first["model"] in LLAMA_SHAPES:
+    if first["model"] in SIZED_MODELS:
         text += (
             f" Measured with {first['measured_layers']} decoder layer(s) plus embedding and"
             f" head; every value extrapolated linearly in depth to {first['layers']} layers."
@@ -342,10 +343,12 @@ def run_memory(args: argparse.Namespace) -> None:
         with open(args.from_raw) as f:
             raw_rows = json.load(f)
     else:
-        if args.model in LLAMA_SHAPES and len(args.layers) < 2:
-            raise ValueError("--layers needs two depths (e.g. 1 2) to extrapolate a LLaMA shape")
-        if args.model not in LLAMA_SHAPES and args.layers:
-            raise ValueError(f"--layers is only for LLaMA shapes ({', '.join(LLAMA_SHAPES)})")
+        if args.model in SIZED_MODELS and len(args.layers) < 2:
+            raise ValueError("--layers needs two depths (e.g. 1 2) to extrapolate a named size")
+        if args.model not in SIZED_MODELS and args.layers:
+            raise ValueError(
+                f"--layers is only for LLaMA shapes and named sizes ({', '.join(SIZED_MODELS)})"
+            )
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is available")
         check_model(args.model)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lomo import argtypes
-from lomo.measure.workloads import LLAMA_SHAPES, LLAMA_VOCAB
+from lomo.measure.workloads import FAMILY_SIZES, LLAMA_SHAPES, LLAMA_VOCAB
 from lomo.train.config import FinetuneConfig
 from lomo.train.methods import METHODS
 
@@ -42,6 +42,23 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 FUSED = tuple(name for name, method in METHODS.items() if method.fused)
 LORA = tuple(name for name, method in METHODS.items() if method.lora)
 HUB_NAMES = {name: f"huggyllama/{name}" for name in LLAMA_SHAPES}  # as in config/paper.yaml
+HUB_NAMES |= {
+    "llama2-7b": "meta-llama/Llama-2-7b-hf",
+    "llama2-13b": "meta-llama/Llama-2-13b-hf",
+    "llama2-70b": "meta-llama/Llama-2-70b-hf",
+    "llama3-8b": "meta-llama/Meta-Llama-3-8B",
+    "llama3-70b": "meta-llama/Meta-Llama-3-70B",
+    "llama3.2-1b": "meta-llama/Llama-3.2-1B",
+    "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B",
+    "qwen2.5-1.5b": "Qwen/Qwen2.5-1.5B",
+    "qwen2.5-7b": "Qwen/Qwen2.5-7B",
+    "qwen2.5-14b": "Qwen/Qwen2.5-14B",
+}
+# The `model_type`s whose decoder the formulas below describe: LLaMA's, with the differences a
+# Shape records (head_dim, biases, norms per layer, tied embeddings). All have the gated MLP
+# (SwiGLU, Gemma-2's GeGLU; Phi-3 fuses gate and up into one matrix of the same size) and
+# rotary positions. Any other family is refused: its memory is not LLaMA's.
+MODEL_TYPES = ("llama", "mistral", "qwen2", "gemma2", "phi3", "granite")
 COMPONENTS = (
     "parameters",
     "gathered",
@@ -72,7 +89,8 @@ NAMED_SHAPES = {
 
 @dataclass(frozen=True)
 class Shape:
-    """The dimensions of a LLaMA-family decoder that memory depends on."""
+    """The dimensions of a decoder of MODEL_TYPES that memory depends on (read from a Hugging
+    Face config by `shape_from_config`); the defaults are LLaMA-1's."""
 
     name: str
     hidden: int
@@ -82,6 +100,68 @@ class Shape:
     kv_heads: int
     vocab: int
     tied: bool = False
+    model_type: str = "llama"
+    head_dim: int | None = None  # None: hidden // heads (Gemma-2 sets its own)
+    qkv_bias: bool = False  # Qwen2; LLaMA/Granite's attention_bias (o_proj too)
+    o_bias: bool = False
+    mlp_bias: bool = False  # LLaMA/Granite's mlp_bias
+    norms_per_layer: int = 2  # Gemma-2: 4 (before and after attention and MLP)
+    fused_projections: bool = False  # Phi-3: one qkv_proj and one gate_up_proj matrix
+    attn_softcapping: bool = False  # Gemma-2: tanh-capped attention scores (eager)
+    final_softcapping: bool = False  # Gemma-2: tanh-capped logits
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden // self.heads
+
+    @property
+    def q_width(self) -> int:
+        return self.heads * self.head_size
+
+    @property
+    def kv_width(self) -> int:
+        return self.kv_heads * self.head_size
+
+
+def shape_from_config(name: str, fields: dict) -> Shape:
+    """The Shape of a Hugging Face config (config.json's fields); one-line refusal for a
+    `model_type` outside MODEL_TYPES or a config without a decoder's sizes. A config without
+    `model_type` (written by hand) is read as LLaMA's."""
+    from transformers import AutoConfig
+
+    model_type = fields.get("model_type", "llama")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(
+            f"{name}: model_type {model_type!r} has no memory formulas in lomo plan "
+            f"(it plans {', '.join(MODEL_TYPES)})"
+        )
+    required = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    missing = [key for key in (*required, "vocab_size") if key not in fields]
+    if missing:
+        raise ValueError(f"{name}: no {missing[0]!r} (not a LLaMA-style config)")
+    # The family's config class fills what the file leaves to its defaults (Gemma-2 ties its
+    # embeddings and sets head_dim 256 unless told otherwise).
+    config = AutoConfig.for_model(**{**fields, "model_type": model_type})
+    attention_bias = bool(getattr(config, "attention_bias", False))
+    return Shape(
+        name=name,
+        hidden=config.hidden_size,
+        intermediate=config.intermediate_size,
+        layers=config.num_hidden_layers,
+        heads=config.num_attention_heads,
+        kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+        vocab=config.vocab_size,
+        tied=bool(config.tie_word_embeddings),
+        model_type=model_type,
+        head_dim=getattr(config, "head_dim", None),
+        qkv_bias=model_type == "qwen2" or attention_bias,
+        o_bias=attention_bias,
+        mlp_bias=bool(getattr(config, "mlp_bias", False)),
+        norms_per_layer=4 if model_type == "gemma2" else 2,
+        fused_projections=model_type == "phi3",
+        attn_softcapping=getattr(config, "attn_logit_softcapping", None) is not None,
+        final_softcapping=getattr(config, "final_logit_softcapping", None) is not None,
+    )
 
 
 @dataclass(frozen=True)
@@ -115,11 +195,14 @@ class Setting:
 
 
 def load_shape(size: str) -> Shape:
-    """`7b` / `llama-7b` / `huggyllama/llama-7b` (LLaMA-1 shapes), `tiny-llama`,
-    `smollm2-135m`, or a Hugging Face config.json (file or folder)."""
+    """`7b` / `llama-7b` / `huggyllama/llama-7b` (LLaMA-1 shapes), a size of another family
+    (`llama2-7b`, `llama3-8b`, `qwen2.5-7b`, ... or its hub id), `tiny-llama`, `smollm2-135m`,
+    or a Hugging Face config.json (file or folder)."""
     if size in NAMED_SHAPES:
         return Shape(*NAMED_SHAPES[size])
     size = {hub: name for name, hub in HUB_NAMES.items()}.get(size, size)
+    if size.lower() in FAMILY_SIZES:
+        return shape_from_config(size.lower(), FAMILY_SIZES[size.lower()])
     key = size.lower() if size.lower().startswith("llama-") else f"llama-{size.lower()}"
     if key in LLAMA_SHAPES:
         hidden, heads, intermediate, layers = LLAMA_SHAPES[key]
@@ -129,22 +212,12 @@ def load_shape(size: str) -> Shape:
         path = path / "config.json"
     if not path.is_file():
         sizes = ", ".join(name.removeprefix("llama-") for name in LLAMA_SHAPES)
-        raise ValueError(f"unknown size {size!r}: expected one of {sizes} or a config.json path")
-    config = json.loads(path.read_text())
-    try:
-        heads = config["num_attention_heads"]
-        return Shape(
-            name=str(path.parent if path.name == "config.json" else path),
-            hidden=config["hidden_size"],
-            intermediate=config["intermediate_size"],
-            layers=config["num_hidden_layers"],
-            heads=heads,
-            kv_heads=config.get("num_key_value_heads") or heads,
-            vocab=config["vocab_size"],
-            tied=bool(config.get("tie_word_embeddings", False)),
+        raise ValueError(
+            f"unknown size {size!r}: expected one of {sizes}, {', '.join(FAMILY_SIZES)} "
+            "or a config.json path"
         )
-    except KeyError as missing:
-        raise ValueError(f"{path}: no {missing} (not a LLaMA-style config)") from None
+    name = str(path.parent if path.name == "config.json" else path)
+    return shape_from_config(name, json.loads(path.read_text()))
 
 
 def llama_config(shape: Shape, attn: str = "sdpa"):
@@ -165,25 +238,23 @@ def llama_config(shape: Shape, attn: str = "sdpa"):
 
 def parameter_sizes(shape: Shape) -> dict[str, int]:
     """Element count of every parameter (one layer's named once, `layer.*`)."""
-    head_dim = shape.hidden // shape.heads
-    kv_width = shape.kv_heads * head_dim
-    h, i = shape.hidden, shape.intermediate
+    h, i, q, kv = shape.hidden, shape.intermediate, shape.q_width, shape.kv_width
     sizes = {"embed": shape.vocab * h, "final_norm": h}
     if not shape.tied:
         sizes["lm_head"] = shape.vocab * h
-    sizes.update(
-        {
-            "layer.q": h * h,
-            "layer.k": h * kv_width,
-            "layer.v": h * kv_width,
-            "layer.o": h * h,
-            "layer.gate": h * i,
-            "layer.up": h * i,
-            "layer.down": i * h,
-            "layer.norm1": h,
-            "layer.norm2": h,
-        }
-    )
+    if shape.fused_projections:
+        sizes.update({"layer.qkv": h * (q + 2 * kv), "layer.gate_up": 2 * h * i})
+    else:
+        sizes.update({"layer.q": h * q, "layer.k": h * kv, "layer.v": h * kv})
+        sizes.update({"layer.gate": h * i, "layer.up": h * i})
+    sizes.update({"layer.o": q * h, "layer.down": i * h})
+    sizes.update({f"layer.norm{k}": h for k in range(1, shape.norms_per_layer + 1)})
+    if shape.qkv_bias:
+        sizes.update({"layer.q_bias": q, "layer.k_bias": kv, "layer.v_bias": kv})
+    if shape.o_bias:
+        sizes["layer.o_bias"] = h
+    if shape.mlp_bias:
+        sizes.update({"layer.gate_bias": i, "layer.up_bias": i, "layer.down_bias": h})
     return sizes
 
 
@@ -210,10 +281,12 @@ def layer_activation_bytes(shape: Shape, setting: Setting) -> int:
     """
     p = DTYPE_BYTES[setting.dtype]
     h, i = shape.hidden, shape.intermediate
-    kv_width = shape.kv_heads * (h // shape.heads)
-    per_token = 2 * (4 * h + p * h) + p * (4 * h + 2 * kv_width) + 4 * p * i + 8
+    norms = shape.norms_per_layer * (4 * h + p * h)
+    per_token = norms + p * (4 * shape.q_width + 2 * shape.kv_width) + 4 * p * i + 8
     if setting.attn == "eager":
         per_token += shape.heads * setting.seq * (4 + (p if p != 4 else 0))
+        if shape.attn_softcapping:  # tanh keeps its output (census: p per score)
+            per_token += shape.heads * setting.seq * p
     else:
         per_token += 4 * shape.heads
     return per_token * setting.seq * setting.batch
@@ -247,9 +320,11 @@ def check_setting(setting: Setting) -> None:
 def lora_parameter_count(shape: Shape, setting: Setting, sizes: dict[str, int]) -> int:
     """LoRA adapters: r x (in + out) per targeted matrix per layer."""
     h, i = shape.hidden, shape.intermediate
-    widths = {"q_proj": (h, h), "k_proj": (h, sizes["layer.k"] // h)}
-    widths |= {"v_proj": widths["k_proj"], "o_proj": (h, h)}
+    widths = {"q_proj": (h, shape.q_width), "k_proj": (h, shape.kv_width)}
+    widths |= {"v_proj": widths["k_proj"], "o_proj": (shape.q_width, h)}
     widths |= {"gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+    if shape.fused_projections:  # Phi-3's module names
+        widths |= {"qkv_proj": (h, shape.q_width + 2 * shape.kv_width), "gate_up_proj": (h, 2 * i)}
     unknown = [t for t in setting.lora_targets if t not in widths]
     if unknown:
         raise ValueError(f"unknown LoRA target(s) {unknown}: expected some of {list(widths)}")
@@ -351,8 +426,8 @@ def plan(shape: Shape, setting: Setting) -> dict:
     stored_forward = checkpoints if setting.ac else shape.layers * layer_act
     head_act = 4 * p * h * tokens
     # Activation gradients inside a layer's backward: p (I + 2h) per token (census, small
-    # configs with a vocabulary too small for the loss to be the peak).
-    act_grads = p * (i + 2 * h) * tokens
+    # configs with a vocabulary too small for the loss to be the peak), h more per extra norm.
+    act_grads = p * (i + shape.norms_per_layer * h) * tokens
 
     # Logits of the loss (transformers: logits in the dtype, upcast to fp32, log-softmax): at
     # the start of backward the saved fp32 log-softmax output, its gradient and the gradient of
@@ -360,9 +435,11 @@ def plan(shape: Shape, setting: Setting) -> dict:
     # under ZeRO-3 DeepSpeed's module hooks keep the lm_head output (p more). In the head's
     # backward the fp32 logit gradient and its cast to the dtype remain (4 + p, 4 in fp32).
     # A chunked cross-entropy holds one chunk of logits at a time, plus the fp32 gradient of
-    # the hidden states of the whole batch, accumulated chunk by chunk.
+    # the hidden states of the whole batch, accumulated chunk by chunk. Soft-capped logits
+    # (Gemma-2): tanh keeps its output, p more per logit (census).
     logit_tokens = tokens if setting.loss_chunk is None else min(setting.loss_chunk, tokens)
     loss_bytes_per_logit = 12 + (p if zero3 and setting.loss_chunk is None else 0)
+    loss_bytes_per_logit += p * shape.final_softcapping
     logits_loss = loss_bytes_per_logit * logit_tokens * vocab
     logits_head = (4 + (p if p < 4 else 0)) * logit_tokens * vocab
     if setting.loss_chunk is not None:
@@ -486,7 +563,7 @@ def plan(shape: Shape, setting: Setting) -> dict:
 def _factored(name: str, numel: int, shape: Shape) -> int:
     """AdaLomo's second-moment size for one parameter: rows + columns of a matrix, or the
     vector itself."""
-    if name.endswith(("norm", "norm1", "norm2")):
+    if "norm" in name or name.endswith("_bias"):
         return numel
     h = shape.hidden
     if name in ("embed", "lm_head"):
@@ -536,8 +613,7 @@ def eval_batches(setting: Setting, width: int | None = None) -> dict[str, int]:
 
 def kv_bytes_per_token(shape: Shape, setting: Setting) -> int:
     """Keys and values of one cached token, all layers."""
-    kv_width = shape.kv_heads * (shape.hidden // shape.heads)
-    return 2 * shape.layers * kv_width * DTYPE_BYTES[setting.dtype]
+    return 2 * shape.layers * shape.kv_width * DTYPE_BYTES[setting.dtype]
 
 
 def eval_widths(setting: Setting) -> list[int]:
@@ -584,7 +660,7 @@ def evaluation_at(shape: Shape, setting: Setting, resident: int, gathered: int, 
     rows, width, steps, answers = (batches[k] for k in ("prompts", "width", "steps", "answers"))
     per_token = kv_bytes_per_token(shape, setting)
     prompt_cache = per_token * rows * width
-    layer_temps = p * (4 * h + 3 * i) + 2 * (h // shape.heads) * p
+    layer_temps = p * (4 * h + 3 * i) + 2 * shape.head_size * p
     tokens = rows * width
     scores = rows * shape.heads * width * width
     mask = rows * width * width * p
@@ -593,7 +669,7 @@ def evaluation_at(shape: Shape, setting: Setting, resident: int, gathered: int, 
         # the scores with the mask added, their fp32 softmax, and in fp16/bf16 the fp32 upcast;
         # grouped-query attention repeats the keys and values to every head
         repeated = 2 * p * h if shape.kv_heads < shape.heads else 0
-        attention = tokens * (p * 4 * h + 2 * (h // shape.heads) * p + repeated) + mask
+        attention = tokens * (p * 4 * h + 2 * shape.head_size * p + repeated) + mask
         attention += (p + (8 if p < 4 else 4)) * scores
         temporaries = max(mlp, attention)
     else:

@@ -26,7 +26,7 @@ from lomo.io import write_atomic
 from lomo.measure.census import ProcessPeak
 from lomo.measure.memory import build_workload, to_csv
 from lomo.measure.workloads import (
-    LLAMA_SHAPES,
+    SIZED_MODELS,
     add_workload_arguments,
     check_model,
     make_step,
@@ -174,8 +174,10 @@ def format_latex(lines: list[dict], caption: str) -> str:
 def run_throughput(args: argparse.Namespace) -> None:
     if args.steps < 1 or args.warmup < 0:
         raise ValueError("--steps must be >= 1 and --warmup >= 0")
-    if args.layers is not None and args.model not in LLAMA_SHAPES:
-        raise ValueError(f"--layers is only for LLaMA shapes ({', '.join(LLAMA_SHAPES)})")
+    if args.layers is not None and args.model not in SIZED_MODELS:
+        raise ValueError(
+            f"--layers is only for LLaMA shapes and named sizes ({', '.join(SIZED_MODELS)})"
+        )
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
     check_model(args.model)

@@ -37,6 +37,52 @@ LLAMA_SHAPES = {
 }
 LLAMA_VOCAB = 32000
 
+# Later families' published sizes, as the fields of their Hugging Face config.json that memory
+# depends on (lomo plan reads them as any config.json; `build_model` makes them with random
+# weights at any depth). Llama-2 (meta-llama/Llama-2-*-hf), Llama-3 (meta-llama/Meta-Llama-3-*),
+# Llama-3.2-1B, Qwen2.5 (Qwen/Qwen2.5-*; q, k and v have biases).
+FAMILY_SIZES = {
+    "llama2-7b": dict(model_type="llama", hidden_size=4096, intermediate_size=11008,
+                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                      vocab_size=32000, tie_word_embeddings=False),
+    "llama2-13b": dict(model_type="llama", hidden_size=5120, intermediate_size=13824,
+                       num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40,
+                       vocab_size=32000, tie_word_embeddings=False),
+    "llama2-70b": dict(model_type="llama", hidden_size=8192, intermediate_size=28672,
+                       num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,
+                       vocab_size=32000, tie_word_embeddings=False),
+    "llama3-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336,
+                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                      vocab_size=128256, tie_word_embeddings=False),
+    "llama3-70b": dict(model_type="llama", hidden_size=8192, intermediate_size=28672,
+                       num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,
+                       vocab_size=128256, tie_word_embeddings=False),
+    "llama3.2-1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192,
+                        num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                        vocab_size=128256, tie_word_embeddings=True),
+    "qwen2.5-0.5b": dict(model_type="qwen2", hidden_size=896, intermediate_size=4864,
+                         num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                         vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(model_type="qwen2", hidden_size=1536, intermediate_size=8960,
+                         num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                         vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-7b": dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944,
+                       num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                       vocab_size=152064, tie_word_embeddings=False),
+    "qwen2.5-14b": dict(model_type="qwen2", hidden_size=5120, intermediate_size=13824,
+                        num_hidden_layers=48, num_attention_heads=40, num_key_value_heads=8,
+                        vocab_size=152064, tie_word_embeddings=False),
+}  # fmt: skip
+# Models built with random weights at any depth (`--layers`, extrapolated to the full one).
+SIZED_MODELS = (*LLAMA_SHAPES, *FAMILY_SIZES)
+
+
+def full_depth(name: str) -> int:
+    """The decoder layers of a model of SIZED_MODELS."""
+    if name in LLAMA_SHAPES:
+        return LLAMA_SHAPES[name][3]
+    return FAMILY_SIZES[name]["num_hidden_layers"]
+
 
 def random_llama_100m() -> nn.Module:
     """About 100M parameters in SmolLM2's shape family, random weights."""
@@ -85,11 +131,26 @@ def llama_shaped(
     return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
+def family_sized(
+    name: str, num_layers: int, dtype: torch.dtype, attn_implementation: str = "eager"
+) -> nn.Module:
+    """A model of FAMILY_SIZES with `num_layers` decoder layers and random weights, built
+    directly in `dtype`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if num_layers < 1:
+        raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+    fields = {**FAMILY_SIZES[name], "num_hidden_layers": num_layers}
+    config = AutoConfig.for_model(**fields, attn_implementation=attn_implementation)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
 def check_model(name: str) -> None:
     """Stop on a model name no worker can build, before any worker starts."""
     from lomo.train.models import KNOWN_MODELS, resolve
 
-    if name not in LLAMA_SHAPES and name != "random-100m" and name not in KNOWN_MODELS:
+    if name not in SIZED_MODELS and name != "random-100m" and name not in KNOWN_MODELS:
         resolve(name)
 
 
@@ -99,15 +160,19 @@ def build_model(
     attn_implementation: str = "eager",
     num_layers: int | None = None,
 ) -> nn.Module:
-    """`random-100m`, a LLaMA shape from LLAMA_SHAPES, or a model name for `lomo.train.models`.
+    """`random-100m`, a size from LLAMA_SHAPES or FAMILY_SIZES, or a model name for
+    `lomo.train.models`.
 
-    `num_layers` is only meaningful for LLaMA shapes (default: the full depth).
+    `num_layers` is only meaningful for those sizes (default: the full depth).
     """
-    if name in LLAMA_SHAPES:
-        layers = num_layers if num_layers is not None else LLAMA_SHAPES[name][3]
-        model = llama_shaped(name, layers, dtype, attn_implementation)
+    if name in SIZED_MODELS:
+        layers = num_layers if num_layers is not None else full_depth(name)
+        if name in LLAMA_SHAPES:
+            model = llama_shaped(name, layers, dtype, attn_implementation)
+        else:
+            model = family_sized(name, layers, dtype, attn_implementation)
     elif num_layers is not None:
-        raise ValueError(f"num_layers can only be set for LLaMA shapes, not for {name!r}")
+        raise ValueError(f"num_layers can only be set for {', '.join(SIZED_MODELS)}, not {name!r}")
     elif name == "random-100m":
         model = random_llama_100m().to(dtype)
         model.config._attn_implementation = attn_implementation
@@ -253,7 +318,7 @@ def add_workload_arguments(
     parser.add_argument(
         "--model",
         default="llama-7b",
-        help=f"{', '.join(LLAMA_SHAPES)}, random-100m or a lomo.train.models name",
+        help=f"{', '.join(SIZED_MODELS)}, random-100m, or a lomo.train.models name (a folder)",
     )
     parser.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     parser.add_argument(

@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from lomo.sync import ZeRO3Sync, all_reduce_numbers
-from lomo.train.models import TINY_LLAMA, load_model, resolve
+from lomo.train.models import TINY_LLAMA, load_model, resolve, supported_attention
 
 
 def world_size() -> int:
@@ -131,6 +131,7 @@ def zero3_model(
             if rank() == 0:
                 barrier()
         config = AutoConfig.from_pretrained(folder)
+        attn_implementation = supported_attention(config, attn_implementation)
         # DeepSpeed 0.19.8's zero.Init ignores `dtype` where the accelerator lacks fp16 (on CPU
         # every partition would be bf16) but honours the config's precision flags: state it there.
         init_config = {

@@ -195,6 +195,24 @@ def cut_batches(widths: list[int], max_rows: int, max_tokens: int | None) -> lis
     return batches
 
 
+def has_sliding_window(model: PreTrainedModel) -> bool:
+    """Some layer attends to the last `sliding_window` positions only (Mistral, Gemma-2,
+    Phi-3). Its mask counts the window in cache slots, so in a right-padded batch the answer
+    tokens of a shorter prompt would see the padding slots instead of their prompt's last
+    tokens: there a batch holds prompts of one length (`same_width_runs`)."""
+    return getattr(model.config.get_text_config(), "sliding_window", None) is not None
+
+
+def same_width_runs(rows: range, widths: list[int]) -> list[range]:
+    """`rows` cut where the width changes."""
+    runs, start = [], rows.start
+    for k in range(rows.start + 1, rows.stop):
+        if widths[k] != widths[k - 1]:
+            runs.append(range(start, k))
+            start = k
+    return [*runs, range(start, rows.stop)]
+
+
 @torch.no_grad()
 def score_distinct_prompts(
     model: PreTrainedModel,
@@ -231,6 +249,8 @@ def score_distinct_prompts(
     order = prompt_order([prompt_ids for prompt_ids, _ in groups])
     widths = [len(groups[i][0]) for i in order]
     batches = cut_batches(widths, batch_size, max_tokens)
+    if has_sliding_window(model):
+        batches = [part for rows in batches for part in same_width_runs(rows, widths)]
     for rows in tqdm(batches, desc="scoring", unit="batch", disable=not progress):
         batch = [order[k] for k in rows]
         # One batch per call: its caches are freed before the next batch's are made.
@@ -257,9 +277,16 @@ def _score_batch(
         prompt_ids[row, : prompt_lengths[row]] = torch.tensor(groups[i][0])
         prompt_mask[row, : prompt_lengths[row]] = 1
     shared = shared_prefix_length([groups[i][0] for i in batch])
-    prefix_cache = None
+    # A cache built without the model's config keeps every token in every layer: the model's
+    # own would keep only the last `sliding_window` keys of a sliding-window layer (Mistral,
+    # Gemma-2), and the copies below assume every layer's keys start at position 0.
+    prefix_cache = DynamicCache()
     if shared:
-        prefix = model(input_ids=prompt_ids[:1, :shared].to(device), use_cache=True)
+        prefix = model(
+            input_ids=prompt_ids[:1, :shared].to(device),
+            past_key_values=DynamicCache(),
+            use_cache=True,
+        )
         # A generator: each layer's rows are made (DynamicCache copies them) one at a time.
         prefix_cache = DynamicCache(
             (

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from lomo import argtypes
 from lomo.io import write_atomic
-from lomo.loss import causal_lm_loss, frozen_partitioned_head
+from lomo.loss import causal_lm_loss, check_chunked_loss, frozen_partitioned_head
 from lomo.optim import rng_state, set_rng_state
 from lomo.provenance import provenance
 from lomo.train.config import CHOICES, RANGES, FinetuneConfig, load_config
@@ -249,6 +249,15 @@ def train_step(
 
     losses = [loss_of(b, w) for b, w in zip(micro_batches, weights, strict=True)]
     return METHODS[config.method].step(config, optimizers, losses, runtime)
+
+
+def check_loss_at_start(
+    config: FinetuneConfig, model: nn.Module, batch: dict[str, torch.Tensor]
+) -> None:
+    """The chunked loss equals the model family's own on the first batch, or the run stops
+    naming the family (lomo.loss.check_chunked_loss). Every rank runs it (ZeRO-3 gathers)."""
+    if config.chunked_loss and not frozen_partitioned_head(model):
+        check_chunked_loss(model, **batch)
 
 
 def shard_batch(
@@ -566,6 +575,8 @@ def run(
         run, (start_epoch, skip) = resume(
             checkpoint, checkpoint_path, runtime, model, optimizers, schedulers
         )
+    first = collate(encoded[:micro_batch], tokenizer.pad_token_id)
+    check_loss_at_start(config, model, {k: v.to(runtime.device) for k, v in first.items()})
     model.train()
     log = run["log"]
     step = len(log)

@@ -20,10 +20,12 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -179,13 +181,29 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def supported_attention(config: PretrainedConfig, requested: str) -> str:
+    """`requested`, or eager where the family's model class says it has no sdpa (Gemma-2:
+    sdpa cannot soft-cap the attention scores; its documentation recommends eager), so the
+    default sdpa runs every family instead of stopping."""
+    model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    if requested == "sdpa" and model_class is not None and not model_class._supports_sdpa:
+        print(
+            f"[lomo.train.models] {model_class.__name__} does not support sdpa attention: "
+            "using eager"
+        )
+        return "eager"
+    return requested
+
+
 def load_model(
     name_or_path: str, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"
 ) -> PreTrainedModel:
     if name_or_path == TINY_LLAMA:
         return tiny_llama(len(load_tokenizer(TINY_LLAMA)), dtype, attn_implementation)
+    path = resolve(name_or_path)
+    attn_implementation = supported_attention(AutoConfig.from_pretrained(path), attn_implementation)
     return AutoModelForCausalLM.from_pretrained(
-        resolve(name_or_path), dtype=dtype, attn_implementation=attn_implementation
+        path, dtype=dtype, attn_implementation=attn_implementation
     )
 
 
@@ -194,8 +212,6 @@ def load_model(
 
 def prepare(name_or_path: str) -> dict:
     """Fetch or convert a model once (GGUF conversion, hub download) and describe it."""
-    from transformers import AutoConfig
-
     if name_or_path == TINY_LLAMA:
         load_tokenizer(TINY_LLAMA)  # the tiny model borrows SmolLM2's tokenizer
         return {"model": name_or_path, "path": None}
