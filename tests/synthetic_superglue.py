@@ -67,8 +67,11 @@ def copa(i: int, idx: int) -> dict:
 
 def rte(i: int, idx: int) -> dict:
     name, place = pick(NAMES, i), pick(PLACES, i)
+    # Premises of three lengths, the longest over 96 tokens (every 4 rows: short, middle, long,
+    # long): batches mix lengths, and prompts are cut at the max_length of the tests.
+    more = f" The {pick(THINGS, i)} had been there for many years." * (0, 5, 10, 10)[i % 4]
     return {
-        "premise": f"{name} was seen in {place} on day {i}, near the old {pick(THINGS, i)}.",
+        "premise": f"{name} was seen in {place} on day {i}, near the old {pick(THINGS, i)}.{more}",
         "hypothesis": f"{name} was in {place}.",
         "label": ("entailment", "not_entailment")[i % 2],
         "idx": idx,
