@@ -1,35 +1,38 @@
-"""Fixtures shared by several test modules, and skipping what needs the real SuperGLUE data
-when it is not there (paths: tests/paths.py)."""
+"""Fixtures shared by several test modules, and the `real_data` marker: the tests of facts
+about the real SuperGLUE files (their sizes, prompts of real rows against lm-eval, constants
+measured on them) are skipped when the files are not there; the other tests then read a
+synthetic folder (paths: tests/paths.py)."""
 
 from pathlib import Path
 
 import pytest
-from paths import DATA_DIR
+from paths import HAS_REAL_DATA, REAL_DATA_DIR
+from synthetic_superglue import write_superglue
 
-NO_DATA = f"the real SuperGLUE data is not at {DATA_DIR} (set $LOMO_TEST_SUPERGLUE_DIR)"
+NO_REAL_DATA = (
+    f"checks the real SuperGLUE data, which is not at {REAL_DATA_DIR} "
+    "(set $LOMO_TEST_SUPERGLUE_DIR)"
+)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "real_data: checks facts of the real SuperGLUE files; skipped without them"
+    )
 
 
 def pytest_collection_modifyitems(config, items):
-    """Without the data folder, every test of a module that reads it (imports DATA_DIR, or
-    uses the full_superglue fixture) is skipped with the reason, instead of erroring."""
-    if DATA_DIR.is_dir():
+    if HAS_REAL_DATA:
         return
-    skip = pytest.mark.skip(reason=NO_DATA)
+    skip = pytest.mark.skip(reason=NO_REAL_DATA)
     for item in items:
-        module = getattr(item, "module", None)
-        if getattr(module, "DATA_DIR", None) is not None or "full_superglue" in item.fixturenames:
+        if item.get_closest_marker("real_data"):
             item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
 def full_superglue(tmp_path_factory) -> Path:
-    """Every task folder with train and val files, for dry runs of profiles that need tasks
-    whose validation split is held back here (BoolQ); dry runs read no data."""
-    folder = tmp_path_factory.mktemp("superglue")
-    for task in DATA_DIR.iterdir():
-        if task.is_dir():
-            (folder / task.name).mkdir()
-            for name in ("train.jsonl", "val.jsonl"):
-                source = task / name if (task / name).exists() else task / "train.jsonl"
-                (folder / task.name / name).symlink_to(source)
-    return folder
+    """Every task folder with train and val files (the synthetic rows, none held back), for
+    dry runs of profiles that need tasks whose validation split is held back in the real
+    folder (BoolQ); dry runs read no data."""
+    return write_superglue(tmp_path_factory.mktemp("superglue"), held_back=frozenset())

@@ -1,7 +1,7 @@
 """Real SuperGLUE examples the prompt and evaluation tests share: (split, position) per task,
-chosen to cover each task's quirks."""
+chosen to cover each task's quirks. The tests that read them are marked `real_data`."""
 
-from paths import DATA_DIR
+from paths import REAL_DATA_DIR
 
 from tasks.superglue import get_task
 
@@ -19,4 +19,5 @@ EXAMPLES = {
 
 def real_example(task: str, position: int | None = None) -> dict:
     split, default = EXAMPLES[task]
-    return get_task(task).load(split, "local", DATA_DIR)[default if position is None else position]
+    rows = get_task(task).load(split, "local", REAL_DATA_DIR)
+    return rows[default if position is None else position]

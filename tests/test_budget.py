@@ -101,7 +101,7 @@ def test_the_budget_table(capsys):
     assert f"Disk for the profile: {weights:.0f} GB of model weights" in lines[-1]
 
 
-@pytest.mark.skipif(not DATA_DIR.is_dir(), reason="needs ../shared/superglue")
+@pytest.mark.real_data
 def test_the_calibration_constants_are_measured():
     """TASK_TOKENS: tokens per training example padded to a batch of 16's longest, measured on
     the local train splits with the official template; SPLIT_ROWS: the official validation

@@ -151,7 +151,7 @@ INLINE = [  # inline `...` commands of the README, line breaks inside them joine
 @pytest.mark.parametrize("command", [c for c in INLINE if c.startswith("snakemake --")])
 def test_inline_snakemake_commands_plan_as_written(command, full_superglue):
     """Dry run (-n) of each snakemake command in the README's text, data from a full-layout
-    folder of links to the local copy (BoolQ's held-back validation -> its train file)."""
+    folder (every task's train and val files, tests/conftest.py)."""
     if "--report" in command:
         pytest.skip("--report needs finished results (tests/test_workflow.py builds one)")
     done = run(

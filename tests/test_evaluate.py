@@ -56,6 +56,7 @@ LOMO_ANSWERS = {
 }
 
 
+@pytest.mark.real_data
 @pytest.mark.parametrize("task", list(LOMO_ANSWERS))
 def test_only_answer_and_eos_are_trained(tokenizer, task):
     example = real_example(task)
@@ -66,6 +67,7 @@ def test_only_answer_and_eos_are_trained(tokenizer, task):
     assert prompt == get_task(task).render(example, template).text.rstrip(" ")
 
 
+@pytest.mark.real_data
 @pytest.mark.parametrize(
     ("task", "template", "expected"),
     [
@@ -84,6 +86,7 @@ def test_masking_with_other_templates(tokenizer, task, template, expected):
     assert answer.startswith(expected) and answer.endswith(EOS)
 
 
+@pytest.mark.real_data
 def test_last_prompt_token_quirk_trains_the_last_prompt_token(tokenizer):
     task, example = get_task("boolq"), real_example("boolq")
     plain = encode_train_example(task, example, get_template("lomo"), tokenizer)
@@ -92,6 +95,7 @@ def test_last_prompt_token_quirk_trains_the_last_prompt_token(tokenizer):
     assert answer_part(tokenizer, quirk)[1] == ": Yes" + EOS
 
 
+@pytest.mark.real_data
 def test_long_input_loses_the_end_of_the_passage_only(tokenizer):
     task, example = get_task("boolq"), real_example("boolq")
     encoded = encode_train_example(task, example, get_template("lomo"), tokenizer, max_length=30)
@@ -104,6 +108,7 @@ def test_long_input_loses_the_end_of_the_passage_only(tokenizer):
     assert 10 < len(passage) and example["passage"].startswith(passage)
 
 
+@pytest.mark.real_data
 def test_scoring_prompt_fits_longest_candidate(tokenizer):
     task, example = get_task("record"), real_example("record")
     prompt, pairs = encode_prompt(task, example, get_template("mezo"), tokenizer, max_length=60)
@@ -112,6 +117,7 @@ def test_scoring_prompt_fits_longest_candidate(tokenizer):
     assert all(c.startswith(" After undergoing surgery, Mr ") for c in prompt.candidates)
 
 
+@pytest.mark.real_data
 def test_too_long_without_a_context_field(tokenizer):
     with pytest.raises(ValueError, match="wic example 239: .* no context field to cut"):
         encode_train_example(
@@ -143,7 +149,7 @@ def reference_scores(model, tokenizer, text, candidates):
 
 @pytest.fixture(scope="module")
 def scoring_cases(model, tokenizer):
-    """Real COPA, CB (three options) and ReCoRD (five entities) examples with reference scores."""
+    """COPA, CB (three options) and ReCoRD (several entities) examples with reference scores."""
     cases = []
     for name, split, positions in (
         ("copa", "val", range(5)),
@@ -199,7 +205,7 @@ def unshared_scores(model, tokenizer, task, examples, template, max_length):
     return results
 
 
-# (task, split, first examples, template, max_length): real prompts covering one-token and
+# (task, split, first examples, template, max_length): prompts covering one-token and
 # multi-token answers, 2 to 11 candidates, both quirks, and prompts cut to fit max_length.
 SHARED_PREFIX_CASES = [
     ("rte", "val", 12, "lomo", 1024),
@@ -401,6 +407,7 @@ def test_evaluate_cli_malformed_data_writes_nothing(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.real_data
 def test_smollm2_zero_shot_copa_beats_chance(tmp_path):
     out = tmp_path / "copa.json"
     args = ["evaluate", "--model", "smollm2-135m", "--task", "copa", "--data-dir", str(DATA_DIR)]

@@ -9,8 +9,6 @@ from lomo.train.evaluate import encode_pair, encode_prompt
 from lomo.train.models import SMOLLM2, load_tokenizer
 from tasks.superglue import TASKS, get_template, load_split
 
-pytestmark = pytest.mark.skipif(not DATA_DIR.is_dir(), reason="needs ../shared/superglue")
-
 
 @pytest.fixture(scope="module")
 def tokenizer():
@@ -33,6 +31,7 @@ def lm_eval_encode_pairs(tokenizer, requests: list[tuple[str, str]]) -> list[tup
     return [(c, w[len(c) :]) for c, w in zip(contexts, wholes, strict=True)]
 
 
+@pytest.mark.real_data
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_lm_eval_template_is_token_identical_to_lm_eval(tokenizer, task):
     template = get_template("lm-eval")

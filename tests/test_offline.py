@@ -15,8 +15,6 @@ from lomo.cli import main as lomo_main
 from tasks.superglue.data import load_local
 from tasks.superglue.tasks import TASKS
 
-pytestmark = pytest.mark.skipif(not DATA_DIR.is_dir(), reason="needs ../shared/superglue")
-
 NO_NETWORK = """
 import socket
 def refuse(self, address, *args):

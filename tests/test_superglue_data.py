@@ -9,6 +9,7 @@ from tasks.superglue.data import DataNotFoundError
 from tasks.superglue.source import SourceError, local_tasks, resolve_source
 
 
+@pytest.mark.real_data
 @pytest.mark.parametrize(
     ("task", "split", "n"),
     [
@@ -26,6 +27,7 @@ def test_loaded_counts(task, split, n):
     assert len(load_split(task, split, "local", DATA_DIR)) == n
 
 
+@pytest.mark.real_data
 def test_label_encoding_of_official_strings_and_bools():
     # CB val: 23 entailment, 28 contradiction, 5 neutral (counted from the raw file by hand).
     cb = load_split("cb", "val", "local", DATA_DIR)
@@ -36,6 +38,7 @@ def test_label_encoding_of_official_strings_and_bools():
     assert sum(ex["label"] for ex in wsc) == 38  # true -> 1
 
 
+@pytest.mark.real_data
 def test_multirc_and_record_are_flattened():
     multirc = load_split("multirc", "val", "local", DATA_DIR)
     assert len({ex["idx"]["paragraph"] for ex in multirc}) == 83
@@ -156,10 +159,11 @@ def test_rows_sharing_an_idx_are_named(tmp_path):
 
 def test_duplicated_rows_are_named(tmp_path):
     lines = (DATA_DIR / "RTE/val.jsonl").read_text().splitlines()
-    path = write_task(tmp_path, "RTE", "val", lines + lines[:50])
+    n = len(lines)  # 277 in the real file
+    path = write_task(tmp_path, "RTE", "val", lines + lines[:40])
     with raises_data_error(
-        rf"^{path}: duplicated rows: idx 0 on lines 1, 278; idx 1 on lines 2, 279; "
-        r"idx 2 on lines 3, 280; 47 more repeated ids$"
+        rf"^{path}: duplicated rows: idx 0 on lines 1, {n + 1}; idx 1 on lines 2, {n + 2}; "
+        rf"idx 2 on lines 3, {n + 3}; 37 more repeated ids$"
     ):
         load_split("rte", "val", "local", tmp_path)
 
@@ -178,6 +182,7 @@ def test_duplicated_multirc_paragraph_names_the_answer_ids(tmp_path):
         load_split("multirc", "train", "local", tmp_path)
 
 
+@pytest.mark.real_data
 def test_real_files_have_unique_ids():
     # Repeated content under distinct ids stays (WSC's official validation set has 3 such
     # pairs, MultiRC's one): they are separate examples of the benchmark.

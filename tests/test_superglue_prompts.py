@@ -179,6 +179,7 @@ GOLDEN["lm-eval"] = {
 GOLD = {"boolq": 1, "cb": 1, "copa": 0, "multirc": 1, "record": 4, "rte": 1, "wic": 1, "wsc": 0}
 
 
+@pytest.mark.real_data
 @pytest.mark.parametrize("template", list(GOLDEN))
 @pytest.mark.parametrize("task", list(EXAMPLES))
 def test_rendered_prompt_equals_golden(task, template):
@@ -187,11 +188,13 @@ def test_rendered_prompt_equals_golden(task, template):
     assert prompt.gold == GOLD[task]
 
 
+@pytest.mark.real_data
 def test_wsc_pronuon_quirk():
     prompt = get_task("wsc").render(real_example("wsc"), get_template("lomo+pronuon"))
     assert 'does the pronuon "she" refer to "Jane"?' in prompt.text
 
 
+@pytest.mark.real_data
 def test_copa_choice_casing_per_template():
     # Real COPA train row: "The chandelier shattered on the floor." (cause).
     example = get_task("copa").load("train", "local", DATA_DIR)[0]
@@ -206,6 +209,7 @@ def test_copa_choice_casing_per_template():
     assert lm_eval.candidates[0] == "  the chandelier dropped from the ceiling."
 
 
+@pytest.mark.real_data
 def test_lm_eval_wsc_detokenizes_the_passage():
     # Real WSC val row 0 has tokenised spacing: "Bernard , who ... away from him ."
     prompt = get_task("wsc").render(real_example("wsc", 0), get_template("lm-eval"))
@@ -295,6 +299,7 @@ def lmeval_requests(task: str, rows: list[dict], tmp_path) -> list[tuple[str, li
     return requests
 
 
+@pytest.mark.real_data
 @pytest.mark.parametrize("task", list(LMEVAL_SPLITS))
 def test_lm_eval_template_equals_lm_evaluation_harness_requests(task, tmp_path, monkeypatch):
     pytest.importorskip(
@@ -322,12 +327,14 @@ def test_lm_eval_template_equals_lm_evaluation_harness_requests(task, tmp_path, 
         assert (prompt.text, prompt.candidates, prompt.gold) == (context, continuations, gold), row
 
 
+@pytest.mark.real_data
 def test_wsc_fixed_repairs_exactly_the_spans_lm_eval_reads_differently():
     rows = get_task("wsc").load("val", "local", DATA_DIR)
     changed = {r["idx"]: fixed["span1_text"] for r in rows if (fixed := wsc_fixed(r)) != r}
     assert changed == WSC_FIXED_SPAN1
 
 
+@pytest.mark.real_data
 def test_lm_eval_clean_differs_from_lm_eval_only_in_copa_record_and_multirc_order():
     copa = real_example("copa")
     assert (

@@ -5,6 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from paths import DATA_DIR
+from synthetic_superglue import write_superglue
 
 from tasks.superglue import DataError, prepare
 from tasks.superglue.protocols import heldout_rows, paper_rows
@@ -68,11 +69,9 @@ def test_heldout_follows_mezo_permutations():
     assert rows == {"train": order[:1000], "dev": order[1000:1500], "eval": test}
 
 
-def test_heldout_prepare_on_real_rte_val_as_train(tmp_path):
-    # Real RTE validation (277 rows) stands in for a train split here.
-    (tmp_path / "RTE").mkdir()
-    for split in ("train", "val"):
-        (tmp_path / "RTE" / f"{split}.jsonl").write_bytes((DATA_DIR / "RTE/val.jsonl").read_bytes())
+def test_heldout_prepare_on_larger_splits(tmp_path):
+    # Synthetic RTE train and validation splits of 277 rows (the real validation split's size).
+    write_superglue(tmp_path, rows={"train": 277, "val": 277})
     prepared = prepare(
         "rte", "heldout", "local", tmp_path, tmp_path / "out", num_train=200, num_dev=50
     )
@@ -89,6 +88,7 @@ def test_heldout_needs_enough_train_rows():
         prepare("rte", "heldout", "local", DATA_DIR)
 
 
+@pytest.mark.real_data
 def test_val_split_is_stratified_seeded_and_disjoint(tmp_path):
     prepared = prepare("cb", "val-split", "local", DATA_DIR, tmp_path, train_size=28, seed=1)
     assert (len(prepared.train), len(prepared.eval)) == (28, 28)

@@ -1,5 +1,6 @@
 """The Snakemake workflow: lint, dry runs of every profile, start-up errors, and the `ci`
-profile end to end (tiny model, real data), including a partial rerun."""
+profile end to end (tiny model, the SuperGLUE folder of tests/paths.py), including a partial
+rerun."""
 
 import csv
 import json
@@ -377,6 +378,7 @@ def test_ci_profile_end_to_end_and_partial_rerun():
     results = ROOT / "results" / profile
     shutil.rmtree(results, ignore_errors=True)
     args = ("--cores", "2", "--configfile", "config/ci.yaml", "--config", f"profile={profile}")
+    args += (f"superglue_dir={DATA_DIR}",)
     done = snakemake(*args, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     with open(results / "tables" / "superglue.csv") as f:
@@ -451,6 +453,7 @@ def test_rehearsal_profile_end_to_end():
         "config/rehearsal.yaml",
         "--config",
         f"profile={profile}",
+        f"superglue_dir={DATA_DIR}",
     )
     done = snakemake(*args, timeout=1800)  # a hang guard, not a benchmark
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
