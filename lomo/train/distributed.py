@@ -34,12 +34,14 @@ def launched_distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init_process_group(timeout_s: float = 600.0) -> torch.device:
+def init_process_group(timeout_s: float = 1800.0) -> torch.device:
     """Join the job started by torchrun (or the deepspeed launcher, or SLURM with the torchrun
     variables set); returns this rank's device.
 
     NCCL on GPUs, gloo on CPU. `timeout_s` bounds every collective, so a rank that dies
-    without the launcher noticing (another node) fails the job instead of hanging it."""
+    without the launcher noticing (another node) fails the job instead of hanging it. 30
+    minutes, not 10: the barrier after a checkpoint waits for the slowest rank's write, and
+    65B's 130 GB to a shared filesystem at 250 MB/s takes about 9 minutes."""
     import deepspeed
 
     if torch.cuda.is_available():
