@@ -282,10 +282,13 @@ def check_chunked_loss(
     Under ZeRO-3 every rank must call it (each forward gathers the weights)."""
     was_training = model.training
     model.eval()
+    # No graph: under ZeRO-3 a forward with autograd on registers backward hooks that no
+    # backward ever runs, and the next real backward finds the tied embedding still gathered.
     try:
         batch = dict(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
-        ours = causal_lm_loss(model, **batch).item()
-        theirs = causal_lm_loss(model, **batch, chunked=False).item()
+        with torch.no_grad():
+            ours = causal_lm_loss(model, **batch).item()
+            theirs = causal_lm_loss(model, **batch, chunked=False).item()
     finally:
         model.train(was_training)
     dtype = model.get_output_embeddings().weight.dtype
