@@ -14,8 +14,8 @@ both classes are real `torch.optim.Optimizer`s: `param_groups[i]["lr"]` drives t
 so `torch.optim.lr_scheduler` works, and `state_dict()` holds every piece of state.
 
 Data parallelism (plain, or DeepSpeed ZeRO-3) is a `sync` strategy from `lomo.sync`
-that the hook calls to average the gradient and to find the slice of the weights this rank
-updates.
+that the hook calls to sum the gradient over ranks and to find the slice of the weights this
+rank updates.
 """
 
 import math
@@ -42,13 +42,13 @@ class FusedOptimizer(torch.optim.Optimizer):
     """Shared machinery: hooks, the norm pass, clipping and loss scaling.
 
     Subclasses implement `_update(param, grad, group)`, which changes this rank's shard of
-    `param` (`self.sync.shard(param)`) in place given its rank-averaged gradient (of that
+    `param` (`self.sync.shard(param)`) in place given its gradient summed over ranks (of that
     shard, or of the whole parameter if `full_gradient`), in the parameter's dtype, still
     scaled and unclipped: `_unscale_and_clip(grad)` makes an fp32 copy (or the fp32 gradient
     itself) of the whole gradient or of one block of it.
     """
 
-    full_gradient = False  # True: _update needs the whole averaged gradient, not its shard
+    full_gradient = False  # True: _update needs the whole summed gradient, not its shard
 
     def __init__(
         self,
@@ -107,9 +107,9 @@ class FusedOptimizer(torch.optim.Optimizer):
             return  # a backward that is not ours (e.g. LoRA's AdamW part): leave .grad alone
         grad = param.grad
         param.grad = None
-        # The norm is that of the averaged gradient, so the average comes first.
+        # The norm is that of the global gradient (the sum over ranks), so the sum comes first.
         full = self._mode == "update" and self.full_gradient
-        shard_grad, full_grad = self.sync.average(param, grad, full)
+        shard_grad, full_grad = self.sync.sum_over_ranks(param, grad, full)
         if self._mode == "norm":
             norm = torch.linalg.vector_norm(shard_grad, dtype=torch.float32)
             self._sq_norm += norm.square().to(self._sq_norm.device)
@@ -368,7 +368,7 @@ class AdaLomo(FusedOptimizer):
     with fp16 parameters it is the initial scale of a dynamic loss scaler, which doubles it
     after `loss_scale_window` clean steps.
 
-    The moments and the update come from the whole averaged gradient (the factored moment
+    The moments and the update come from the whole summed gradient (the factored moment
     needs its row and column means), identically on every rank; each rank then applies its
     shard of the update, and RMS(p) sums squares over all ranks' shards.
     """

@@ -6,12 +6,18 @@ constant work per parameter (no scan over the model, unlike the official code):
 
 - `GradSync`: one process; nothing to communicate.
 - `ReplicatedSync`: plain data parallelism. Every rank holds the whole model; one all-reduce
-  averages the gradient and every rank applies the same update.
+  sums the gradient and every rank applies the same update.
 - `ZeRO3Sync`: DeepSpeed ZeRO-3. Every rank holds a 1/world flat partition of each parameter
   (`p.ds_tensor`), gathered by DeepSpeed only around the modules that use it. A reduce-scatter
-  leaves each rank the average of its own slice (half the traffic of an all-reduce); AdaLomo,
+  leaves each rank the sum of its own slice (half the traffic of an all-reduce); AdaLomo,
   whose factored second moment needs row and column means of the whole gradient, asks for the
-  full average (all-reduce) instead. Each rank then updates only its partition, in fp32.
+  full sum (all-reduce) instead. Each rank then updates only its partition, in fp32.
+
+Gradients are summed, not averaged: each rank's loss carries its share of the global batch's
+tokens (`Runtime.loss_weights`), so each rank's gradient is its part of the global one and the
+sum is the global gradient. With a mean over ranks each rank's gradient would have to be world
+times its part, and an fp16 gradient (times the loss scale) can overflow there on one rank
+where the global gradient, as one process computes it, does not.
 
 Global statistics (the gradient norm, AdaLomo's parameter RMS) are sums of squares over each
 rank's slice, summed over ranks with one scalar all-reduce, so every element counts once.
@@ -32,7 +38,7 @@ ZeRO-3 with DeepSpeed 0.19, and why this is correct:
   wrapped module (`engine.module(...)`) and a plain backward: the gather/release hooks live on
   the modules themselves and run as usual.
 - In `register_post_accumulate_grad_hook`, `param.grad` is the full local gradient (the
-  parameter is still gathered), so the hook can average it and update `p.ds_tensor`, which is
+  parameter is still gathered), so the hook can sum it and update `p.ds_tensor`, which is
   the copy DeepSpeed gathers from in the next forward.
 - A module whose inputs need no gradient (the embedding) never fires its post-backward
   release, so its gathered, now stale copy would survive into the next forward:
@@ -56,9 +62,11 @@ class GradSync:
 
     fresh_forward_per_pass = False  # True where a graph cannot be backpropagated twice
 
-    def average(self, param: Tensor, grad: Tensor, full: bool) -> tuple[Tensor, Tensor | None]:
-        """Average `grad` over ranks: (the part of the average that this rank updates, the
-        whole average if `full` else None)."""
+    def sum_over_ranks(
+        self, param: Tensor, grad: Tensor, full: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """Sum `grad` over ranks: (the part of the sum that this rank updates, the whole sum
+        if `full` else None)."""
         return grad, grad
 
     def shard(self, param: Tensor) -> Tensor:
@@ -85,7 +93,7 @@ class GradSync:
 
 
 class ReplicatedSync(GradSync):
-    """Plain data parallelism: full model on every rank, gradients averaged by all-reduce.
+    """Plain data parallelism: full model on every rank, gradients summed by all-reduce.
 
     Every rank ends a step with the same weights, as long as they started with the same ones
     (`broadcast_parameters`)."""
@@ -93,8 +101,10 @@ class ReplicatedSync(GradSync):
     def __init__(self, group: dist.ProcessGroup | None = None) -> None:
         self.group = group
 
-    def average(self, param: Tensor, grad: Tensor, full: bool) -> tuple[Tensor, Tensor | None]:
-        dist.all_reduce(grad, op=dist.ReduceOp.AVG, group=self.group)
+    def sum_over_ranks(
+        self, param: Tensor, grad: Tensor, full: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=self.group)
         return grad, grad
 
 
@@ -129,10 +139,12 @@ class ZeRO3Sync(GradSync):
         start = min(size * dist.get_rank(group=param.ds_process_group), param.ds_numel)
         return start, min(start + size, param.ds_numel)
 
-    def average(self, param: Tensor, grad: Tensor, full: bool) -> tuple[Tensor, Tensor | None]:
+    def sum_over_ranks(
+        self, param: Tensor, grad: Tensor, full: bool
+    ) -> tuple[Tensor, Tensor | None]:
         start, end = self._range(param)
         if full:
-            dist.all_reduce(grad, op=dist.ReduceOp.AVG, group=param.ds_process_group)
+            dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=param.ds_process_group)
             return grad.reshape(-1)[start:end], grad
         size = param.ds_tensor.ds_numel
         world = dist.get_world_size(group=param.ds_process_group)
@@ -140,7 +152,7 @@ class ZeRO3Sync(GradSync):
         if flat.numel() < size * world:  # ZeRO-3 pads the last partition
             flat = torch.nn.functional.pad(flat, (0, size * world - flat.numel()))
         part = grad.new_empty(size)
-        dist.reduce_scatter_tensor(part, flat, op=dist.ReduceOp.AVG, group=param.ds_process_group)
+        dist.reduce_scatter_tensor(part, flat, op=dist.ReduceOp.SUM, group=param.ds_process_group)
         return part[: end - start], None
 
     def shard(self, param: Tensor) -> Tensor:

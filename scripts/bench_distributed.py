@@ -92,7 +92,8 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        opt.step(lambda: model(input_ids=tokens, labels=tokens).loss)
+        # this rank's share of the global mean loss: the gradients are summed over ranks
+        opt.step(lambda: model(input_ids=tokens, labels=tokens).loss / world)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)

@@ -159,8 +159,8 @@ def worker(name: str) -> None:
     tokens = torch.randint(0, shape.vocab, (setting.batch, setting.seq), generator=generator)
     tokens = tokens.to(device)
 
-    def loss() -> torch.Tensor:
-        return engine.module(input_ids=tokens, labels=tokens).loss
+    def loss() -> torch.Tensor:  # this rank's share: the gradients are summed over ranks
+        return engine.module(input_ids=tokens, labels=tokens).loss / world
 
     opt.step(loss)  # warm-up: DeepSpeed traces the module order in its first step
     resident = sum(p.ds_tensor.numel() * p.ds_tensor.element_size() for p in model.parameters())

@@ -37,10 +37,15 @@ def make_optimizer(name: str, model, clip: float | None, lr: float, sync=None):
 
 
 def local_batches() -> list[torch.Tensor]:
-    """This rank's rows of each global batch of 4 (equal lengths, so the mean of the
-    per-rank mean losses is the global mean loss)."""
+    """This rank's rows of each global batch of 4 (equal lengths, so the per-rank mean
+    losses over the number of ranks sum to the global mean loss: `local_loss`)."""
     rank = dist.get_rank()
     return [b[rank * PER_RANK : (rank + 1) * PER_RANK] for b in token_batches(STEPS)]
+
+
+def local_loss(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """This rank's share of the global mean loss: the syncs sum gradients over ranks."""
+    return lm_loss(model, tokens) / dist.get_world_size()
 
 
 def gathered(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -61,7 +66,7 @@ def zero3_run(name: str, clip: float | None, lr: float, persistence: int) -> dic
     opt = make_optimizer(name, model, clip, lr, sync=ZeRO3Sync(engine))
     norms = []
     for tokens in local_batches():
-        opt.step(lambda tokens=tokens: lm_loss(engine.module, tokens))
+        opt.step(lambda tokens=tokens: local_loss(engine.module, tokens))
         norms.append(opt.last_grad_norm.item() if clip else None)
     partitions = {
         n: (p.ds_tensor.numel(), p.ds_numel, p.data.numel(), bool(p.ds_persist))
@@ -82,7 +87,7 @@ def replicated_run(name: str, clip: float | None, lr: float) -> dict:
     broadcast_parameters(model)
     opt = make_optimizer(name, model, clip, lr, sync=ReplicatedSync())
     for tokens in local_batches():
-        opt.step(lambda tokens=tokens: lm_loss(model, tokens))
+        opt.step(lambda tokens=tokens: local_loss(model, tokens))
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 

@@ -37,10 +37,15 @@ def train(folder: str) -> dict:
     model, engine = zero3_model(folder, torch.float32, "eager", config)
     initial = gathered(model)
     opt = LOMO(model, lr=LR, clip_grad_norm=CLIP, sync=ZeRO3Sync(engine))
-    rank = dist.get_rank()
+    rank, world = dist.get_rank(), dist.get_world_size()
+
+    def loss(mine: torch.Tensor) -> torch.Tensor:
+        # this rank's share of the global mean loss: the gradients are summed over ranks
+        return causal_lm_loss(engine.module, mine, None, mine, chunk_tokens=5) / world
+
     for tokens in token_batches(STEPS):
         mine = tokens[rank * PER_RANK : (rank + 1) * PER_RANK]
-        opt.step(lambda mine=mine: causal_lm_loss(engine.module, mine, None, mine, chunk_tokens=5))
+        opt.step(lambda mine=mine: loss(mine))
     return {"initial": initial, "final": gathered(model)}
 
 

@@ -92,15 +92,15 @@ def test_numbers_are_reduced_on_a_real_group(monkeypatch):
 # Collective calls whose tensors are gradients, parameters or their partitions (on the model's
 # device by construction), and the one helper that makes tensors from Python numbers.
 REVIEWED = {
-    ("lomo/sync.py", "ReplicatedSync.average"): 1,
-    ("lomo/sync.py", "ZeRO3Sync.average"): 2,
+    ("lomo/sync.py", "ReplicatedSync.sum_over_ranks"): 1,
+    ("lomo/sync.py", "ZeRO3Sync.sum_over_ranks"): 2,
     (
         "lomo/sync.py",
         "ZeRO3Sync.sum_over_shards",
     ): 1,  # a sum of squares made on the parameter's device
     ("lomo/sync.py", "refresh_persistent"): 1,
     ("lomo/sync.py", "all_reduce_numbers"): 1,
-    ("lomo/train/runtime.py", "Runtime.average_gradients"): 1,
+    ("lomo/train/runtime.py", "Runtime.sum_gradients"): 1,
     ("lomo/train/distributed.py", "broadcast_parameters"): 1,
 }
 

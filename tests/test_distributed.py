@@ -355,3 +355,31 @@ def test_zero3_fp16_overflow_is_skipped_by_every_rank_as_by_one_process(tmp_path
             assert ours["overflow"] == reference["overflow"]
             assert ours["loss_scale"] == reference["loss_scale"]
             assert float(ours["loss"]) == pytest.approx(float(reference["loss"]), rel=1e-4)
+
+
+def test_fp16_gradient_summed_over_ranks_overflows_only_where_one_process_does(tmp_path):
+    """Each rank's fp16 gradient is its share of the global one, summed over ranks: on a batch
+    where one process's gradient is finite, so are both ranks' (a rank carrying `world` times
+    its share would overflow), and LOMO's step and the torch optimizers' summed gradient equal
+    one process's, bit for bit."""
+    from fp16_sum_worker import LR, SCALE, TOKENS, fp16_layer, mean_loss
+
+    from lomo import LOMO
+
+    out = tmp_path / "results.json"
+    done = torchrun(["fp16_sum_worker.py", str(out)], 180, TESTS)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    tokens = [x for rank in TOKENS for x in rank]
+    layer = fp16_layer()
+    opt = LOMO(layer, lr=LR)
+    opt.step(lambda: mean_loss(layer, tokens))
+    reference = fp16_layer()
+    (mean_loss(reference, tokens) * SCALE).backward()
+    expected = {
+        "overflow": False,
+        "grad_norm": opt.last_grad_norm.item(),
+        "weight": layer.weight.item(),
+        "summed_gradient": reference.weight.grad.item(),
+    }
+    assert not opt.overflow and layer.weight.item() != 1.0  # one process takes the step
+    assert json.loads(out.read_text()) == [expected, expected]

@@ -638,7 +638,7 @@ def run(
                     kept = checkpoint_path.exists()
                     kept = f"; the last good checkpoint is {checkpoint_path}" if kept else ""
                     raise NonFiniteLossError(f"{error} (epoch {epoch}){kept}") from error
-                stats["loss"] = runtime.sum(stats["loss"]) / runtime.world
+                stats["loss"] = runtime.sum(stats["loss"])  # the weights sum to 1 over ranks
                 step_schedulers(schedulers)
                 step += 1
                 step_seconds = time.perf_counter() - step_start

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from lomo.train.config import FinetuneConfig
     from lomo.train.runtime import Runtime
 
-# (config, model, sync) -> the method's optimizers; `sync`: how a fused optimizer averages
+# (config, model, sync) -> the method's optimizers; `sync`: how a fused optimizer sums
 # gradients over processes (lomo.sync).
 BuildOptimizers = Callable[["FinetuneConfig", "nn.Module", "GradSync | None"], list]
 # One micro batch's loss: a fresh forward at each call, weighted (Runtime.loss_weights).
@@ -172,7 +172,7 @@ def trainable_parameters(optimizer: Any) -> list["torch.Tensor"]:
 
 def backward_step(config, optimizers, losses, runtime) -> dict[str, float]:
     """A torch optimizer: standard backward with accumulation over the micro batches, the
-    gradients averaged over processes and clipped, then the update."""
+    gradients summed over processes and clipped, then the update."""
     import torch
 
     (optimizer,) = optimizers
@@ -183,7 +183,7 @@ def backward_step(config, optimizers, losses, runtime) -> dict[str, float]:
         runtime.end_of_backward()
         total_loss += loss.item()
     params = trainable_parameters(optimizer)
-    runtime.average_gradients(params)
+    runtime.sum_gradients(params)
     if config.clip_mode == "norm":
         norm = torch.nn.utils.clip_grad_norm_(params, config.clip_value)
     else:
@@ -217,7 +217,7 @@ def lora_lomo_step(config, optimizers, losses, runtime) -> dict[str, float]:
     base.fused_backward(loss)
     if not base.overflow:
         params = trainable_parameters(adapters)
-        runtime.average_gradients(params)
+        runtime.sum_gradients(params)
         if scale != 1.0:
             for param in params:
                 if param.grad is not None:

@@ -5,17 +5,17 @@ the training loop reads the same in all three cases:
 
 - `single`: one process holds the whole model.
 - `replicated` (torchrun without --deepspeed): every rank holds the whole model; gradients are
-  averaged over ranks (inside LOMO's hooks, or by `average_gradients` for torch optimizers).
+  summed over ranks (inside LOMO's hooks, or by `sum_gradients` for torch optimizers).
 - `zero3` (--deepspeed CONFIG): every rank holds 1/world of each base weight
   (`lomo.sync`). LOMO/AdaLomo update their partitions inside backward; zero-shot only
   evaluates; LoRA trains replicated adapters on the partitioned, frozen base (the adapters are
   added after DeepSpeed partitioned the model, so they stay ordinary tensors, and their
-  gradients are averaged like plain data parallelism). sgd/adamw would need DeepSpeed's own
+  gradients are summed like plain data parallelism). sgd/adamw would need DeepSpeed's own
   optimizer and its fp32 state, which is what LOMO avoids: they are refused.
 
 A global batch is cut into micro batches of `micro_batch` examples; rank r takes examples
 r, r + world, ... of each micro batch, its loss weighted by its share of the global batch's
-answer tokens, so the gradient averaged over ranks is the one-process gradient of the global
+answer tokens, so the gradient summed over ranks is the one-process gradient of the global
 batch's mean token loss. Every rank runs the same number of forwards (ZeRO-3 gathers weights
 collectively): a rank left without an example runs one with weight 0.
 """
@@ -114,16 +114,17 @@ class Runtime:
         gathered. LOMO and AdaLomo do this inside their own backward."""
         self.sync.end_of_backward()
 
-    def average_gradients(self, params: list[Tensor]) -> None:
-        """Average the accumulated `.grad` of replicated parameters over ranks (torch
-        optimizers; LOMO does this inside its hooks). A missing gradient counts as zero, so
-        every rank joins the same collectives."""
+    def sum_gradients(self, params: list[Tensor]) -> None:
+        """Sum the accumulated `.grad` of replicated parameters over ranks (torch optimizers;
+        LOMO does this inside its hooks): the global gradient, as `loss_weights` weighs each
+        rank's losses. A missing gradient counts as zero, so every rank joins the same
+        collectives."""
         if not self.parallel:
             return
         for param in params:
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
-            torch.distributed.all_reduce(param.grad, op=torch.distributed.ReduceOp.AVG)
+            torch.distributed.all_reduce(param.grad, op=torch.distributed.ReduceOp.SUM)
 
     def non_finite(self, model: nn.Module, optimizers: list) -> list[str]:
         """Names of trainable weights (any rank's partition) and optimizer states holding inf
@@ -157,10 +158,13 @@ class Runtime:
         ]
 
     def loss_weights(self, tokens: list[int]) -> list[float]:
-        """Weights of this rank's micro-batch mean losses (answer tokens per micro batch), so
-        the sum over micro batches, averaged over ranks, is the global mean token loss."""
+        """Weights of this rank's micro-batch mean losses (answer tokens per micro batch): each
+        micro batch's share of the global batch's answer tokens, so the sum over micro batches
+        and ranks is the global mean token loss. Not world times that with a mean over ranks:
+        a rank's fp16 gradient would be world times its part and could overflow where the
+        global gradient does not (lomo.sync)."""
         total = self.sum(sum(tokens))
-        return [self.world * n / total for n in tokens]
+        return [n / total for n in tokens]
 
     # --- evaluation --------------------------------------------------------------------------
 
