@@ -14,7 +14,7 @@ def test_ruff_clean():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_tests_that_read_the_data_skip_with_the_reason_without_it():
+def test_real_data_checks_skip_with_the_reason_without_it():
     env = {**os.environ, "LOMO_TEST_SUPERGLUE_DIR": "/nonexistent/superglue"}
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider"]
@@ -26,5 +26,5 @@ def test_tests_that_read_the_data_skip_with_the_reason_without_it():
         timeout=600,
     )
     assert done.returncode == 0, done.stdout[-2000:]
-    assert "the real SuperGLUE data is not at /nonexistent/superglue" in done.stdout
+    assert "the real SuperGLUE data, which is not at /nonexistent/superglue" in done.stdout
     assert " passed" in done.stdout and " skipped" in done.stdout and "error" not in done.stdout
