@@ -48,11 +48,11 @@ def run_ours(args: argparse.Namespace) -> dict:
     else:
         from lomo.evaluate import evaluate
         from lomo.models import load_model, load_tokenizer
-    from tasks.superglue import get_task, get_template
+    from tasks.superglue import get_task, get_template, load_split
 
     torch.set_num_threads(args.threads)
     task, template = get_task(args.task), get_template("lm-eval")
-    examples = task.load("val", "local", args.data_dir)[: args.limit]
+    examples = load_split(task.name, "val", "local", args.data_dir)[: args.limit]
     tokenizer, model = load_tokenizer(args.model), load_model(args.model)
     start, cpu_start = time.perf_counter(), time.process_time()
     metrics, rows = evaluate(model, tokenizer, task, examples, template, args.batch_size, "sum")
@@ -102,7 +102,7 @@ def prepare_lm_eval_tasks(
     tasks: list[str], data_dir: Path, lm_eval_python: str, work: Path
 ) -> None:
     """lm-eval's own task configs (prompt, choices, metric) reading our local validation split."""
-    from tasks.superglue import get_task
+    from tasks.superglue import load_split
     from tasks.superglue.data import to_jsonl
 
     folder = subprocess.run(
@@ -113,7 +113,7 @@ def prepare_lm_eval_tasks(
     ).stdout.strip()
     for name in tasks:
         data = work / f"{name}-validation.jsonl"
-        data.write_text(to_jsonl(get_task(name).load("val", "local", data_dir)))
+        data.write_text(to_jsonl(load_split(name, "val", "local", data_dir)))
         lm_eval_name = LM_EVAL_TASKS[name]
         (work / f"local_{lm_eval_name}.yaml").write_text(
             f"include: {folder}/tasks/super_glue/{name}/default.yaml\n"

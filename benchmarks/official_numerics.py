@@ -32,7 +32,7 @@ from lomo.train.evaluate import (
 )
 from lomo.train.finetune import collate
 from lomo.train.models import load_model, load_tokenizer
-from tasks.superglue import get_task, get_template
+from tasks.superglue import get_task, get_template, load_split
 
 TEMPLATE = "lomo+pronuon+score-eos"  # the paper profile's
 
@@ -93,7 +93,7 @@ def loss_precision(task, data_dir: str, tokenizer, examples: int = 4) -> dict:
     which is where they differ (the model's backward below the logits is the same code; CPU
     fp16 backward through the whole model would take hours)."""
     model = load_model("smollm2-135m", dtype=torch.float16, attn_implementation="eager")
-    rows = task.load("train", "local", data_dir)[:examples]
+    rows = load_split(task.name, "train", "local", data_dir)[:examples]
     encoded = [encode_train_example(task, ex, get_template(TEMPLATE), tokenizer) for ex in rows]
     batch = collate(encoded, tokenizer.pad_token_id)
     with torch.no_grad():
@@ -131,7 +131,7 @@ def main() -> None:
     results = {}
     for name in args.tasks:
         task = get_task(name)
-        examples = task.load("val", "local", args.data_dir)
+        examples = load_split(task.name, "val", "local", args.data_dir)
         ours_sdpa = ours(models["sdpa"], tokenizer, task, examples, args.batch_size)
         ours_eager = ours(models["eager"], tokenizer, task, examples, args.batch_size)
         official = official_scores(

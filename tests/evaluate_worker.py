@@ -16,7 +16,7 @@ from paths import DATA_DIR
 from lomo.train.evaluate import evaluate
 from lomo.train.models import load_tokenizer
 from lomo.train.runtime import Runtime
-from tasks.superglue import get_task, get_template
+from tasks.superglue import get_task, get_template, load_split
 
 TEMPLATES, N_EXAMPLES = ("lomo", "lm-eval"), 16
 
@@ -26,7 +26,7 @@ def main(out: Path) -> None:
     runtime = Runtime.start(str(zero3))
     model = runtime.load_model("tiny-llama", torch.float32, "sdpa", global_batch=2)
     tokenizer, task = load_tokenizer("tiny-llama"), get_task("multirc")
-    examples = task.load("val", "local", DATA_DIR)[:N_EXAMPLES]
+    examples = load_split(task.name, "val", "local", DATA_DIR)[:N_EXAMPLES]
     rows = {}
     for name in TEMPLATES:
         template = get_template(name)

@@ -3,7 +3,7 @@ chosen to cover each task's quirks. The tests that read them are marked `real_da
 
 from paths import REAL_DATA_DIR
 
-from tasks.superglue import get_task
+from tasks.superglue import load_split
 
 EXAMPLES = {
     "boolq": ("train", 11),
@@ -19,5 +19,5 @@ EXAMPLES = {
 
 def real_example(task: str, position: int | None = None) -> dict:
     split, default = EXAMPLES[task]
-    rows = get_task(task).load(split, "local", REAL_DATA_DIR)
+    rows = load_split(task, split, "local", REAL_DATA_DIR)
     return rows[default if position is None else position]

@@ -247,7 +247,7 @@ def test_zero3_evaluation_with_shared_prompts_equals_one_process(tmp_path):
 
     from lomo.train.evaluate import evaluate
     from lomo.train.models import load_model, load_tokenizer
-    from tasks.superglue import get_task, get_template
+    from tasks.superglue import get_task, get_template, load_split
 
     out = tmp_path / "rows.json"
     done = torchrun(["evaluate_worker.py", str(out)], 300, TESTS)
@@ -258,7 +258,7 @@ def test_zero3_evaluation_with_shared_prompts_equals_one_process(tmp_path):
         load_tokenizer("tiny-llama"),
         get_task("multirc"),
     )
-    examples = task.load("val", "local", DATA_DIR)[:N_EXAMPLES]
+    examples = load_split(task.name, "val", "local", DATA_DIR)[:N_EXAMPLES]
     for name in TEMPLATES:
         _, expected = evaluate(model, tokenizer, task, examples, get_template(name), 4)
         assert [r["pred"] for r in rows[name]] == [r["pred"] for r in expected]

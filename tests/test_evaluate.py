@@ -19,7 +19,7 @@ from lomo.train.evaluate import (
     with_quirks,
 )
 from lomo.train.models import load_model, load_tokenizer
-from tasks.superglue import DataError, get_task, get_template
+from tasks.superglue import DataError, get_task, get_template, load_split
 
 EOS = "<|im_end|>"  # the SmolLM2 tokenizer's EOS, also used by tiny-llama
 
@@ -157,7 +157,7 @@ def scoring_cases(model, tokenizer):
         ("record", "train", [12]),
     ):
         task = get_task(name)
-        examples = [task.load(split, "local", DATA_DIR)[i] for i in positions]
+        examples = [load_split(task.name, split, "local", DATA_DIR)[i] for i in positions]
         prompts = [task.render(example, get_template("lomo")) for example in examples]
         expected = [reference_scores(model, tokenizer, p.text, p.candidates) for p in prompts]
         cases.append((task, examples, prompts, expected))
@@ -177,7 +177,7 @@ def test_batched_scores_equal_a_plain_loop(model, tokenizer, scoring_cases, redu
 
 
 def test_score_eos_quirk_adds_the_eos_token(model, tokenizer):
-    task, examples = get_task("rte"), get_task("rte").load("val", "local", DATA_DIR)[:2]
+    task, examples = get_task("rte"), load_split("rte", "val", "local", DATA_DIR)[:2]
     _, plain = evaluate(model, tokenizer, task, examples, get_template("lomo"), 2, "sum")
     _, quirk = evaluate(model, tokenizer, task, examples, get_template("lomo+score-eos"), 2, "sum")
     for p, q in zip(plain, quirk, strict=True):
@@ -223,7 +223,7 @@ SHARED_PREFIX_CASES = [
 def check_against_reference(model, tokenizer, case, batch_size):
     name, split, n, template, max_length = case
     task, template = get_task(name), get_template(template)
-    examples = task.load(split, "local", DATA_DIR)[:n]
+    examples = load_split(task.name, split, "local", DATA_DIR)[:n]
     expected = unshared_scores(model, tokenizer, task, examples, template, max_length)
     for reduction in ("sum", "mean"):
         _, rows = evaluate(
@@ -280,7 +280,7 @@ def test_one_token_prompt_alone_and_beside_longer_ones(model, batch_size):
 def test_examples_with_the_same_prompt_run_it_once(model, tokenizer):
     # MultiRC under lm-eval's template: a question's answers are examples with one prompt.
     task, template = get_task("multirc"), get_template("lm-eval")
-    examples = task.load("val", "local", DATA_DIR)[:12]
+    examples = load_split(task.name, "val", "local", DATA_DIR)[:12]
     prompts = {task.render(example, template).text for example in examples}
     assert 1 < len(prompts) < len(examples)
     with counted_forwards(model) as forwards:
@@ -348,14 +348,14 @@ def test_non_finite_scores_are_refused(tokenizer, value):
     with torch.no_grad():
         broken.model.norm.weight[3] = value
     task = get_task("rte")
-    examples = task.load("val", "local", DATA_DIR)[:3]
+    examples = load_split(task.name, "val", "local", DATA_DIR)[:3]
     with pytest.raises(FloatingPointError, match="rte example 0: candidate 0 has log-likeli"):
         evaluate(broken, tokenizer, task, examples, get_template("lomo"))
 
 
 def test_evaluate_restores_training_mode(model, tokenizer):
     model.train()
-    examples = get_task("copa").load("val", "local", DATA_DIR)[:1]
+    examples = load_split("copa", "val", "local", DATA_DIR)[:1]
     evaluate(model, tokenizer, get_task("copa"), examples, get_template("lomo"))
     assert model.training
     model.eval()
@@ -374,7 +374,7 @@ def test_evaluate_cli_writes_results_and_predictions(tmp_path):
     assert all(len(row["scores"]) == 2 for row in rows)
     # each row's prediction is its best-scoring option; the accuracy counts them by hand
     assert all(row["pred"] == row["scores"].index(max(row["scores"])) for row in rows)
-    gold = [ex["label"] for ex in get_task("copa").load("val", "local", DATA_DIR)[:3]]
+    gold = [ex["label"] for ex in load_split("copa", "val", "local", DATA_DIR)[:3]]
     assert [row["gold"] for row in rows] == gold
     right = sum(row["pred"] == g for row, g in zip(rows, gold, strict=True))
     assert summary["metrics"]["accuracy"] == pytest.approx(right / 3)
@@ -464,7 +464,7 @@ def test_token_budget_bounds_every_forward_and_keeps_the_scores(
     unless it is one prompt (or one candidate) that alone exceeds it."""
     name, split, n, template, max_length = case
     task, template = get_task(name), get_template(template)
-    examples = task.load(split, "local", DATA_DIR)[:n]
+    examples = load_split(task.name, split, "local", DATA_DIR)[:n]
     expected = unshared_scores(model, tokenizer, task, examples, template, max_length)
     with cached_tokens(model) as sizes, counted_forwards(model) as forwards:
         _, rows = evaluate(

@@ -19,7 +19,7 @@ from lomo.loss import causal_lm_loss
 from lomo.train import finetune as ft
 from lomo.train.evaluate import encode_train_example
 from lomo.train.models import load_model, load_tokenizer
-from tasks.superglue import get_task, get_template
+from tasks.superglue import get_task, get_template, load_split
 
 
 class OfficialLearningRateScheduler:
@@ -157,7 +157,7 @@ def test_official_left_padding_gives_our_loss_and_gradients():
     # Left padding shifts each row's positions by its padding; RoPE attention depends on
     # relative positions only and the padding is masked, so only rounding differs.
     task, tokenizer = get_task("rte"), load_tokenizer("tiny-llama")
-    examples = task.load("train", "local", DATA_DIR)[:4]
+    examples = load_split(task.name, "train", "local", DATA_DIR)[:4]
     encoded = [
         encode_train_example(task, ex, get_template("lomo"), tokenizer, 96) for ex in examples
     ]

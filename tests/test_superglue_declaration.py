@@ -2,6 +2,7 @@
 another name, folder, metrics function and primary metric) loads, is sampled, renders, is
 scored, passes the workflow's config check, selects epochs and fills the tables."""
 
+import ast
 import dataclasses
 import shutil
 
@@ -106,3 +107,41 @@ def test_a_declaration_that_cannot_work_is_refused():
         dataclasses.replace(rte, name="odd", fields={"premise": str, "score": float})
     with pytest.raises(TypeError, match="task odd has no labels: declare its `gold` option"):
         dataclasses.replace(rte, name="odd", labels=None)
+
+
+PACKAGE = ROOT / "tasks/superglue"
+
+
+def imported_modules(path) -> set[str]:
+    """The modules of tasks/superglue that `path` imports anywhere: at the top, in a function or
+    under TYPE_CHECKING (a cycle of types is still a cycle for a reader)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.removeprefix("tasks.superglue.") for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module == "tasks.superglue":
+            # `from tasks.superglue import data` names a module; any other name, the package
+            found |= {a.name if (PACKAGE / f"{a.name}.py").exists() else "" for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module.removeprefix("tasks.superglue."))
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    return {name or "__init__" for name in found if name in modules or name == ""}
+
+
+def test_task_data_and_registry_do_not_import_each_other():
+    graph = {p.stem: imported_modules(p) for p in PACKAGE.glob("*.py")}
+    assert {"data", "tasks"}.isdisjoint(graph["task"])  # Task: the declaration's type only
+    assert "tasks" not in graph["data"]  # data reads a Task, whatever declares it
+
+    def cycle_from(module: str, path: list[str]) -> list[str] | None:
+        if module in path:
+            return path[path.index(module) :] + [module]
+        for imported in sorted(graph[module]):
+            found = cycle_from(imported, path + [module])
+            if found:
+                return found
+        return None
+
+    for module in sorted(graph):
+        cycle = cycle_from(module, [])
+        assert cycle is None, f"import cycle: {' -> '.join(cycle)}"

@@ -12,7 +12,7 @@ import pytest
 from examples import EXAMPLES, real_example
 from paths import DATA_DIR
 
-from tasks.superglue import get_task, get_template
+from tasks.superglue import get_task, get_template, load_split
 from tasks.superglue.prompts import wsc_fixed
 
 # (task, split, position in the loaded split) of the real examples used below.
@@ -197,7 +197,7 @@ def test_wsc_pronuon_quirk():
 @pytest.mark.real_data
 def test_copa_choice_casing_per_template():
     # Real COPA train row: "The chandelier shattered on the floor." (cause).
-    example = get_task("copa").load("train", "local", DATA_DIR)[0]
+    example = load_split("copa", "train", "local", DATA_DIR)[0]
     lomo = get_task("copa").render(example, get_template("lomo"))
     mezo = get_task("copa").render(example, get_template("mezo"))
     lm_eval = get_task("copa").render(example, get_template("lm-eval"))
@@ -313,7 +313,7 @@ def test_lm_eval_template_equals_lm_evaluation_harness_requests(task, tmp_path, 
                 importlib.import_module(name)
             except ImportError:
                 monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    rows = get_task(task).load(LMEVAL_SPLITS[task], "local", DATA_DIR)
+    rows = load_split(task, LMEVAL_SPLITS[task], "local", DATA_DIR)
     harness_rows = rows
     if task == "wsc":  # lm-eval reads wsc.fixed; our template repairs the plain rows itself
         harness_rows = [
@@ -329,7 +329,7 @@ def test_lm_eval_template_equals_lm_evaluation_harness_requests(task, tmp_path, 
 
 @pytest.mark.real_data
 def test_wsc_fixed_repairs_exactly_the_spans_lm_eval_reads_differently():
-    rows = get_task("wsc").load("val", "local", DATA_DIR)
+    rows = load_split("wsc", "val", "local", DATA_DIR)
     changed = {r["idx"]: fixed["span1_text"] for r in rows if (fixed := wsc_fixed(r)) != r}
     assert changed == WSC_FIXED_SPAN1
 

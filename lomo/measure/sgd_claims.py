@@ -45,7 +45,7 @@ from lomo.io import write_atomic
 from lomo.train.evaluate import encode_train_example
 from lomo.train.finetune import collate, finetune, load_config
 from lomo.train.models import TINY_LLAMA, load_model, load_tokenizer, resolve
-from tasks.superglue import get_task, get_template
+from tasks.superglue import get_task, get_template, load_split
 
 Closure = Callable[[], Tensor]
 RANDOM_SUFFIX = ":random"
@@ -84,7 +84,7 @@ def load_examples(
 ) -> list[dict[str, list[int]]]:
     """`n` encoded training examples of the task (prompt masked), shuffled by `seed`."""
     task, template = get_task(task_name), get_template("lomo")
-    examples = task.load("train", source, data_dir)
+    examples = load_split(task.name, "train", source, data_dir)
     random.Random(seed).shuffle(examples)
     if len(examples) < n:
         raise ValueError(f"{task_name} has {len(examples)} training examples, {n} needed")

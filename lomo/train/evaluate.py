@@ -19,7 +19,16 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from lomo import argtypes
 from lomo.io import write_atomic
 from lomo.train.models import DTYPES, load_model, load_tokenizer
-from tasks.superglue import PROTOCOLS, TASKS, Prompt, Task, Template, get_task, get_template
+from tasks.superglue import (
+    PROTOCOLS,
+    TASKS,
+    Prompt,
+    Task,
+    Template,
+    get_task,
+    get_template,
+    load_split,
+)
 from tasks.superglue.data import to_jsonl
 from tasks.superglue.protocols import prepare
 
@@ -464,7 +473,7 @@ def main(args: argparse.Namespace) -> None:
     if args.protocol:
         examples = prepare(task.name, args.protocol, args.source, args.data_dir).eval
     else:
-        examples = task.load(args.split, args.source, args.data_dir)
+        examples = load_split(task.name, args.split, args.source, args.data_dir)
     if args.limit is not None:
         if args.limit < 1:
             raise ValueError(f"--limit must be at least 1, got {args.limit}")

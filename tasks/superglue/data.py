@@ -3,7 +3,8 @@
 Both sources give the same records, shaped like the rows of `aps/super_glue` (the flat layout
 that the official LOMO code, MeZO and lm-evaluation-harness read). A record is the task's
 `idx`, its declared `fields` and, for tasks with label names, `label` (the label's index in the
-declaration's `labels`, which is the hub's ClassLabel id); see the declarations in tasks.py.
+declaration's `labels`, which is the hub's ClassLabel id); see `Task` (task.py) and the
+declarations in tasks.py.
 Tasks whose official rows are nested say how to read them (`from_jsonl`, `from_hub`; the
 functions at the end of this file): MultiRC gives one record per answer option (idx
 {paragraph, question, answer}), ReCoRD one per query (idx {passage, query}, `entities` and
@@ -17,10 +18,8 @@ import json
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from tasks.superglue.tasks import Task
+from tasks.superglue.task import TYPE_NAMES, Task
 
 # The hub copy we read: `aps/super_glue` at a pinned commit, so a later change to the repository
 # cannot change the data under finished runs. At this revision the repository is the parquet
@@ -33,8 +32,6 @@ HUB_DATASET = "aps/super_glue"
 HUB_REVISION = "3de24cf8022e94f4ee4b9d55a6f539891524d646"
 SPLITS = {"train": "train", "val": "validation"}  # our name -> hub split name
 
-TYPE_NAMES = {str: "a string", int: "an integer", list: "a list of strings"}
-
 
 class DataError(ValueError):
     """A malformed or out-of-schema input row; the message names where it came from."""
@@ -44,7 +41,7 @@ class DataNotFoundError(DataError, FileNotFoundError):
     """A task folder or split file that is not there; the message says what was looked for."""
 
 
-def label_id(task: "Task", value: object, where: str) -> int:
+def label_id(task: Task, value: object, where: str) -> int:
     # `True in (0, 1)` holds in Python, so compare types as well as values.
     for i, name in enumerate(task.labels):
         if type(value) is type(name) and value == name:
@@ -54,7 +51,7 @@ def label_id(task: "Task", value: object, where: str) -> int:
     )
 
 
-def hub_label(task: "Task", value: object, where: str) -> int:
+def hub_label(task: Task, value: object, where: str) -> int:
     n = len(task.labels)
     if type(value) is not int or not 0 <= value < n:
         raise DataError(f"{where}: label {value!r} is not a {task.name} label id in 0..{n - 1}")
@@ -79,7 +76,7 @@ def describe(value: object) -> str:
     return "null" if value is None else f"{value!r:.40} ({type(value).__name__})"
 
 
-def check_fields(task: "Task", record: dict, where: str) -> dict:
+def check_fields(task: Task, record: dict, where: str) -> dict:
     """Every field of `record` has its schema type (so no null or number renders as text in a
     prompt), then the task's own check (ReCoRD: a query's answers are among its entities)."""
     for field, kind in task.fields.items():
@@ -124,7 +121,7 @@ def check_unique(records: list[dict], numbers: list[int], unit: str, where: str)
 # --- official jsonl rows -> records ----------------------------------------------------------
 
 
-def labelled_rows(task: "Task", row: dict, where: str) -> list[dict]:
+def labelled_rows(task: Task, row: dict, where: str) -> list[dict]:
     """The usual row: idx, the task's fields as they are, and the label by name."""
     require(row, ("idx", *task.fields, "label"), where)
     label = label_id(task, row["label"], where)
@@ -159,7 +156,7 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             yield lineno, row
 
 
-def task_folder(data_dir: str | Path, task: "Task") -> Path:
+def task_folder(data_dir: str | Path, task: Task) -> Path:
     """The task's folder in `data_dir`: the official name (RTE/) or that name in another letter
     case (rte/, Rte/), as unpacked archives and hand-made copies name it."""
     data_dir = Path(data_dir)
@@ -180,7 +177,7 @@ def task_folder(data_dir: str | Path, task: "Task") -> Path:
     return data_dir / matches[0]
 
 
-def load_local(task: "Task", split: str, data_dir: str | Path) -> list[dict]:
+def load_local(task: Task, split: str, data_dir: str | Path) -> list[dict]:
     folder = task_folder(data_dir, task)
     path = folder / f"{split}.jsonl"
     if path.exists() and not path.is_file():
@@ -196,7 +193,7 @@ def load_local(task: "Task", split: str, data_dir: str | Path) -> list[dict]:
         for lineno, row in read_jsonl(path):
             where = f"{path}:{lineno}"
             try:
-                rows = task.from_jsonl(task, row, where)
+                rows = (task.from_jsonl or labelled_rows)(task, row, where)
             except (KeyError, TypeError, AttributeError) as error:
                 raise DataError(f"{where}: unexpected {task.name} structure ({error!r})") from error
             records.extend(check_fields(task, record, where) for record in rows)
@@ -210,14 +207,14 @@ def load_local(task: "Task", split: str, data_dir: str | Path) -> list[dict]:
 # --- hub rows -> records ---------------------------------------------------------------------
 
 
-def labelled_hub_record(task: "Task", row: dict, where: str) -> dict:
+def labelled_hub_record(task: Task, row: dict, where: str) -> dict:
     """The usual hub row: idx (a struct for tasks with idx_keys), the fields, the label id."""
     idx = dict(row["idx"]) if task.idx_keys else row["idx"]
     label = hub_label(task, row["label"], where)
     return {"idx": idx, **{f: row[f] for f in task.fields}, "label": label}
 
 
-def load_hub(task: "Task", split: str, hub_copy: str | Path | None = None) -> list[dict]:
+def load_hub(task: Task, split: str, hub_copy: str | Path | None = None) -> list[dict]:
     """The task's rows of the hub config named like the task: from the hub at the pinned
     revision, or from `hub_copy`, a local copy of that revision (`lomo prepare-data`), which
     needs no network."""
@@ -230,7 +227,7 @@ def load_hub(task: "Task", split: str, hub_copy: str | Path | None = None) -> li
     records = []
     for i, row in enumerate(rows):
         try:
-            record = task.from_hub(task, row, f"{where} row {i}")
+            record = (task.from_hub or labelled_hub_record)(task, row, f"{where} row {i}")
         except (KeyError, TypeError) as error:
             raise DataError(f"{where} row {i}: unexpected {name} structure ({error!r})") from error
         records.append(check_fields(task, record, f"{where} row {i}"))
@@ -239,7 +236,7 @@ def load_hub(task: "Task", split: str, hub_copy: str | Path | None = None) -> li
 
 
 def load(
-    task: "Task", split: str, source: str = "local", data_dir: str | Path | None = None
+    task: Task, split: str, source: str = "local", data_dir: str | Path | None = None
 ) -> list[dict]:
     """Load one split ("train" or "val") of a task from `source`: "local" (the official
     layout in `data_dir`) or "hub" (the hub dataset; with `data_dir`, a local copy of it)."""
@@ -265,13 +262,13 @@ def to_jsonl(records: list[dict]) -> str:
 # --- the tasks whose rows are not the usual ones (named by their declarations in tasks.py) ----
 
 
-def wsc_rows(task: "Task", row: dict, where: str) -> list[dict]:
+def wsc_rows(task: Task, row: dict, where: str) -> list[dict]:
     """WSC's span fields are in the row's `target`."""
     require(row, ("idx", "text", "target", "label"), where)
     return labelled_rows(task, {**row, **row["target"]}, where)
 
 
-def multirc_rows(task: "Task", row: dict, where: str) -> list[dict]:
+def multirc_rows(task: Task, row: dict, where: str) -> list[dict]:
     """One record per answer option of each question of a paragraph."""
     require(row, ("idx", "passage"), where)
     records = []
@@ -298,7 +295,7 @@ def unique_sorted(values: list[str]) -> list[str]:
     return sorted(set(values))
 
 
-def record_rows(task: "Task", row: dict, where: str) -> list[dict]:
+def record_rows(task: Task, row: dict, where: str) -> list[dict]:
     """One record per query of a passage; the passage's entities and the query's answers as
     sorted unique strings."""
     require(row, ("idx", "passage", "qas"), where)
@@ -318,7 +315,7 @@ def record_rows(task: "Task", row: dict, where: str) -> list[dict]:
     ]
 
 
-def record_hub_record(task: "Task", row: dict, where: str) -> dict:
+def record_hub_record(task: Task, row: dict, where: str) -> dict:
     return {
         "idx": dict(row["idx"]),
         "passage": row["passage"],

@@ -23,7 +23,7 @@ import numpy as np
 
 from lomo.io import write_atomic
 from tasks.superglue.data import DataError, to_jsonl
-from tasks.superglue.tasks import get_task
+from tasks.superglue.tasks import get_task, load_split
 
 PROTOCOLS = ("paper", "heldout", "val-split")
 
@@ -95,14 +95,14 @@ def prepare(
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     declared = get_task(task)
-    val = declared.load("val", source, data_dir)
+    val = load_split(task, "val", source, data_dir)
     if protocol == "val-split":
         # Stratified by label where the task has labels (ReCoRD has none).
         labels = None if declared.labels is None else [ex["label"] for ex in val]
         rows = val_split_rows(len(val), labels, train_size, test_size, seed)
         sources = {"train": ("val", val), "eval": ("val", val)}
     else:
-        train = declared.load("train", source, data_dir)
+        train = load_split(task, "train", source, data_dir)
         if protocol == "paper":
             rows = {
                 "train": paper_rows(len(train), num_train, seed),

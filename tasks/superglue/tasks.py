@@ -1,68 +1,14 @@
-"""The SuperGLUE tasks, each declared once: where its data is, what a record holds, how it is
-prompted and scored. Everything else (loading, protocols, evaluation, the workflow's config
-check, the tables) reads these declarations; adding a task is adding one `Task` to `TASKS`.
+"""The SuperGLUE tasks, each declared once (a `Task`, task.py): where its data is, what a record
+holds, how it is prompted and scored. Everything else (loading, protocols, evaluation, the
+workflow's config check, the tables) reads these declarations; adding a task is adding one
+`Task` to `TASKS`.
 """
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.superglue import data, metrics, prompts
-from tasks.superglue.prompts import QUIRKS, Prompt, Template, TemplateFn
-
-Rows = Callable[["Task", dict, str], list[dict]]  # (task, official jsonl row, where) -> records
-HubRecord = Callable[["Task", dict, str], dict]  # (task, hub row, where) -> record
-Metrics = Callable[[list[dict], list[int]], dict[str, float]]  # (examples, predictions)
-
-
-@dataclass(frozen=True)
-class Task:
-    name: str  # also the hub config name (aps/super_glue)
-    folder: str  # the official folder (RTE/); found in any letter case
-    # Label names as the official jsonl files write them, in the hub's ClassLabel order (the
-    # index is the label id). None: no label field (ReCoRD picks one of its entities).
-    labels: tuple | None
-    fields: dict[str, type]  # record fields besides idx and label: str, int or list (of str)
-    # The long free text cut (from its end) when a prompt exceeds max_length; None = never cut.
-    context_field: str | None
-    metrics_fn: Metrics
-    primary_metric: str  # the metric that selects epochs and grid points and fills the tables
-    templates: dict[str, TemplateFn]  # template name -> its prompt function (prompts.py)
-    idx_keys: tuple[str, ...] = ()  # keys of a struct idx; () = an integer idx
-    from_jsonl: Rows = data.labelled_rows  # official jsonl row -> records
-    from_hub: HubRecord = data.labelled_hub_record  # hub row -> record
-    check: Callable[[dict, str], dict] | None = None  # more checks of a typed record
-    gold: Callable[[dict], int] = prompts.label_gold  # index of the gold candidate
-
-    def __post_init__(self) -> None:
-        odd = {field: kind for field, kind in self.fields.items() if kind not in data.TYPE_NAMES}
-        if odd:
-            raise TypeError(f"task {self.name}: field types {odd}: expected str, int or list")
-        if self.labels is None and self.gold is prompts.label_gold:
-            raise TypeError(f"task {self.name} has no labels: declare its `gold` option")
-
-    def load(
-        self, split: str, source: str = "local", data_dir: str | Path | None = None
-    ) -> list[dict]:
-        return data.load(self, split, source, data_dir)
-
-    def render(self, example: dict, template: Template) -> Prompt:
-        """Prompt text, one candidate per option (label id / ReCoRD entity), and the gold index."""
-        if template.name not in self.templates:
-            raise ValueError(
-                f"{self.name} has no {template.name!r} template: "
-                f"expected one of {', '.join(self.templates)}"
-            )
-        text, candidates = self.templates[template.name](example, template)
-        return Prompt(text, candidates, self.gold(example))
-
-    def metrics(self, examples: list[dict], preds: list[int]) -> dict[str, float]:
-        if len(examples) != len(preds) or not examples:
-            raise ValueError(
-                f"need one prediction per example, got {len(preds)} for {len(examples)}"
-            )
-        return self.metrics_fn(examples, preds)
-
+from tasks.superglue.prompts import QUIRKS, Template
+from tasks.superglue.task import Task
 
 # `lm-eval` and `lm-eval-clean` share their functions, which tell the two apart by the name.
 TASKS = {
@@ -224,7 +170,7 @@ def load_split(
     task: str, split: str, source: str = "local", data_dir: str | Path | None = None
 ) -> list[dict]:
     """Load one split ("train" or "val") of a task from `source` ("local" or "hub")."""
-    return get_task(task).load(split, source, data_dir)
+    return data.load(get_task(task), split, source, data_dir)
 
 
 def get_template(spec: str) -> Template:
