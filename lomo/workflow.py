@@ -257,10 +257,6 @@ def check_memory(config: dict, runs: dict[tuple[str, str, str], dict[str, Any]])
             raise ValueError(f"job {slug}/{variant}/{task}: {message} (lomo plan)")
 
 
-# The official optimizers (lomo-optim) hold what ours hold: planned as ours.
-PLANNED_AS = {"lomo-optim": "lomo", "adalomo-optim": "adalomo"}
-
-
 def measurement_gpu_memory(command: str, flags: str) -> float:
     """GiB of one GPU that a `lomo memory` / `lomo throughput` measurement with these flags
     needs: the training peak of its largest configuration (optimizer x activation
@@ -271,6 +267,7 @@ def measurement_gpu_memory(command: str, flags: str) -> float:
 
     from lomo.measure import memory, throughput
     from lomo.measure.plan import GIB, Setting, load_shape, plan
+    from lomo.measure.workloads import PEERS
 
     parser = argparse.ArgumentParser(prog="lomo")
     commands = parser.add_subparsers(dest="command")
@@ -284,7 +281,8 @@ def measurement_gpu_memory(command: str, flags: str) -> float:
         plan(
             shape,
             Setting(
-                method=PLANNED_AS.get(optimizer, optimizer),
+                # lomo-optim's originals hold what ours hold: planned as ours
+                method=PEERS[optimizer].original_of if optimizer in PEERS else optimizer,
                 seq=args.seq,
                 batch=args.batch,
                 dtype=args.dtype,

@@ -137,7 +137,7 @@ def test_activation_checkpointing_lowers_saved_activations():
 
 def test_master_weight_sgd_step_by_hand():
     param = nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.bfloat16))
-    optimizer = MasterWeightOptimizer([param], torch.optim.SGD, lr=0.5)
+    optimizer = MasterWeightOptimizer(torch.optim.SGD([param], lr=0.5))
     param.grad = torch.tensor([0.25, 1.0], dtype=torch.bfloat16)
     optimizer.step()
     assert param.tolist() == [0.875, -2.5]

@@ -4,6 +4,7 @@ check with no other change."""
 
 import copy
 import csv
+import importlib
 import json
 
 import pytest
@@ -100,3 +101,31 @@ def test_the_workflow_config_takes_its_method_names_from_the_declarations(sign_s
     config["methods"] = ["sign-sgd", "sgdx"]
     with pytest.raises(ValueError, match=r"config: methods.1: 'sgdx' is not one of \[.*'sign-sgd'"):
         check_config(config, SCHEMA)
+
+
+def test_a_method_declared_in_a_test_is_measured_by_lomo_memory_and_throughput(
+    sign_sgd, monkeypatch, tmp_path
+):
+    """`lomo memory` and `lomo throughput` take the declared method by name. Their workers run
+    in this process here, where the test's METHODS is (the commands start a fresh process per
+    configuration)."""
+    from lomo.measure import memory, throughput
+
+    def measure_here(module: str, spec: dict, env: dict | None = None) -> dict:
+        return importlib.import_module(module).run_worker(spec)
+
+    monkeypatch.setattr(memory, "run_worker_process", measure_here)
+    monkeypatch.setattr(throughput, "run_worker_process", measure_here)
+    flags = ["--model", "tiny-llama", "--dtype", "fp32", "--attn", "sdpa", "--seq", "16"]
+    flags += ["--batch", "2", "--optimizers", "sign-sgd", "lomo"]
+    main(["memory", *flags, "--ac", "off", "--raw", str(tmp_path / "raw.json")])
+    sign, lomo = json.loads((tmp_path / "raw.json").read_text())
+    assert (sign["optimizer"], lomo["optimizer"]) == ("sign-sgd", "lomo")
+    # In backward like LOMO: one gradient at a time, no optimizer state.
+    assert sign["category_peak"]["gradients"] == lomo["category_peak"]["gradients"] > 0
+    assert sign["category_peak"]["optimizer_states"] == 0
+    main(["throughput", *flags, "--warmup", "1", "--steps", "2", "--csv", str(tmp_path / "t.csv")])
+    with open(tmp_path / "t.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["optimizer"] for row in rows] == ["sign-sgd", "lomo"]
+    assert all(float(row["tgs_median"]) > 0 for row in rows)

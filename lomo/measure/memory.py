@@ -1,4 +1,5 @@
-"""`lomo memory`: the paper's Table 1 by measurement, for LOMO, AdaLomo, SGD and AdamW.
+"""`lomo memory`: the paper's Table 1 by measurement, for LOMO, AdaLomo, SGD and AdamW (and any
+method declared in lomo.train.methods that trains the base weights without adapters).
 
 Each configuration (optimizer x activation checkpointing x depth) runs in a fresh subprocess.
 There, after warm-up steps (one for optimizers whose state appears in the first step), one
@@ -41,18 +42,19 @@ from lomo.io import write_atomic
 from lomo.measure.census import MemoryCensus, ProcessPeak, proc_status_bytes
 from lomo.measure.workloads import (
     SIZED_MODELS,
-    STATEFUL,
     add_workload_arguments,
     build_model,
     check_model,
+    display_name,
     full_depth,
     make_step,
+    optimizer_names,
     optimizer_state_tensors,
     run_worker_process,
+    warmup_steps,
 )
 from lomo.train.models import DTYPES
 
-OPTIMIZERS = ("adamw", "sgd", "lomo", "adalomo", "lomo-optim", "adalomo-optim")
 CELLS = ("parameters", "gradients", "optimizer_states", "activations")
 COMPARED = (*((cell, cell) for cell in CELLS), ("census_peak", "total"))  # ours, Table 1 column
 REFERENCE = Path(__file__).resolve().parents[2] / "paper" / "reference" / "table1_memory.csv"
@@ -90,7 +92,7 @@ def run_worker(spec: dict) -> dict:
         master_weights=True,
         chunked_loss=spec["chunked_loss"],
     )
-    for _ in range(1 if spec["optimizer"] in STATEFUL else 0):
+    for _ in range(warmup_steps(spec["optimizer"])):
         step()
     census.track_state(optimizer_state_tensors(optimizer))
     with ProcessPeak(device, baseline) as process, census:
@@ -244,14 +246,6 @@ def format_text(lines: list[dict]) -> str:
 
 def format_latex(lines: list[dict], caption: str) -> str:
     """Table 1's layout; a cell reads `ours / paper (ratio)` where the paper has a value."""
-    names = {
-        "adamw": "AdamW",
-        "sgd": "SGD",
-        "lomo": "LOMO",
-        "adalomo": "AdaLomo",
-        "lomo-optim": "lomo-optim",
-        "adalomo-optim": "AdaLomo (lomo-optim)",
-    }
     out = [
         r"\begin{table}[t]",
         r"\centering",
@@ -272,7 +266,7 @@ def format_latex(lines: list[dict], caption: str) -> str:
             cells.append(value)
         ac = r"\checkmark" if line["ac"] == "yes" else r"\texttimes"
         out.append(
-            f"{names.get(line['optimizer'], line['optimizer'])}"
+            display_name(line["optimizer"])
             + (" (HF loss)" if line["loss"] == "hf" else "")
             + f" & {ac} & "
             + " & ".join(cells)
@@ -305,10 +299,9 @@ def lomo_summary(rows: list[dict]) -> str:
             f"gradient = {bound / 2**20:.1f} MiB); other tensors at the peak "
             f"{row['other_at_peak'] / 2**20:.1f} MiB"
         )
-        for peer in ("adamw", "sgd", "adalomo", "lomo-optim"):
-            if (dtype, ac, chunked, peer) in by_key:
-                peer_peak = by_key[(dtype, ac, chunked, peer)]["census_peak"]
-                text += f"; LOMO/{peer} {row['census_peak'] / peer_peak:.3f}"
+        for (other_dtype, other_ac, other_chunked, peer), other in by_key.items():
+            if (other_dtype, other_ac, other_chunked) == (dtype, ac, chunked) and peer != "lomo":
+                text += f"; LOMO/{peer} {row['census_peak'] / other['census_peak']:.3f}"
         out.append(text)
     return "\n".join(out)
 
@@ -401,7 +394,10 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
         help="depths to measure a LLaMA shape at, for extrapolation (e.g. 1 2)",
     )
     parser.add_argument(
-        "--optimizers", nargs="+", default=["adamw", "sgd", "lomo", "adalomo"], choices=OPTIMIZERS
+        "--optimizers",
+        nargs="+",
+        default=["adamw", "sgd", "lomo", "adalomo"],  # Table 1's rows, in its order
+        choices=optimizer_names(),
     )
     parser.add_argument(
         "--ac",

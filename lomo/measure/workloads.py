@@ -3,10 +3,12 @@
 - `build_model`: a named model in a given dtype: `random-100m`, a LLaMA-1-shaped model with
   random weights and any number of layers (`llama-7b` ... `llama-65b`), or a
   `lomo.train.models` name.
-- `make_step`: one full training step (forward, backward, update) for LOMO, AdaLomo, their
-  `lomo-optim` originals, SGD and AdamW, plus the optimizer object so memory can be attributed.
-  The loss is the chunked linear + cross-entropy of `lomo.loss` (the training loss of
-  `lomo finetune`), or Hugging Face's `model(...).loss` with `chunked_loss=False`.
+- `make_step`: one full training step (forward, backward, update) of a method declared in
+  `lomo.train.methods.METHODS` that trains the base weights without adapters (LOMO, AdaLomo,
+  SGD, AdamW, or any new one), built and stepped as `lomo finetune` does, or of a `lomo-optim`
+  original (`PEERS`); plus the optimizer object so memory can be attributed. The loss is the
+  chunked linear + cross-entropy of `lomo.loss` (the training loss of `lomo finetune`), or
+  Hugging Face's `model(...).loss` with `chunked_loss=False`.
 - `MasterWeightOptimizer`: the mixed-precision recipe behind the paper's SGD and AdamW rows
   (low-precision model, fp32 master weights held by the optimizer).
 """
@@ -17,6 +19,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,9 +27,64 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
 from lomo import argtypes
+from lomo.train.methods import METHODS, Method
 
-LEARNING_RATES = {"lomo": 1e-3, "adalomo": 1e-3, "sgd": 1e-3, "adamw": 1e-5}
-STATEFUL = ("adalomo", "adalomo-optim", "adamw")  # create optimizer state in their first step
+
+@dataclass(frozen=True)
+class Peer:
+    """An external original measured beside our methods (lomo-optim 0.1.1), not a method."""
+
+    name: str
+    original_of: str  # the method it is the original of: the same lr and first-step state
+    cls: str  # its class in lomo_optim
+    display_name: str
+
+
+PEERS = {
+    peer.name: peer
+    for peer in (
+        Peer("lomo-optim", original_of="lomo", cls="Lomo", display_name="lomo-optim"),
+        Peer(
+            "adalomo-optim",
+            original_of="adalomo",
+            cls="AdaLomo",
+            display_name="AdaLomo (lomo-optim)",
+        ),
+    )
+}
+
+
+def measured_methods() -> dict[str, Method]:
+    """The methods whose step memory and throughput measure: those that train the base
+    weights without adapters, in METHODS order."""
+    return {name: m for name, m in METHODS.items() if m.trains_base and not m.lora}
+
+
+def optimizer_names() -> list[str]:
+    """What `--optimizers` takes: the measured methods, then the lomo-optim originals."""
+    return [*measured_methods(), *PEERS]
+
+
+def declaration(name: str) -> Method:
+    """The method measured as `name`; for a lomo-optim original, the method it is of."""
+    if name in PEERS:
+        return METHODS[PEERS[name].original_of]
+    if name not in measured_methods():
+        names = ", ".join(optimizer_names())
+        raise ValueError(f"unknown optimizer {name!r}: expected one of {names}")
+    return METHODS[name]
+
+
+def display_name(name: str) -> str:
+    if name in PEERS:
+        return PEERS[name].display_name
+    return declaration(name).display_name or name
+
+
+def warmup_steps(name: str) -> int:
+    """Steps before memory is counted: one for an optimizer whose state appears in it."""
+    return 1 if declaration(name).state_in_first_step else 0
+
 
 # LLaMA-1 shapes (Touvron et al., 2023): hidden size, attention heads, MLP size, layers.
 LLAMA_SHAPES = {
@@ -190,15 +248,22 @@ class MasterWeightOptimizer:
     The optimizer updates an fp32 copy of each parameter from the fp32-converted gradient, and
     the result is copied back into the fp16/bf16 weight. This is the recipe behind the paper's
     Table 1: SGD keeps 4 bytes (master) and AdamW 12 bytes (master + two moments) per parameter.
-    Each parameter has its own torch optimizer, so only one fp32 gradient exists at a time.
+    Each parameter has its own copy of `optimizer` (its class and settings), so only one fp32
+    gradient exists at a time.
     """
 
-    def __init__(self, params: list[nn.Parameter], optimizer_cls: type, **kwargs: Any) -> None:
-        self.params = [p for p in params if p.requires_grad]
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        (group,) = optimizer.param_groups
+        settings = {key: value for key, value in group.items() if key != "params"}
+        self.params = [p for p in group["params"] if p.requires_grad]
         if any(p.dtype == torch.float32 for p in self.params):
             raise ValueError("master weights are for fp16/bf16 parameters; use the optimizer as is")
+        self.param_groups = [{**settings, "params": self.params}]  # what a step clips
         self.masters = [p.detach().float() for p in self.params]
-        self.optimizers = [optimizer_cls([master], **kwargs) for master in self.masters]
+        self.optimizers = [
+            type(optimizer)([{**settings, "params": [master], "foreach": False}])
+            for master in self.masters
+        ]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -242,55 +307,55 @@ def make_step(
 ) -> tuple[Callable[[], Any], Any]:
     """Build the optimizer; return a function that runs one full training step, and the optimizer.
 
-    `master_weights=True` gives SGD and AdamW fp32 master weights (`MasterWeightOptimizer`)
-    when the model is fp16/bf16; LOMO and AdaLomo always update in fp32 on their own.
+    A method is built by its declared `optimizers` with its `measure_lr` and stepped by its
+    declared `step`, as in `lomo finetune`. `master_weights=True` gives a torch optimizer
+    (SGD, AdamW) fp32 master weights (`MasterWeightOptimizer`) when the model is fp16/bf16;
+    LOMO and AdaLomo always update in fp32 on their own. `clip`: by global norm 1.0.
     `chunked_loss=False`: the loss is `model(...).loss` (whole-batch logits).
     """
     from lomo.loss import causal_lm_loss
+    from lomo.train.config import FinetuneConfig
+    from lomo.train.runtime import Runtime
 
     def loss_fn() -> Tensor:
         return causal_lm_loss(model, tokens, None, tokens, chunked=chunked_loss)
 
-    family = name.removesuffix("-optim")
-    if family not in LEARNING_RATES:
-        raise ValueError(f"unknown optimizer {name!r}")
-    lr = LEARNING_RATES[family]
-    if name in ("lomo", "adalomo"):
-        from lomo import LOMO, AdaLomo
-
-        cls = LOMO if name == "lomo" else AdaLomo
-        opt = cls(model, lr=lr, clip_grad_norm=1.0 if clip else None)
-        return lambda: opt.step(loss_fn), opt
-    if name in ("lomo-optim", "adalomo-optim"):
-        import lomo_optim
-
-        if not torch.cuda.is_available():  # lomo-optim's AdaLomo calls .cuda() on its state
-            torch.Tensor.cuda = lambda self, *args, **kwargs: self
-        cls = lomo_optim.Lomo if family == "lomo" else lomo_optim.AdaLomo
-        opt = cls(model, lr=lr, clip_grad_norm=1.0 if clip else None)
-
-        def lomo_optim_step() -> None:
-            loss = loss_fn()  # one forward; grad_norm keeps the graph, as the official trainer
-            if clip:
-                opt.grad_norm(loss)
-            opt.fused_backward(loss, lr)
-
-        return lomo_optim_step, opt
-    opt_cls = torch.optim.SGD if name == "sgd" else torch.optim.AdamW
+    method = declaration(name)
+    if name in PEERS:
+        return lomo_optim_step(PEERS[name], method.measure_lr, clip, model, loss_fn)
+    # The optimizer's settings only: the model, its dtype and the batch are the measurement's.
+    config = FinetuneConfig(
+        method=name, lr=method.measure_lr, clip_mode="norm" if clip else "none", clip_value=1.0
+    )
+    (optimizer,) = method.optimizers(config, model, None)
     low_precision = next(model.parameters()).dtype != torch.float32
-    if master_weights and low_precision:
-        opt = MasterWeightOptimizer(list(model.parameters()), opt_cls, lr=lr, foreach=False)
-    else:
-        opt = opt_cls(model.parameters(), lr=lr)
+    if master_weights and low_precision and not method.fused:
+        optimizer = MasterWeightOptimizer(optimizer)
+    runtime = Runtime("single", tokens.device)
 
-    def torch_step() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss_fn().backward()
+    def step() -> None:
+        method.step(config, [optimizer], [loss_fn], runtime)
+
+    return step, optimizer
+
+
+def lomo_optim_step(
+    peer: Peer, lr: float, clip: bool, model: nn.Module, loss_fn: Callable[[], Tensor]
+) -> tuple[Callable[[], Any], Any]:
+    """lomo-optim's optimizer and its step as the official trainer runs it."""
+    import lomo_optim
+
+    if not torch.cuda.is_available():  # lomo-optim's AdaLomo calls .cuda() on its state
+        torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    opt = getattr(lomo_optim, peer.cls)(model, lr=lr, clip_grad_norm=1.0 if clip else None)
+
+    def step() -> None:
+        loss = loss_fn()  # one forward; grad_norm keeps the graph, as the official trainer
         if clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+            opt.grad_norm(loss)
+        opt.fused_backward(loss, lr)
 
-    return torch_step, opt
+    return step, opt
 
 
 def run_worker_process(module: str, spec: dict, env: dict[str, str] | None = None) -> dict:

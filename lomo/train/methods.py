@@ -45,6 +45,13 @@ class Method:
     # Per optimizer, its lr schedule's warmup: "base" (warmup_ratio) or "adapters"
     # (lora_warmup_ratio, and the official LoRA schedule under lr_schedule official).
     schedules: tuple[str, ...] = ("base",)
+    # How `lomo memory` and `lomo throughput` measure a method that trains the base weights
+    # without adapters: its name in the tables (None: `name`), its lr (a step's cost does not
+    # depend on it; it keeps the updates sane), and whether its optimizer creates its state in
+    # the first step (then one warm-up step runs before memory is counted).
+    display_name: str | None = None
+    measure_lr: float = 1e-3
+    state_in_first_step: bool = False
 
     @property
     def trains(self) -> bool:
@@ -249,6 +256,7 @@ METHODS: dict[str, Method] = {
             trains_base=True,
             optimizers=lomo_optimizers,
             step=fused_step,
+            display_name="LOMO",
         ),
         Method(
             name="adalomo",
@@ -258,6 +266,8 @@ METHODS: dict[str, Method] = {
             trains_base=True,
             optimizers=adalomo_optimizers,
             step=fused_step,
+            display_name="AdaLomo",
+            state_in_first_step=True,
         ),
         Method(
             name="sgd",
@@ -267,6 +277,7 @@ METHODS: dict[str, Method] = {
             trains_base=True,
             optimizers=sgd_optimizers,
             step=backward_step,
+            display_name="SGD",
         ),
         Method(
             name="adamw",
@@ -276,6 +287,9 @@ METHODS: dict[str, Method] = {
             trains_base=True,
             optimizers=adamw_optimizers,
             step=backward_step,
+            display_name="AdamW",
+            measure_lr=1e-5,
+            state_in_first_step=True,
         ),
         Method(
             name="lora",
