@@ -461,7 +461,7 @@ def plan(shape: Shape, setting: Setting) -> dict:
             return 4 * math.ceil(n / shard)
         return 0
 
-    trainable = setting.method not in ("lora", "zero-shot")
+    trainable = METHODS[setting.method].trains_base  # lora: the adapters (counted above)
     head_grad = p * head_matrix if trainable else 0
     layer_grad = p * largest_layer_matrix if trainable else 0
     resident_parts = {
