@@ -356,6 +356,22 @@ def test_planning_works_without_data_and_the_first_job_that_reads_it_stops(tmp_p
     shutil.rmtree(ROOT / "results" / profile)
 
 
+def test_local_jobs_are_scheduled_within_the_machines_memory():
+    """Run locally, the scheduler counts each job's mem_mb against this machine's RAM, or
+    against --resources mem_mb=N where that is given."""
+    profile = "memory-test"
+    target = f"results/{profile}/models/tiny-llama.json"
+    args = ("--cores", "1", target, "--configfile", "config/ci.yaml")
+    args += ("--config", f"profile={profile}", f"superglue_dir={DATA_DIR}")
+    machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    for extra, limit in (((), machine), (("--resources", "mem_mb=5000"), 5000)):
+        done = snakemake(*args, *extra, "--forcerun", "prepare_model", timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        provided = re.search(r"Provided resources: .*mem_mb\D*(\d+)", done.stdout + done.stderr)
+        assert provided and int(provided.group(1)) == limit, done.stdout + done.stderr
+    shutil.rmtree(ROOT / "results" / profile)
+
+
 def test_settings_to_flags():
     flags = settings_to_flags(
         {
@@ -439,43 +455,58 @@ def test_ci_profile_end_to_end_and_partial_rerun():
     shutil.rmtree(results)
 
 
+REHEARSAL = ("--cores", "2", "--configfile", "config/rehearsal.yaml")
+
+
+def check_rehearsal_run(resources_path: Path) -> bool:
+    """A rehearsal run ran under ZeRO-3 on 2 ranks in the paper's dtype: LOMO in fp16 with
+    dynamic loss scaling, LoRA+LOMO in bf16 (as the official code); a run whose step 3 was
+    forced to overflow skipped it (the scale halved) on both ranks and went on. Returns
+    whether it was forced."""
+    resources = json.loads(resources_path.read_text())
+    assert (resources["runtime"], resources["processes"]) == ("zero3", 2), resources_path
+    config = yaml.safe_load((resources_path.parent / "config.yaml").read_text())
+    if config["method"] == "lomo":
+        assert config["dtype"] == "fp16" and config["allow_cpu_fp16"], resources_path
+    if config["method"] == "lora+lomo":
+        assert config["dtype"] == "bf16", resources_path
+    if config["force_overflow_step"] != 3:
+        return False
+    log = list(csv.DictReader((resources_path.parent / "train_log.csv").open()))
+    assert [r["overflow"] for r in log[2:4]] == ["1", "0"], resources_path
+    assert float(log[2]["loss_scale"]) == float(log[1]["loss_scale"]) / 2, resources_path
+    return True
+
+
 @pytest.mark.e2e
+def test_rehearsal_profile_runs_one_fp16_lomo_job():
+    """The paper profile's launcher, torchrun on 2 CPU ranks, ZeRO-3 and fp16 loss scaling,
+    through the workflow for one LOMO job (the whole profile: the slow test below)."""
+    profile = "rehearsal-one-test"
+    results = ROOT / "results" / profile
+    shutil.rmtree(results, ignore_errors=True)
+    run = results / "superglue/tiny-llama/lomo/rte/seed42"
+    target = str(run.relative_to(ROOT) / "metrics.json")  # before --config, which takes the rest
+    args = (target, *REHEARSAL, "--config", f"profile={profile}", f"superglue_dir={DATA_DIR}")
+    done = snakemake(*args, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert check_rehearsal_run(run / "resources.json")
+    shutil.rmtree(results)
+
+
+@pytest.mark.slow
 def test_rehearsal_profile_end_to_end():
     """The paper profile's path on 2 CPU ranks: every job through torchrun under ZeRO-3, the
     grid selected in the table, the held-out column, Figure 3's ranks, notebooks, report."""
     profile = "rehearsal-test"
     results = ROOT / "results" / profile
     shutil.rmtree(results, ignore_errors=True)
-    args = (
-        "--cores",
-        "2",
-        "--configfile",
-        "config/rehearsal.yaml",
-        "--config",
-        f"profile={profile}",
-        f"superglue_dir={DATA_DIR}",
-    )
+    args = (*REHEARSAL, "--config", f"profile={profile}", f"superglue_dir={DATA_DIR}")
     done = snakemake(*args, timeout=1800)  # a hang guard, not a benchmark
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     runs = sorted((results / "superglue").glob("*/*/*/seed42/resources.json"))
     assert len(runs) == 17
-    for path in runs:
-        resources = json.loads(path.read_text())
-        assert (resources["runtime"], resources["processes"]) == ("zero3", 2), path
-    # The paper's dtype: fp16 with dynamic loss scaling; each LOMO run's forced overflow at
-    # step 3 was skipped (the scale halved) on both ranks, and training went on.
-    forced = 0
-    for path in runs:
-        config = yaml.safe_load((path.parent / "config.yaml").read_text())
-        if config["method"] == "lomo":
-            assert config["dtype"] == "fp16" and config["allow_cpu_fp16"], path
-        if config["method"] == "lora+lomo":  # the official LoRA+LOMO runs in bf16
-            assert config["dtype"] == "bf16", path
-        if config["force_overflow_step"] == 3:
-            log = list(csv.DictReader((path.parent / "train_log.csv").open()))
-            assert [r["overflow"] for r in log[2:4]] == ["1", "0"], path
-            assert float(log[2]["loss_scale"]) == float(log[1]["loss_scale"]) / 2, path
-            forced += 1
+    forced = sum(check_rehearsal_run(path) for path in runs)
     assert forced >= 4  # every LOMO run: 2 grid points x (copa, rte) and the held-out ones
     with open(results / "tables" / "superglue.csv") as f:
         rows = {(r["variant"], r["task"]): r for r in csv.DictReader(f)}

@@ -57,6 +57,13 @@ JOB_PYTHON = "python" if USE_CONDA else sys.executable
 PYTHON = f"env PYTHONPATH={shlex.quote(workflow.basedir)} {JOB_PYTHON}"
 LOMO = f"{PYTHON} -m lomo.cli"
 RESULTS = f"results/{PROFILE}"
+# Jobs on this machine (the laptop profile runs 1-thread jobs side by side) fit in its memory:
+# the scheduler counts each job's mem_mb against the machine's RAM unless --resources mem_mb=N
+# says otherwise. A cluster job gets its own node's memory (mem_mb is per job there).
+if workflow.local_exec and "mem_mb" not in workflow.global_resources:
+    workflow.register_resource(
+        "mem_mb", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    )
 # Model names may contain slashes (hub ids); paths use a slug without them.
 MODELS = {model_slug(name): name for name in config["models"]}
 # The laptop and paper profiles publish their tables and figures in paper/ (committed, and
