@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lomo.io import read_yaml
-from lomo.train.methods import METHODS
+from lomo.train.methods import METHODS, optimizer_names
 from tasks.superglue import TASKS
 
 
@@ -152,7 +152,8 @@ def type_settings(config: dict) -> None:
 def check_config(config: dict, schema_path: str | Path = SCHEMA) -> None:
     """The config is valid by the schema, with task and method names from their declarations
     (tasks.superglue.TASKS, lomo.train.methods.METHODS): the schema marks where their names go
-    (`$defs/task`, `$defs/method`) without listing them, so the declarations stay the one list.
+    (`$defs/task`, `$defs/method`, `$defs/optimizer`) without listing them, so the declarations
+    stay the one list.
     A ValueError names the first problem and where it is."""
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
@@ -160,12 +161,14 @@ def check_config(config: dict, schema_path: str | Path = SCHEMA) -> None:
     schema = read_yaml(schema_path)
     schema["$defs"]["task"]["enum"] = list(TASKS)
     schema["$defs"]["method"]["enum"] = list(METHODS)
+    schema["$defs"]["optimizer"]["enum"] = optimizer_names()
     error = best_match(Draft202012Validator(schema).iter_errors(config))
     if error is not None:
         where = ".".join(map(str, error.absolute_path))
         declared = {
             tuple(TASKS): " (tasks are declared in tasks/superglue/tasks.py)",
             tuple(METHODS): " (methods are declared in lomo/train/methods.py)",
+            tuple(optimizer_names()): " (measured methods are declared in lomo/train/methods.py)",
         }
         enum = tuple(error.validator_value) if error.validator == "enum" else ()
         hint = declared.get(enum, "")
@@ -267,7 +270,7 @@ def measurement_gpu_memory(command: str, flags: str) -> float:
 
     from lomo.measure import memory, throughput
     from lomo.measure.plan import GIB, Setting, load_shape, plan
-    from lomo.measure.workloads import PEERS
+    from lomo.train.methods import PEERS
 
     parser = argparse.ArgumentParser(prog="lomo")
     commands = parser.add_subparsers(dest="command")

@@ -101,6 +101,13 @@ def test_the_workflow_config_takes_its_method_names_from_the_declarations(sign_s
     config["methods"] = ["sign-sgd", "sgdx"]
     with pytest.raises(ValueError, match=r"config: methods.1: 'sgdx' is not one of \[.*'sign-sgd'"):
         check_config(config, SCHEMA)
+    # ... and its measurements' optimizer names: the methods measured, then lomo-optim's.
+    config["methods"] = ["sign-sgd", "lomo"]
+    config["memory"][0]["optimizers"] = ["sign-sgd", "lomo-optim"]
+    check_config(config, SCHEMA)
+    config["memory"][0]["optimizers"] = ["lora"]  # trains adapters: not measured
+    with pytest.raises(ValueError, match=r"memory.0.optimizers.0: 'lora' is not one of .*sign-sgd"):
+        check_config(config, SCHEMA)
 
 
 def test_a_method_declared_in_a_test_is_measured_by_lomo_memory_and_throughput(

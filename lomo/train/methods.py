@@ -319,3 +319,41 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}: expected one of {', '.join(METHODS)}")
     return METHODS[name]
+
+
+# --- what `lomo memory` and `lomo throughput` measure ------------------------------------
+
+
+@dataclass(frozen=True)
+class Peer:
+    """An external original measured beside our methods (lomo-optim 0.1.1), not a method."""
+
+    name: str
+    original_of: str  # the method it is the original of: the same lr and first-step state
+    cls: str  # its class in lomo_optim
+    display_name: str
+
+
+PEERS = {
+    peer.name: peer
+    for peer in (
+        Peer("lomo-optim", original_of="lomo", cls="Lomo", display_name="lomo-optim"),
+        Peer(
+            "adalomo-optim",
+            original_of="adalomo",
+            cls="AdaLomo",
+            display_name="AdaLomo (lomo-optim)",
+        ),
+    )
+}
+
+
+def measured_methods() -> dict[str, Method]:
+    """The methods whose step memory and throughput measure: those that train the base
+    weights without adapters, in METHODS order."""
+    return {name: m for name, m in METHODS.items() if m.trains_base and not m.lora}
+
+
+def optimizer_names() -> list[str]:
+    """What `--optimizers` takes: the measured methods, then the lomo-optim originals."""
+    return [*measured_methods(), *PEERS]
