@@ -30,7 +30,14 @@ from lomo import argtypes
 from lomo.io import read_yaml
 from lomo.measure.plan import DTYPE_BYTES, count_parameters, fit_check, load_shape, plan
 from lomo.train.methods import METHODS
-from lomo.workflow import expand_runs, job_setting, method_of, model_slug, type_settings
+from lomo.workflow import (
+    check_config,
+    expand_runs,
+    job_setting,
+    method_of,
+    model_slug,
+    type_settings,
+)
 
 GPU_COUNTS = (1, 2, 4, 8)
 # Table 2: (GPUs, LOMO tokens per GPU per second) by model.
@@ -219,6 +226,7 @@ def load_profile(path: str, gpu_memory: float | None) -> dict:
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a workflow profile (a mapping), not {config!r}")
     type_settings(config)
+    check_config(config)  # as the workflow checks it at start: one line naming the problem
     if gpu_memory is not None:
         config["gpu_memory_gib"] = gpu_memory
         config.pop("model_gpus", None)

@@ -176,12 +176,18 @@ def check_config(config: dict, schema_path: str | Path = SCHEMA) -> None:
 
 
 def check_models(config: dict) -> None:
-    """Every model of `models` and `figure3.models` is one a job can load
+    """Every model of `models`, `figure3.models` and `claims.sgd_models` is one a job can load
     (lomo.train.config.check_model_name), and Figure 3's models are among `models`."""
     from lomo.train.config import check_model_name
 
     figure3 = config.get("figure3") or {}
-    for key, names in (("models", config["models"]), ("figure3.models", figure3.get("models"))):
+    # `lomo sgd-claims` also takes NAME:random (NAME's architecture, random weights)
+    sgd_models = [name.removesuffix(":random") for name in config["claims"].get("sgd_models", [])]
+    for key, names in (
+        ("models", config["models"]),
+        ("figure3.models", figure3.get("models")),
+        ("claims.sgd_models", sgd_models),
+    ):
         for name in names or []:
             try:
                 check_model_name(name)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
+import yaml
 from paths import DATA_DIR, ROOT
 from test_report import write_run
 
@@ -58,6 +59,8 @@ def make_inputs(tmp: Path) -> None:
     (tmp / "bad.yaml").write_text("lr: 0.03\nepochs: [2\n")
     (tmp / "negative.yaml").write_text("lr: -1\n")
     (tmp / "profile.yaml").write_text("models: [a\ntasks: {b: c\n")
+    paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    (tmp / "seeds.yaml").write_text(yaml.safe_dump({**paper, "seeds": [-1]}))
     rte = tmp / "surrogate" / "RTE"
     rte.mkdir(parents=True)
     row = {"premise": "a", "hypothesis": "b", "label": "entailment", "idx": 0}
@@ -122,6 +125,7 @@ BAD_INPUTS = [
     (["budget", "--node-gpus", "0"], "argument --node-gpus: expected a positive integer"),
     (["budget", "--gpu-memory", "-80"], "argument --gpu-memory: expected a positive number"),
     (["budget", "--profile", "{tmp}/profile.yaml"], "{tmp}/profile.yaml:2:6: invalid YAML"),
+    (["budget", "--profile", "{tmp}/seeds.yaml"], "config: seeds.0: -1 is less than the minimum"),
     (["sgd-claims", "--out", "{tmp}/o.json", "--seed", "-1"], "argument --seed: expected a seed"),
     (["sgd-claims", "--out", "{tmp}/o.json", "--lrs", "0.1", "0"], "argument --lrs: expected a"),
     (["sgd-claims", "--out", "{tmp}/o.json", "--pairs", "0"], "argument --pairs: expected a"),
@@ -163,6 +167,10 @@ BAD_INPUTS = [
     (["prepare-model", "--model", "gpt-17"], "unknown model 'gpt-17'"),
     (["prepare-model", "--model", "{tmp}/nomodel"], "model folder {tmp}/nomodel does not exist"),
     (["prepare-data", "--tasks", "mnli", "--out", "{tmp}/out"], "unknown task(s) ['mnli']"),
+    (
+        ["prepare-data", "--tasks", "rte", "--out", "{tmp}/out", "--origin", "{tmp}/nohub"],
+        "--origin {tmp}/nohub: not a folder, nor a hub dataset id (owner/name",
+    ),
 ]
 
 

@@ -140,6 +140,8 @@ def finetune_on_two_ranks(
     return torchrun(args, timeout=240, cwd=TESTS, env=env)
 
 
+# slow (-m slow); in the default suite: one process: test_finetune's signal tests
+@pytest.mark.slow
 def test_zero3_signal_on_one_rank_stops_both_and_the_rerun_equals_one_process(tmp_path):
     """SIGUSR1 reaches rank 1 only, at a random step: both ranks finish that step, write a
     checkpoint within the epoch and exit 75; the rerun resumes and equals one process."""
@@ -161,6 +163,8 @@ def test_zero3_signal_on_one_rank_stops_both_and_the_rerun_equals_one_process(tm
     assert not list(out.glob("checkpoint*"))
 
 
+# slow (-m slow); in the default suite: one process: test_finetune's kill-and-resume tests
+@pytest.mark.slow
 def test_zero3_finetune_survives_a_killed_rank_and_equals_one_process(tmp_path):
 
     out = tmp_path / "zero3"
@@ -219,6 +223,9 @@ def method_runs(tmp_path_factory) -> dict[str, Path]:
     return outs
 
 
+# slow (-m slow); in the default suite, 2 ranks: test_zero3_equals_single_process,
+# test_data_parallel_equals_single_process and the family matrix
+@pytest.mark.slow
 @pytest.mark.parametrize("method, launch, extra", METHOD_RUNS, ids=[r[0] for r in METHOD_RUNS])
 def test_each_method_on_two_ranks_equals_one_process(method_runs, tmp_path, method, launch, extra):
     from lomo.train import finetune as ft
@@ -240,6 +247,9 @@ def test_each_method_on_two_ranks_equals_one_process(method_runs, tmp_path, meth
         assert float(logs[0][-1]["loss"]) < float(logs[0][0]["loss"])
 
 
+# slow (-m slow); in the default suite: the family matrix's 2-rank run and test_evaluate's
+# shared-prompt scorer
+@pytest.mark.slow
 def test_zero3_evaluation_with_shared_prompts_equals_one_process(tmp_path):
     # MultiRC's examples share prompts and paragraphs: the scorer's extra prefix forwards must
     # stay balanced over the ranks (every forward gathers the partitioned weights).
@@ -286,7 +296,7 @@ def test_deepspeed_without_torchrun_runs_as_one_rank_zero3(tmp_path):
     assert (resources["runtime"], resources["processes"]) == ("zero3", 1)
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", [pytest.param("fp32", marks=pytest.mark.slow), "bf16"])
 def test_zero3_checkpoint_partitions_keep_the_requested_dtype(tmp_path, dtype):
     """A checkpoint folder is partitioned in --dtype (DeepSpeed 0.19.8 alone makes every CPU
     partition bf16), with the checkpoint's values."""
@@ -320,6 +330,9 @@ print(json.dumps([str(p.ds_tensor.dtype), p.ds_tensor[:4].float().tolist()]))
 FP16 = {**RUN, "dtype": "fp16", "allow_cpu_fp16": True, "force_overflow_step": 3}
 
 
+# slow (-m slow); in the default suite: test_rehearsal_profile_runs_one_fp16_lomo_job (2 ranks,
+# ZeRO-3, the forced overflow)
+@pytest.mark.slow
 def test_zero3_fp16_overflow_is_skipped_by_every_rank_as_by_one_process(tmp_path):
     """fp16 (the paper's dtype) on two CPU ranks under ZeRO-3. Step 3's gradients overflow on
     every rank (`force_overflow_step`), then, in a second run, on rank 1 only: both runs skip

@@ -87,7 +87,13 @@ def test_every_lomo_command_parses_and_validates_as_written(command):
 @pytest.mark.e2e
 @pytest.mark.parametrize(
     "command",
-    [c for c in COMMANDS if c.startswith("torchrun") and "lomo.cli finetune" in c],
+    [
+        # slow (-m slow) but the first: the launch is the same, the method and runtime differ
+        pytest.param(c, marks=[pytest.mark.slow] * (i > 0))
+        for i, c in enumerate(
+            c for c in COMMANDS if c.startswith("torchrun") and "lomo.cli finetune" in c
+        )
+    ],
     ids=["zero3-lomo", "zero3-lora", "data-parallel"],
 )
 def test_readme_torchrun_lines_run_on_two_cpu_ranks(command, tmp_path):
@@ -99,7 +105,8 @@ def test_readme_torchrun_lines_run_on_two_cpu_ranks(command, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["n_train"] == 8
 
 
-@pytest.mark.e2e
+# slow (-m slow); in the default suite: the README's torchrun lines: the zero3-lomo one
+@pytest.mark.slow
 def test_readme_bench_distributed_line_runs(tmp_path):
     (command,) = [c for c in COMMANDS if "bench_distributed.py" in c]
     done = run(f"{command} --layers 1 --hidden 64 --intermediate 128 --steps 2 --warmup 1", ROOT)
@@ -115,7 +122,8 @@ def test_readme_prepare_model_line_runs():
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("nodes", [1, 2])
+# one node: slow (-m slow); the two-node script runs the same launcher in the default suite
+@pytest.mark.parametrize("nodes", [pytest.param(1, marks=pytest.mark.slow), 2])
 def test_sbatch_scripts_run_under_slurm_variables(nodes, tmp_path):
     script = "lomo_zero3_1node.sbatch" if nodes == 1 else "lomo_zero3_2nodes.sbatch"
     (command,) = [c for c in COMMANDS if script in c]
@@ -163,6 +171,7 @@ def test_inline_snakemake_commands_plan_as_written(command, full_superglue):
 # Inline mentions that name a subcommand in prose rather than give a command line.
 NAMES = {"lomo finetune", "lomo evaluate", "lomo readme-results", "lomo finetune --deepspeed"}
 NAMES |= {"lomo plan", "lomo sgd-claims", "lomo finetune --report-to tensorboard"}
+NAMES |= {"lomo throughput --optimizers NAME"}  # NAME: a method declared in a test
 
 
 @pytest.mark.parametrize("command", [c for c in INLINE if c.split()[0].endswith("lomo")])

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from paths import ROOT
 
@@ -43,7 +44,9 @@ def write_rte(folder: Path, rows: int = 32) -> Path:
     return folder
 
 
-# In the default suite (CI): about 60 s of CPU, mostly the start-up of a dozen Python processes.
+# About 60 s of CPU, mostly the start-up of a dozen Python processes.
+# slow (-m slow); in the default suite: the script's staging and interpreter tests
+@pytest.mark.slow
 def test_dry_run_executes_every_step_and_summarises(tmp_path):
     data = write_rte(tmp_path / "superglue")
     out = tmp_path / "results"

@@ -32,7 +32,10 @@ def lm_eval_encode_pairs(tokenizer, requests: list[tuple[str, str]]) -> list[tup
 
 
 @pytest.mark.real_data
-@pytest.mark.parametrize("task", sorted(TASKS))
+# MultiRC (10004 pairs, 20 s) is slow (-m slow); the other seven run in the default suite
+@pytest.mark.parametrize(
+    "task", [pytest.param(t, marks=[pytest.mark.slow] * (t == "multirc")) for t in sorted(TASKS)]
+)
 def test_lm_eval_template_is_token_identical_to_lm_eval(tokenizer, task):
     template = get_template("lm-eval")
     splits = [

@@ -210,6 +210,8 @@ def test_memory_worker_on_a_llama_shape_matches_hand_counts():
     assert raw["category_peak"]["gradients"] == 2 * 32000 * 4096
 
 
+# slow (-m slow); in the default suite: the other memory-worker tests
+@pytest.mark.slow
 def test_memory_workers_measure_with_a_fixed_mmap_threshold(tmp_path):
     # glibc's dynamic mmap threshold keeps freed blocks resident and inflated the CPU process
     # peak by 0.2-0.5 GB at SmolLM2 size; every worker must run with the threshold fixed.

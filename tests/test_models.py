@@ -81,6 +81,8 @@ print(models.smollm2_folder())
 """
 
 
+# slow (-m slow); in the default suite: test_a_cache_folder_without_weights_is_converted_again
+@pytest.mark.slow
 def test_parallel_first_loads_convert_once(tmp_path):
     # Two ranks of a distributed run both start on a cold cache.
     env = {**os.environ, "LOMO_CACHE_DIR": str(tmp_path)}

@@ -228,7 +228,8 @@ def test_a_profile_turns_tracking_on_for_every_job():
     assert "'mlflow' is not one of ['none', 'tensorboard', 'wandb']" in bad.stdout + bad.stderr
 
 
-@pytest.mark.e2e
+# slow (-m slow); in the default suite: the one-process tracking tests
+@pytest.mark.slow
 def test_on_two_ranks_only_rank_0_writes(tmp_path):
     """Two data-parallel ranks (torchrun): one writer, one value per step, the run's own."""
     config = tmp_path / "run.yaml"

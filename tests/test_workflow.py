@@ -122,7 +122,14 @@ def variant_settings(variant: str) -> dict:
     return {k: yaml.safe_load(v) for k, v in (item.split("=") for item in own.split(",") if item)}
 
 
-@pytest.mark.parametrize("profile", PROFILES)
+# paper-core and rehearsal share paper's rules and differ in their lists: slow (-m slow)
+@pytest.mark.parametrize(
+    "profile",
+    [
+        pytest.param(p, marks=[pytest.mark.slow] * (p in ("paper-core", "rehearsal")))
+        for p in PROFILES
+    ],
+)
 def test_every_job_runs_exactly_what_its_profile_file_says(profile, full_superglue):
     """No setting leaks from one profile into another: each job's settings are the profile
     file's finetune + method + task settings + the run's own grid point / protocol / rank."""
@@ -326,6 +333,15 @@ BAD_CONFIG = [
 ]
 
 
+def test_sgd_claims_models_are_checked_at_start():
+    config = yaml.safe_load((ROOT / "config/ci.yaml").read_text())
+    config["claims"]["sgd_models"] = ["tiny-llama", "tiny-llama:random"]
+    workflow.check_models(config)
+    config["claims"]["sgd_models"] = ["tiny-llama", "gpt-17:random"]
+    with pytest.raises(ValueError, match="config: claims.sgd_models: unknown model 'gpt-17'"):
+        workflow.check_models(config)
+
+
 @pytest.mark.parametrize("override, message", BAD_CONFIG)
 def test_bad_command_line_config_is_one_line_before_any_job(override, message):
     done = snakemake("-n", "--configfile", "config/ci.yaml", "--config", override)
@@ -334,7 +350,8 @@ def test_bad_command_line_config_is_one_line_before_any_job(override, message):
     assert "Traceback" not in done.stdout + done.stderr
 
 
-@pytest.mark.e2e
+# slow (-m slow); in the default suite: test_cli_errors' missing data folder
+@pytest.mark.slow
 def test_planning_works_without_data_and_the_first_job_that_reads_it_stops(tmp_path):
     # config/config.yaml leaves superglue_dir unset; the hub is unreachable (HF_HUB_OFFLINE).
     for args in (["--lint"], ["-n"]):
@@ -561,6 +578,8 @@ def dry_run_jobs(*args: str) -> dict[str, int]:
     return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
 
 
+# slow (-m slow); in the default suite: test_gpu_work_beyond_the_profiles_gpu_memory_is_named
+@pytest.mark.slow
 def test_all_completes_on_80_gb_cards_and_the_rest_is_its_own_target():
     """`snakemake --configfile config/paper.yaml all` on 80 GB cards: both Table 1
     measurements, no sgd-claims (126 GiB); `beyond_gpu_memory` is that job alone."""

@@ -11,6 +11,7 @@ jobs on compute nodes without network read that copy (`--source hub --data-dir C
 import argparse
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -103,6 +104,11 @@ def copy_hub_dataset(tasks: list[str], out: Path, origin: str = HUB_DATASET) -> 
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}: expected some of {', '.join(TASKS)}")
     names = [TASKS[t].name for t in tasks]  # the hub config of each task
+    if not Path(origin).is_dir() and not re.fullmatch(r"[\w.-]+/[\w.-]+", origin):
+        raise ValueError(
+            f"--origin {origin}: not a folder, nor a hub dataset id (owner/name, e.g. "
+            f"{HUB_DATASET})"
+        )
     if Path(origin).is_dir():
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy2(Path(origin) / "README.md", out / "README.md")

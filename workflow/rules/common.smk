@@ -57,10 +57,11 @@ JOB_PYTHON = "python" if USE_CONDA else sys.executable
 PYTHON = f"env PYTHONPATH={shlex.quote(workflow.basedir)} {JOB_PYTHON}"
 LOMO = f"{PYTHON} -m lomo.cli"
 RESULTS = f"results/{PROFILE}"
-# Jobs on this machine (the laptop profile runs 1-thread jobs side by side) fit in its memory:
-# the scheduler counts each job's mem_mb against the machine's RAM unless --resources mem_mb=N
-# says otherwise. A cluster job gets its own node's memory (mem_mb is per job there).
-if workflow.local_exec and "mem_mb" not in workflow.global_resources:
+# Jobs run on this machine fit in its memory: the scheduler counts each job's mem_mb against
+# the machine's RAM unless --resources mem_mb=N says otherwise. Not on a cluster, where each
+# job asks for its own node's memory (a cluster executor's --jobs is the only sign of one while
+# the Snakefile is read; run locally, Snakemake turns --jobs into --cores).
+if workflow.global_resources["_nodes"].value is None and "mem_mb" not in workflow.global_resources:
     workflow.register_resource(
         "mem_mb", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     )
