@@ -277,6 +277,8 @@ def test_zero3_evaluation_with_shared_prompts_equals_one_process(tmp_path):
             assert ours["scores"] == pytest.approx(reference["scores"], rel=1e-5, abs=1e-5)
 
 
+# slow (-m slow); in the default suite: ZeRO-3 on 2 ranks equals one process
+@pytest.mark.slow
 def test_deepspeed_without_torchrun_runs_as_one_rank_zero3(tmp_path):
     """`lomo finetune --deepspeed` started as a plain process (one GPU, or the SGD-claims rerun
     of a ZeRO-3 run) forms a one-process group instead of asking MPI for one."""

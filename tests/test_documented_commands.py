@@ -156,7 +156,15 @@ INLINE = [  # inline `...` commands of the README, line breaks inside them joine
 ]
 
 
-@pytest.mark.parametrize("command", [c for c in INLINE if c.startswith("snakemake --")])
+# The local-GPU profile's line is slow (-m slow): it plans the paper profile as the SLURM one does
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(c, marks=[pytest.mark.slow] * ("profiles/local-gpu" in c))
+        for c in INLINE
+        if c.startswith("snakemake --")
+    ],
+)
 def test_inline_snakemake_commands_plan_as_written(command, full_superglue):
     """Dry run (-n) of each snakemake command in the README's text, data from a full-layout
     folder (every task's train and val files, tests/conftest.py)."""

@@ -373,19 +373,25 @@ def test_planning_works_without_data_and_the_first_job_that_reads_it_stops(tmp_p
     shutil.rmtree(ROOT / "results" / profile)
 
 
-def test_local_jobs_are_scheduled_within_the_machines_memory():
+# --resources mem_mb=N, when given, is left as it is: that row is slow (-m slow)
+@pytest.mark.parametrize(
+    "extra, limit",
+    [((), None), pytest.param(("--resources", "mem_mb=5000"), 5000, marks=pytest.mark.slow)],
+    ids=["machine", "given"],
+)
+def test_local_jobs_are_scheduled_within_the_machines_memory(extra, limit):
     """Run locally, the scheduler counts each job's mem_mb against this machine's RAM, or
     against --resources mem_mb=N where that is given."""
-    profile = "memory-test"
+    profile = f"memory-test-{len(extra)}"
     target = f"results/{profile}/models/tiny-llama.json"
-    args = ("--cores", "1", target, "--configfile", "config/ci.yaml")
+    args = ("--cores", "1", target, *extra, "--configfile", "config/ci.yaml")
     args += ("--config", f"profile={profile}", f"superglue_dir={DATA_DIR}")
     machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    for extra, limit in (((), machine), (("--resources", "mem_mb=5000"), 5000)):
-        done = snakemake(*args, *extra, "--forcerun", "prepare_model", timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-        provided = re.search(r"Provided resources: .*mem_mb\D*(\d+)", done.stdout + done.stderr)
-        assert provided and int(provided.group(1)) == limit, done.stdout + done.stderr
+    shutil.rmtree(ROOT / "results" / profile, ignore_errors=True)  # so the job runs
+    done = snakemake(*args, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    provided = re.search(r"Provided resources: .*mem_mb\D*(\d+)", done.stdout + done.stderr)
+    assert provided and int(provided.group(1)) == (limit or machine), done.stdout + done.stderr
     shutil.rmtree(ROOT / "results" / profile)
 
 
@@ -405,7 +411,9 @@ def test_settings_to_flags():
     )
 
 
-@pytest.mark.e2e
+# slow (-m slow; 85 s); in the default suite: one job of the rehearsal profile through the
+# workflow, every profile's dry run, the tables' and notebooks' own tests
+@pytest.mark.slow
 def test_ci_profile_end_to_end_and_partial_rerun():
     profile = "ci-test"
     results = ROOT / "results" / profile
