@@ -276,7 +276,7 @@ def measurement_gpu_memory(command: str, flags: str) -> float:
 
     from lomo.measure import memory, throughput
     from lomo.measure.plan import GIB, Setting, load_shape, plan
-    from lomo.train.methods import PEERS
+    from lomo.measure.workloads import declaration
 
     parser = argparse.ArgumentParser(prog="lomo")
     commands = parser.add_subparsers(dest="command")
@@ -291,7 +291,7 @@ def measurement_gpu_memory(command: str, flags: str) -> float:
             shape,
             Setting(
                 # lomo-optim's originals hold what ours hold: planned as ours
-                method=PEERS[optimizer].original_of if optimizer in PEERS else optimizer,
+                method=declaration(optimizer).name,
                 seq=args.seq,
                 batch=args.batch,
                 dtype=args.dtype,
