@@ -140,6 +140,8 @@ def job_resources(
     params = count_parameters(load_shape(model))
     trainable = params if METHODS[method].trains_base else 0
     checkpoint = DTYPE_BYTES[settings.get("dtype", "fp32")] * trainable
+    # --save-model: every weight gathered onto rank 0's CPU, then written beside the run
+    saved = DTYPE_BYTES[settings.get("dtype", "fp32")] * params if settings.get("save_model") else 0
     work = math.ceil(seconds / 60)
     submissions, minutes = 1, work + FIXED_MINUTES
     if minutes > max_minutes:
@@ -155,9 +157,9 @@ def job_resources(
     return {
         "gpus": gpus,
         "nodes": 1,
-        "mem_mb": 1024 * (6 * gpus + 4),
+        "mem_mb": 1024 * (6 * gpus + 4) + math.ceil(saved / 2**20),
         "runtime": min(minutes, max_minutes),
-        "disk_mb": math.ceil(2 * checkpoint / 1e6) + 1000,
+        "disk_mb": math.ceil((2 * checkpoint + saved) / 1e6) + 1000,
         "submissions": submissions,
         "minutes": minutes,
     }

@@ -48,7 +48,7 @@ Families whose head does more than `lm_head(hidden)` (`logit_transform`): Gemma-
 config and applied to each chunk's logits before the fp32 cross-entropy, as their
 `forward` does. A family that transforms its logits in a way not listed here would train on a
 different loss: `check_chunked_loss` compares the two losses on a batch (lomo finetune: its
-first one) and stops naming the family where they differ.
+first training example) and stops naming the family where they differ.
 
 `chunked=False` is the plain path, `model(...).loss`, for comparison and as the off switch.
 """
@@ -296,7 +296,7 @@ def check_chunked_loss(
         config = model.config.get_text_config()
         raise ChunkedLossMismatch(
             f"the chunked loss is {ours:.6f} where {type(model).__name__} "
-            f"(model_type {config.model_type}) computes {theirs:.6f} on the first batch: "
+            f"(model_type {config.model_type}) computes {theirs:.6f} on the batch checked: "
             "lomo.loss does not know how this family turns hidden states into logits; "
             "train with --no-chunked-loss"
         )

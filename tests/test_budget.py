@@ -72,6 +72,21 @@ def test_slurm_gets_each_jobs_own_resources(slurm_dry_run):
     assert int(zero_shot["runtime"]) < 30 and int(zero_shot["disk_mb"]) == 1000
 
 
+def test_the_distance_run_has_room_for_its_saved_weights(slurm_dry_run):
+    """The first model's first-seed LOMO run on RTE saves its final weights (--save-model) for
+    `lomo sgd-claims`: rank 0 gathers all of them onto its CPU and writes them beside the run."""
+    weights = 2 * 6_738_415_616  # fp16
+    rte = [
+        job
+        for key, job in slurm_dry_run.items()
+        if key.startswith("model=huggyllama--llama-7b, variant=lomo") and "task=rte" in key
+    ]
+    saving = [job for job in rte if int(job["mem_mb"]) > 10240]
+    assert len(rte) > 1 and len(saving) == 1  # one grid point's run (one seed in the profile)
+    assert int(saving[0]["mem_mb"]) == 10240 + math.ceil(weights / 2**20)
+    assert int(saving[0]["disk_mb"]) == math.ceil((2 * weights + weights) / 1e6) + 1000
+
+
 def test_gpus_follow_the_gpu_memory():
     config = budget.load_profile(str(ROOT / "config/paper.yaml"), None)
     from lomo.workflow import expand_runs

@@ -89,8 +89,8 @@ def test_each_method_runs_and_writes_outputs(tmp_path, method, overrides):
     resources = json.loads((tmp_path / "resources.json").read_text())
     phases = resources["phases"]
     trains = method != "zero-shot"
-    expected = ["data", "model", "train", "evaluation", "checkpoint", "write"]
-    expected = [p for p in expected if trains or p not in ("train", "checkpoint")]
+    expected = ["data", "model", "setup", "train", "evaluation", "checkpoint", "write"]
+    expected = [p for p in expected if trains or p not in ("setup", "train", "checkpoint")]
     assert [p for p in phases if p not in ("start", "wall")] == expected
     # the phases are parts of the wall time, and the training steps part of the training
     assert phases["start"] > 0 and sum(phases[p] for p in expected) <= phases["wall"]

@@ -20,7 +20,14 @@ from paths import DATA_DIR, ROOT
 from lomo import budget, workflow
 from lomo.cli import build_parser
 from lomo.train import finetune as ft
-from lomo.workflow import SCHEMA, expand_runs, grid_points, settings_to_flags, typed_by_schema
+from lomo.workflow import (
+    SCHEMA,
+    expand_runs,
+    grid_points,
+    model_slug,
+    settings_to_flags,
+    typed_by_schema,
+)
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -142,9 +149,11 @@ def test_every_job_runs_exactly_what_its_profile_file_says(profile, full_supergl
     if said.get("gpu_memory_gib") is not None and not planned_gpus:
         config = budget.load_profile(str(ROOT / PROFILES[profile]), None)
         planned_gpus = budget.model_gpus(config, expand_runs(config, config["tasks"]))
-    variants = defaultdict(set)
+    variants, saving = defaultdict(set), []
     for out, given, launcher in jobs:
         model, variant, task, seed = out.parts[-4:]
+        if given.pop("save_model", False):
+            saving.append((model, variant.split("@")[0], task, seed))
         assert out.parts[:3] == ("results", said["profile"], "superglue")
         method = variant.split("@")[0]
         assert (given["method"], given["task"], f"seed{given['seed']}") == (method, task, seed)
@@ -163,6 +172,15 @@ def test_every_job_runs_exactly_what_its_profile_file_says(profile, full_supergl
         # a GPU job claims its own GPUs of the machine (lomo.gpus) before the launcher starts
         assert (f"-m lomo.gpus {gpus} -- " in launcher) == (gpus > 0), launcher
         variants[(model, method, task)].add(variant)
+    # The distance runs of `lomo sgd-claims` save their final weights, and no other run: the
+    # first model's first-seed LOMO and AdamW runs (one grid point each) on RTE.
+    first = model_slug(said["models"][0])
+    distance_task = "rte" if "rte" in said["tasks"] else said["tasks"][0]
+    assert sorted(saving) == [
+        (first, method, distance_task, f"seed{said['seeds'][0]}")
+        for method in ("adamw", "lomo")
+        if method in said["methods"]
+    ]
     # Every grid point ran: Table 3's grid (times its extra protocols) for every method.
     for (model, method, task), names in variants.items():
         points = 1

@@ -15,19 +15,18 @@ for the same architecture with random weights):
   ways, which gives the step's first-order decrease and its curvature term;
 - sharpness: the top Hessian eigenvalue by power iteration on Hessian-vector products
   (plain SGD with lr is stable along that direction only while lr < 2 / eigenvalue);
-- distance travelled (`--distance-runs`): rerun a workflow fine-tuning run (its config.yaml)
-  with the model saved, and report per tensor |theta_T - theta_0| and |theta_0|.
+- distance travelled (`--distance-runs`): a finished workflow fine-tuning run's final weights
+  (saved by `lomo finetune --save-model`) against the weights it started from: per tensor
+  |theta_T - theta_0| and |theta_0|.
 
 Everything is fp32 with eager attention (double backward through SDPA is not supported on
 every backend).
 """
 
 import argparse
-import dataclasses
 import json
 import random
 import re
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -43,7 +42,7 @@ from transformers import (
 from lomo import argtypes
 from lomo.io import write_atomic
 from lomo.train.evaluate import encode_train_example
-from lomo.train.finetune import collate, finetune, load_config
+from lomo.train.finetune import collate, load_config
 from lomo.train.models import TINY_LLAMA, load_model, load_tokenizer, resolve
 from tasks.superglue import get_task, get_template, load_split
 
@@ -310,39 +309,29 @@ def parameter_distances(start: nn.Module, end: nn.Module) -> list[dict]:
     return rows
 
 
-def recorded_threads(run_dir: Path) -> int | None:
-    """The torch thread count a finished run recorded in its resources.json (None if absent)."""
-    resources = run_dir / "resources.json"
-    if not resources.exists():
-        return None
-    return json.loads(resources.read_text()).get("threads")
+FULL_PARAMETER_METHODS = ("lomo", "adalomo", "sgd", "adamw")
 
 
 def distance_travelled(run_dir: str | Path) -> dict:
-    """Rerun the fine-tuning run in `run_dir` (from its config.yaml) with the model saved, in
-    a temporary folder, and measure how far each tensor moved from its initial value. A
-    multi-rank ZeRO-3 run is rerun in this one process: the same global batches and updates
-    (the distributed tests hold them equal to 1e-5), so the distance differs by rounding only."""
+    """How far each tensor of the finished run in `run_dir` moved from its initial value: the
+    final weights it saved (`model/`, `lomo finetune --save-model`; gathered from the ranks
+    under ZeRO-3) against its config.yaml's model loaded afresh. The run itself, not a rerun:
+    nothing depends on this process matching the run's threads or ranks."""
     run_dir = Path(run_dir)
-    config = load_config(str(run_dir / "config.yaml"), {"save_model": True})
-    config = dataclasses.replace(config, deepspeed=None)
-    if config.method not in ("lomo", "adalomo", "sgd", "adamw"):
+    config = load_config(str(run_dir / "config.yaml"), {})
+    if config.method not in FULL_PARAMETER_METHODS:
         raise ValueError(f"{run_dir}: distance needs a full-parameter method, not {config.method}")
-    # Float sums depend on how many threads split them: the rerun is exact only with the
-    # source run's thread count (resources.json records it).
-    threads = recorded_threads(run_dir)
-    previous = torch.get_num_threads()
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        with tempfile.TemporaryDirectory(prefix="lomo-distance-") as tmp:
-            metrics = finetune(config, tmp)
-            tuned = AutoModelForCausalLM.from_pretrained(Path(tmp) / "model", dtype=torch.float32)
-    finally:
-        torch.set_num_threads(previous)
+    metrics_path, saved = run_dir / "metrics.json", run_dir / "model"
+    if not metrics_path.exists():
+        raise ValueError(f"{run_dir}: not a finished run (no metrics.json)")
+    if not (saved / "config.json").exists():
+        raise ValueError(
+            f"{run_dir}: no saved final weights in {saved}: rerun the run with --save-model "
+            "(the workflow passes it to its distance runs)"
+        )
+    metrics = json.loads(metrics_path.read_text())
+    tuned = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32)
     rows = parameter_distances(load_model(config.model, torch.float32), tuned)
-    source_metrics = run_dir / "metrics.json"
-    original = json.loads(source_metrics.read_text()) if source_metrics.exists() else None
     return {
         "run": str(run_dir),
         "model": config.model,
@@ -352,9 +341,7 @@ def distance_travelled(run_dir: str | Path) -> dict:
         "lr": config.lr,
         "epochs": config.epochs,
         "n_train": metrics["n_train"],
-        "threads": threads,
-        "rerun_reported": metrics["reported"]["eval"],
-        "source_reported": original["reported"]["eval"] if original else None,
+        "reported": metrics["reported"]["eval"],
         "tensors": rows,
     }
 
@@ -461,7 +448,8 @@ def add_parser(subparsers: argparse._SubParsersAction, summary: str) -> None:
         "--distance-runs",
         nargs="*",
         default=[],
-        help="fine-tuning run folders (with config.yaml) to rerun for the distance travelled",
+        help="finished full-parameter fine-tuning run folders whose final weights were saved "
+        "(lomo finetune --save-model): the distance travelled",
     )
     parser.add_argument("--seed", type=argtypes.seed, default=0)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the paper's models")

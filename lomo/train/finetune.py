@@ -254,8 +254,10 @@ def train_step(
 def check_loss_at_start(
     config: FinetuneConfig, runtime: Runtime, model: nn.Module, batch: dict[str, torch.Tensor]
 ) -> None:
-    """The chunked loss equals the model family's own on the first batch, or the run stops
-    naming the family (lomo.loss.check_chunked_loss). Not under ZeRO-3: a forward before the
+    """The chunked loss equals the model family's own on the first training example, or the
+    run stops naming the family (lomo.loss.check_chunked_loss). One example, not a micro batch:
+    a family's logits differ on every token, and the two forwards of 8 SmolLM2 examples cost
+    3-4 s of a 60 s laptop run. Not under ZeRO-3: a forward before the
     first training step leaves a tied embedding gathered after the third step's backward
     (DeepSpeed's parameter trace; tests/test_distributed.py), and the family's logits are the
     same on one process, where the check runs (tests/test_families.py)."""
@@ -456,8 +458,9 @@ def process_age() -> float | None:
 
 class Phases:
     """Where this invocation's wall time goes (resources.json `phases`, seconds): `start` (the
-    interpreter, imports and arguments before lomo finetune began), `data`, `model`, `train`,
-    `evaluation`, `checkpoint` and `write`, and `wall` (all of it)."""
+    interpreter, imports and arguments before lomo finetune began), `data`, `model`, `setup`
+    (the optimizers and the loss check), `train`, `evaluation`, `checkpoint` and `write`, and
+    `wall` (all of it)."""
 
     def __init__(self) -> None:
         self.began = time.perf_counter()
@@ -563,7 +566,8 @@ def run(
             encode_train_example(task, ex, template, tokenizer, config.max_length)
             for ex in train_examples
         ]
-    optimizers = method.optimizers(config, model, runtime.sync)
+    with phases.timed("setup"):
+        optimizers = method.optimizers(config, model, runtime.sync)
     batch_per_update = config.global_batch // config.updates_per_batch
     micro_batch = min(config.micro_batch, batch_per_update)
     updates_per_epoch = math.ceil(len(encoded) / batch_per_update)
@@ -578,8 +582,11 @@ def run(
         run, (start_epoch, skip) = resume(
             checkpoint, checkpoint_path, runtime, model, optimizers, schedulers
         )
-    first = collate(encoded[:micro_batch], tokenizer.pad_token_id)
-    check_loss_at_start(config, runtime, model, {k: v.to(runtime.device) for k, v in first.items()})
+    with phases.timed("setup"):
+        first = collate(encoded[:1], tokenizer.pad_token_id)
+        check_loss_at_start(
+            config, runtime, model, {k: v.to(runtime.device) for k, v in first.items()}
+        )
     model.train()
     log = run["log"]
     step = len(log)

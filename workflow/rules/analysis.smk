@@ -14,7 +14,6 @@ ANALYSIS = f"{RESULTS}/analysis"
 SGD_MODELS = config["claims"]["sgd_models"]
 SGD_SETTINGS = config["claims"]["sgd_settings"]
 SGD_GPUS = 1 if "--device cuda" in SGD_SETTINGS else 0
-DISTANCE_RUNS = [run for run in map(distance_run, ("lomo", "adamw")) if run]
 # What the notebooks read: this profile's runs (not every folder under results/) and tables.
 MEASUREMENTS = {"memory_tables": MEMORY_TABLES, "throughput_tables": THROUGHPUT_TABLES}
 NOTEBOOK_PARAMS = f"-p results_dir {RESULTS} -p profile {PROFILE} -p out_dir {ARTIFACTS}"

@@ -127,7 +127,8 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-# Distance travelled: the workflow's own full-parameter runs of one (model, task, seed), rerun.
+# Distance travelled (`lomo sgd-claims --distance-runs`): the first model's first-seed runs of
+# LOMO and AdamW on one task save their final weights (--save-model), which it measures.
 DISTANCE_TASK = "rte" if "rte" in TASKS else TASKS[0]
 
 
@@ -137,6 +138,15 @@ def distance_run(method):
     for model, variant, task in RUN_SETTINGS:
         if (model, task, method_of(variant)) == (first, DISTANCE_TASK, method):
             return f"{RESULTS}/superglue/{model}/{variant}/{task}/seed{config['seeds'][0]}"
+
+
+DISTANCE_RUNS = [run for run in map(distance_run, ("lomo", "adamw")) if run]
+
+
+def save_model_flag(wildcards):
+    w = wildcards
+    run = f"{RESULTS}/superglue/{w.model}/{w.variant}/{w.task}/seed{w.seed}"
+    return "--save-model" if run in DISTANCE_RUNS else ""
 
 
 def run_flags(wildcards):
@@ -172,6 +182,9 @@ def budgeted_resources(slug, variant, task):
     model = MODELS[slug]
     gpus = config.get("model_gpus", {}).get(model, config["resources"]["gpus"])
     settings = RUN_SETTINGS[(slug, variant, task)]
+    runs = f"{RESULTS}/superglue/{slug}/{variant}/{task}/"
+    if any(run.startswith(runs) for run in DISTANCE_RUNS):
+        settings = {**settings, "save_model": True}  # its first seed's run: room for the weights
     return job_resources(
         model, method_of(variant), task, settings, gpus, config["resources"]["runtime"]
     )

@@ -64,6 +64,7 @@ rule finetune:
         settings=run_flags,
         data=data_flags(),
         deepspeed=deepspeed_flag,
+        save_model=save_model_flag,
         out=lambda w, output: os.path.dirname(output.metrics),
     conda:
         "../../environment.yml"
@@ -82,7 +83,8 @@ rule finetune:
     shell:
         "{params.launcher} finetune --model {params.name} --method {params.method}"
         " --task {wildcards.task} --seed {wildcards.seed} {params.data} {params.settings}"
-        " {params.deepspeed} --threads {threads} --out {params.out} > {log} 2>&1"
+        " {params.deepspeed} {params.save_model} --threads {threads} --out {params.out}"
+        " > {log} 2>&1"
 
 
 rule superglue_table:
