@@ -32,6 +32,7 @@ from lomo.measure.plan import DTYPE_BYTES, count_parameters, fit_check, load_sha
 from lomo.train.methods import METHODS
 from lomo.workflow import (
     check_config,
+    distance_runs,
     expand_runs,
     job_setting,
     method_of,
@@ -160,6 +161,7 @@ def job_resources(
         "mem_mb": 1024 * (6 * gpus + 4) + math.ceil(saved / 2**20),
         "runtime": min(minutes, max_minutes),
         "disk_mb": math.ceil((2 * checkpoint + saved) / 1e6) + 1000,
+        "saved_mb": math.ceil(saved / 1e6),  # of disk_mb: kept in the run folder
         "submissions": submissions,
         "minutes": minutes,
     }
@@ -173,15 +175,21 @@ def profile_jobs(config: dict) -> list[dict]:
     runs = expand_runs(config, tasks)
     gpus = model_gpus(config, runs)
     names = {model_slug(name): name for name in config["models"]}
+    _, saving = distance_runs(config, runs, tasks)
     jobs = []
     for (slug, variant, task), settings in runs.items():
         model, method = names[slug], method_of(variant)
-        resources = job_resources(
-            model, method, task, settings, max(1, gpus[model]), config["resources"]["runtime"]
-        )
-        jobs += [{"model": model, "variant": variant, "task": task, **resources}] * len(
-            config["seeds"]
-        )
+        for seed in config["seeds"]:
+            save_model = (slug, variant, task, seed) in saving
+            resources = job_resources(
+                model,
+                method,
+                task,
+                {**settings, "save_model": save_model},
+                max(1, gpus[model]),
+                config["resources"]["runtime"],
+            )
+            jobs.append({"model": model, "variant": variant, "task": task, **resources})
     return jobs
 
 
@@ -198,7 +206,7 @@ def budget_table(jobs: list[dict], node_gpus: int) -> str:
     for job in jobs:
         groups[job["model"]].append(job)
     at_once = {
-        model: max(node_gpus // j["gpus"] * j["disk_mb"] for j in rows) / 1000
+        model: max(node_gpus // j["gpus"] * (j["disk_mb"] - j["saved_mb"]) for j in rows) / 1000
         for model, rows in groups.items()
     }
     for model, rows in [*groups.items(), ("total", jobs)]:
@@ -212,11 +220,14 @@ def budget_table(jobs: list[dict], node_gpus: int) -> str:
             f"| {max(j['disk_mb'] for j in rows) / 1000:,.0f} GB | {on_node:,.0f} GB |"
         )
     weights = sum(2 * count_parameters(load_shape(model)) for model in groups) / 1e9
+    saving = [j for j in jobs if j["saved_mb"]]
+    kept = sum(j["saved_mb"] for j in saving) / 1000
     lines += [
         "",
         f"Disk for the profile: {weights:,.0f} GB of model weights in the Hugging Face cache "
         f"(16-bit), plus at most {max(at_once.values()):,.0f} GB of checkpoints at once on one "
-        f"{node_gpus}-GPU node (removed as runs finish; a finished run folder keeps no weights).",
+        f"{node_gpus}-GPU node (removed as runs finish), plus {kept:,.0f} GB of final weights "
+        f"that {len(saving)} run(s) keep for `lomo sgd-claims` (the distance travelled).",
     ]
     return "\n".join(lines)
 

@@ -87,6 +87,25 @@ def expand_runs(config: dict, tasks: list[str]) -> dict[tuple[str, str, str], di
     return runs
 
 
+def distance_runs(
+    config: dict, runs: dict[tuple[str, str, str], dict[str, Any]], tasks: list[str]
+) -> tuple[str, list[tuple[str, str, str, int]]]:
+    """The task and the (model slug, variant, task, seed) runs whose final weights `lomo
+    sgd-claims --distance-runs` measures (claim 2), which therefore save them (--save-model):
+    the first model's first-seed run of LOMO and of AdamW (their first grid point) on RTE, else
+    on the first task."""
+    task = "rte" if "rte" in tasks else tasks[0]
+    first, seed = model_slug(config["models"][0]), config["seeds"][0]
+    found = []
+    for method in ("lomo", "adamw"):
+        found += [
+            (slug, variant, task, seed)
+            for slug, variant, run_task in runs
+            if (slug, run_task, method_of(variant)) == (first, task, method)
+        ][:1]
+    return task, found
+
+
 def selection_keys(config: dict) -> list[str]:
     """The settings the tables select over (the grid's keys): runs differing only in these
     are one table cell, chosen by the protocol's rule."""

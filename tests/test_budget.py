@@ -112,8 +112,12 @@ def test_the_budget_table(capsys):
         rows["huggyllama/llama-7b"][8].strip()
         == f"{8 * (2 * 2 * 6_738_415_616 / 1e6 + 1000) / 1000:.0f} GB"
     )
+    # the 7B LOMO run on RTE whose final weights lomo sgd-claims reads keeps a third copy
+    saved = 2 * 6_738_415_616 / 1e6
+    assert rows["huggyllama/llama-7b"][7].strip() == f"{(3 * saved + 1000) / 1000:.0f} GB"
     weights = 2 * (6_738_415_616 + 13_015_864_320) / 1e9  # the two models' fp16 weights
     assert f"Disk for the profile: {weights:.0f} GB of model weights" in lines[-1]
+    assert f"plus {saved / 1000:.0f} GB of final weights that 1 run(s) keep" in lines[-1]
 
 
 @pytest.mark.real_data

@@ -21,6 +21,7 @@ from lomo.workflow import (
     check_config,
     check_memory,
     check_models,
+    distance_runs,
     expand_runs,
     method_of,
     model_slug,
@@ -127,26 +128,22 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-# Distance travelled (`lomo sgd-claims --distance-runs`): the first model's first-seed runs of
-# LOMO and AdamW on one task save their final weights (--save-model), which it measures.
-DISTANCE_TASK = "rte" if "rte" in TASKS else TASKS[0]
+# Distance travelled (`lomo sgd-claims --distance-runs`): the runs whose final weights it
+# measures save them (--save-model).
+DISTANCE_TASK, DISTANCE_KEYS = distance_runs(config, RUN_SETTINGS, TASKS)
+DISTANCE_RUNS = [
+    f"{RESULTS}/superglue/{model}/{variant}/{task}/seed{seed}"
+    for model, variant, task, seed in DISTANCE_KEYS
+]
 
 
-def distance_run(method):
-    """The first run of `method` (its first grid point) on the distance task, if any."""
-    first = next(iter(MODELS))
-    for model, variant, task in RUN_SETTINGS:
-        if (model, task, method_of(variant)) == (first, DISTANCE_TASK, method):
-            return f"{RESULTS}/superglue/{model}/{variant}/{task}/seed{config['seeds'][0]}"
-
-
-DISTANCE_RUNS = [run for run in map(distance_run, ("lomo", "adamw")) if run]
+def saves_model(wildcards):
+    w = wildcards
+    return (w.model, w.variant, w.task, int(w.seed)) in DISTANCE_KEYS
 
 
 def save_model_flag(wildcards):
-    w = wildcards
-    run = f"{RESULTS}/superglue/{w.model}/{w.variant}/{w.task}/seed{w.seed}"
-    return "--save-model" if run in DISTANCE_RUNS else ""
+    return "--save-model" if saves_model(wildcards) else ""
 
 
 def run_flags(wildcards):
@@ -172,19 +169,17 @@ def job_resources(wildcards):
     Table 2's throughput, its checkpoint) on GPUs; the profile's `resources` on CPU."""
     if not config["resources"]["gpus"]:
         return {**config["resources"], "disk_mb": 1000, "nodes": 1}
-    return budgeted_resources(wildcards.model, wildcards.variant, wildcards.task)
+    w = wildcards
+    return budgeted_resources(w.model, w.variant, w.task, saves_model(w))
 
 
 @functools.cache  # each resource of a job asks: plan it once
-def budgeted_resources(slug, variant, task):
+def budgeted_resources(slug, variant, task, save_model=False):
     from lomo.budget import job_resources
 
     model = MODELS[slug]
     gpus = config.get("model_gpus", {}).get(model, config["resources"]["gpus"])
-    settings = RUN_SETTINGS[(slug, variant, task)]
-    runs = f"{RESULTS}/superglue/{slug}/{variant}/{task}/"
-    if any(run.startswith(runs) for run in DISTANCE_RUNS):
-        settings = {**settings, "save_model": True}  # its first seed's run: room for the weights
+    settings = {**RUN_SETTINGS[(slug, variant, task)], "save_model": save_model}
     return job_resources(
         model, method_of(variant), task, settings, gpus, config["resources"]["runtime"]
     )
