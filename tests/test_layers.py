@@ -1,6 +1,6 @@
-"""The package's layers (lomo/__init__.py): no module imports from a layer above its own, and
-the light entry points (`lomo --help`, `lomo readme-results`, a Snakemake parse) import
-neither torch nor scikit-learn."""
+"""The package's layers (lomo/__init__.py): no module imports from a layer above its own, the
+light entry points (`lomo --help`, `lomo readme-results`, a Snakemake parse) import neither
+torch nor scikit-learn, and `lomo finetune` imports DeepSpeed and peft only when it uses them."""
 
 import ast
 import subprocess
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from paths import ROOT
+from paths import DATA_DIR, ROOT
 
 # Lowest first: a module may import its own layer and those before it.
 LAYERS = [
@@ -100,3 +100,25 @@ def test_light_entry_points_import_neither_torch_nor_sklearn(name):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]", name
+
+
+# A laptop-profile job starts 48 times: DeepSpeed's import alone takes seconds there.
+RUN_FLAGS = ["finetune", "--model", "tiny-llama", "--task", "rte", "--data-dir", str(DATA_DIR)]
+RUN_FLAGS += ["--protocol", "val-split", "--train-size", "4", "--test-size", "2"]
+RUN_FLAGS += ["--max-length", "64", "--epochs", "1", "--global-batch", "4", "--micro-batch", "4"]
+
+
+@pytest.mark.parametrize(("method", "imported"), [("lomo", []), ("lora", ["peft"])])
+def test_a_run_imports_deepspeed_and_peft_only_when_it_uses_them(tmp_path, method, imported):
+    """A run without --deepspeed imports no DeepSpeed; only a LoRA run imports peft."""
+    flags = [*RUN_FLAGS, "--method", method, "--lr", "1e-3", "--out", str(tmp_path / "run")]
+    code = (
+        f"import sys, lomo.cli\nlomo.cli.main({flags!r})\n"
+        "print(sorted({'deepspeed', 'peft'} & set(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "metrics.json").exists()
+    assert done.stdout.strip().splitlines()[-1] == str(imported)
