@@ -15,7 +15,9 @@ Per job:
   x 1.5 for what the model leaves out (a LLaMA tokenizer's longer encodings, slower nodes), + 15
   minutes to start, load the model and write;
 - disk: the checkpoint of the trainable weights in their dtype, twice (a new one is complete
-  before the old one goes), + 1 GB;
+  before the old one goes), + 1 GB; a run that saves its final weights (`save_model`, the
+  distance runs of `lomo sgd-claims`) keeps one more copy of all of them, and its host memory
+  holds them too (rank 0 gathers them onto the CPU to write them);
 - submissions: a job longer than the profile's `resources.runtime` (the partition's time limit)
   asks for that limit and runs in several submissions: each stops `time_limit_margin_minutes`
   before the limit with a checkpoint (lomo finetune) and the next resumes it, after starting
@@ -130,8 +132,9 @@ def tokens_per_second(model: str, gpus: int) -> float:
 def job_resources(
     model: str, method: str, task: str, settings: dict, gpus: int, max_minutes: int
 ) -> dict:
-    """{gpus, nodes, mem_mb, runtime (minutes, at most `max_minutes`), disk_mb, submissions,
-    minutes (all its submissions together)} of one job on GPUs."""
+    """{gpus, nodes, mem_mb, runtime (minutes, at most `max_minutes`), disk_mb, saved_mb (the
+    final weights a `save_model` run keeps, within disk_mb), submissions, minutes (all its
+    submissions together)} of one job on GPUs."""
     n_train, n_eval = example_counts(task, settings)
     per_example = min(TASK_TOKENS[task], settings.get("max_length", 1024))
     epochs = settings.get("epochs", 10) if METHODS[method].trains else 0
@@ -195,8 +198,9 @@ def profile_jobs(config: dict) -> list[dict]:
 
 def budget_table(jobs: list[dict], node_gpus: int) -> str:
     """Per model and in total: jobs, GPUs and submissions per job, GPU-hours, the wall time on
-    one node of `node_gpus` GPUs if jobs pack it perfectly, disk per job and at once on the
-    node; then the profile's disk: model weights in the cache and checkpoints at once."""
+    one node of `node_gpus` GPUs if jobs pack it perfectly, disk per job and checkpoints at once
+    on the node; then the profile's disk: model weights in the cache, checkpoints at once and
+    the final weights the distance runs keep."""
     lines = [
         f"| model | jobs | GPUs per job | submissions per job (max) | GPU-hours | wall time on one "
         f"{node_gpus}-GPU node | disk per job (max) | checkpoints at once on the node |",
@@ -227,7 +231,8 @@ def budget_table(jobs: list[dict], node_gpus: int) -> str:
         f"Disk for the profile: {weights:,.0f} GB of model weights in the Hugging Face cache "
         f"(16-bit), plus at most {max(at_once.values()):,.0f} GB of checkpoints at once on one "
         f"{node_gpus}-GPU node (removed as runs finish), plus {kept:,.0f} GB of final weights "
-        f"that {len(saving)} run(s) keep for `lomo sgd-claims` (the distance travelled).",
+        f"kept for `lomo sgd-claims` (the distance travelled) by {len(saving)} "
+        f"{'run' if len(saving) == 1 else 'runs'}.",
     ]
     return "\n".join(lines)
 

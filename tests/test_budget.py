@@ -117,7 +117,10 @@ def test_the_budget_table(capsys):
     assert rows["huggyllama/llama-7b"][7].strip() == f"{(3 * saved + 1000) / 1000:.0f} GB"
     weights = 2 * (6_738_415_616 + 13_015_864_320) / 1e9  # the two models' fp16 weights
     assert f"Disk for the profile: {weights:.0f} GB of model weights" in lines[-1]
-    assert f"plus {saved / 1000:.0f} GB of final weights that 1 run(s) keep" in lines[-1]
+    assert lines[-1].endswith(
+        f"plus {saved / 1000:.0f} GB of final weights kept for `lomo sgd-claims` "
+        "(the distance travelled) by 1 run."
+    )
 
 
 @pytest.mark.real_data

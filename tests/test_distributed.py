@@ -280,8 +280,8 @@ def test_zero3_evaluation_with_shared_prompts_equals_one_process(tmp_path):
 # slow (-m slow); in the default suite: ZeRO-3 on 2 ranks equals one process
 @pytest.mark.slow
 def test_deepspeed_without_torchrun_runs_as_one_rank_zero3(tmp_path):
-    """`lomo finetune --deepspeed` started as a plain process (one GPU, or the SGD-claims rerun
-    of a ZeRO-3 run) forms a one-process group instead of asking MPI for one."""
+    """`lomo finetune --deepspeed` started as a plain process (one GPU) forms a one-process
+    group instead of asking MPI for one."""
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**RUN, "epochs": 1}.items()]
     zero3 = TESTS.parent / "config" / "deepspeed" / "zero3.json"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}

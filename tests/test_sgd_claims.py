@@ -280,8 +280,15 @@ def test_distance_is_the_runs_own_final_weights(tmp_path):
     assert any(row["distance"] > 0 for row in rows)
 
 
-def test_distance_needs_the_saved_weights(tmp_path):
-    run = run_folder(tmp_path, epochs=1, save_model=False)
+def test_distance_needs_the_runs_own_saved_weights(tmp_path):
+    """A run without --save-model has no weights to measure, even where the run before it in
+    the same folder saved some (Snakemake deletes metrics.json, then reruns the job there)."""
+    run = run_folder(tmp_path, epochs=1)
+    assert (run / "model" / "model.safetensors").exists()
+    assert not (run / ".model.partial").exists(), "written aside, then renamed"
+    (run / "metrics.json").unlink()
+    run_folder(tmp_path, epochs=1, save_model=False)
+    assert not (run / "model").exists()
     with pytest.raises(
         ValueError, match=r"no saved final weights in .*model: rerun .*--save-model"
     ):
@@ -289,3 +296,15 @@ def test_distance_needs_the_saved_weights(tmp_path):
     (run / "metrics.json").unlink()
     with pytest.raises(ValueError, match="not a finished run"):
         sc.distance_travelled(run)
+
+
+def test_distance_runs_are_checked_before_the_measurements(tmp_path, monkeypatch):
+    """A distance run without saved weights stops the command at once, not after minutes of
+    curvature measurements, and no results file is written."""
+    unsaved = run_folder(tmp_path, epochs=1, save_model=False)
+    monkeypatch.setattr(sc, "measure_model", lambda *_: pytest.fail("measured first"))
+    out = tmp_path / "claims.json"
+    flags = ["--models", "tiny-llama", "--data-dir", str(DATA_DIR), "--out", str(out)]
+    with pytest.raises(SystemExit, match=f"{unsaved}: no saved final weights"):
+        lomo_main(["sgd-claims", *flags, "--distance-runs", str(unsaved)])
+    assert not out.exists()

@@ -41,8 +41,9 @@ from transformers import (
 
 from lomo import argtypes
 from lomo.io import write_atomic
+from lomo.train.config import FinetuneConfig, load_config
 from lomo.train.evaluate import encode_train_example
-from lomo.train.finetune import collate, load_config
+from lomo.train.finetune import collate
 from lomo.train.models import TINY_LLAMA, load_model, load_tokenizer, resolve
 from tasks.superglue import get_task, get_template, load_split
 
@@ -312,12 +313,9 @@ def parameter_distances(start: nn.Module, end: nn.Module) -> list[dict]:
 FULL_PARAMETER_METHODS = ("lomo", "adalomo", "sgd", "adamw")
 
 
-def distance_travelled(run_dir: str | Path) -> dict:
-    """How far each tensor of the finished run in `run_dir` moved from its initial value: the
-    final weights it saved (`model/`, `lomo finetune --save-model`; gathered from the ranks
-    under ZeRO-3) against its config.yaml's model loaded afresh. The run itself, not a rerun:
-    nothing depends on this process matching the run's threads or ranks."""
-    run_dir = Path(run_dir)
+def finished_run(run_dir: Path) -> tuple[FinetuneConfig, dict, Path]:
+    """The config, metrics and saved final weights (`model/`) of the finished full-parameter
+    run in `run_dir`; raises naming what is missing."""
     config = load_config(str(run_dir / "config.yaml"), {})
     if config.method not in FULL_PARAMETER_METHODS:
         raise ValueError(f"{run_dir}: distance needs a full-parameter method, not {config.method}")
@@ -329,7 +327,16 @@ def distance_travelled(run_dir: str | Path) -> dict:
             f"{run_dir}: no saved final weights in {saved}: rerun the run with --save-model "
             "(the workflow passes it to its distance runs)"
         )
-    metrics = json.loads(metrics_path.read_text())
+    return config, json.loads(metrics_path.read_text()), saved
+
+
+def distance_travelled(run_dir: str | Path) -> dict:
+    """How far each tensor of the finished run in `run_dir` moved from its initial value: the
+    final weights it saved (`model/`, `lomo finetune --save-model`; gathered from the ranks
+    under ZeRO-3) against its config.yaml's model loaded afresh. The run itself, not a rerun:
+    nothing depends on this process matching the run's threads or ranks."""
+    run_dir = Path(run_dir)
+    config, metrics, saved = finished_run(run_dir)
     tuned = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32)
     rows = parameter_distances(load_model(config.model, torch.float32), tuned)
     return {
@@ -391,6 +398,8 @@ def measure_model(spec: str, args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    for run_dir in args.distance_runs:  # before the measurements, which take minutes
+        finished_run(Path(run_dir))
     result = {
         "settings": {k: v for k, v in vars(args).items() if k not in ("func", "out", "command")},
         "models": [measure_model(spec, args) for spec in args.models],

@@ -10,10 +10,11 @@ holds a partition of the weights, without it each rank holds the whole model (lo
 says which method runs where); see README, "Multi-GPU and multi-node".
 
 The run folder gets config.yaml (resolved), train_log.csv, metrics.json and the reported
-epoch's predictions.jsonl, each written atomically; checkpoint.pt after every epoch lets the
-same command resume after a kill, and is removed when the run has finished. With
-`--report-to tensorboard|wandb` rank 0 also logs each step and each epoch's scores there
-(lomo.train.tracking).
+epoch's predictions.jsonl, each written atomically, and with `--save-model` the final weights
+in model/ (written aside, then renamed; removed when another run starts in the folder);
+checkpoint.pt after every epoch lets the same command resume after a kill, and is removed
+when the run has finished. With `--report-to tensorboard|wandb` rank 0 also logs each step
+and each epoch's scores there (lomo.train.tracking).
 """
 
 import argparse
@@ -737,9 +738,11 @@ def finish(
             write_atomic(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         if config.save_model:
             state = runtime.full_state_dict(model)
-            if runtime.main:
-                model.save_pretrained(out / "model", state_dict=state)
-                tokenizer.save_pretrained(out / "model")
+            if runtime.main:  # written aside, then renamed into place
+                partial = out / ".model.partial"
+                model.save_pretrained(partial, state_dict=state)
+                tokenizer.save_pretrained(partial)
+                partial.rename(out / "model")
     # Wall time and memory vary between identical runs: kept out of metrics.json.
     resources = {
         "train_seconds": log[-1]["seconds"] if log else 0.0,

@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,8 @@ RUN_FILES += ("resources.json", "fingerprint.json")
 @contextlib.contextmanager
 def claim_folder(out: Path, config: FinetuneConfig, main: bool) -> Iterator[None]:
     """Hold `out` for this run: a second run on it stops at once (an OS lock, released on exit
-    and after kill -9), and a folder with another config's finished results is refused, so a
-    folder never mixes two runs."""
+    and after kill -9), a folder with another config's finished results is refused, and the
+    final weights of the run before are removed, so a folder never mixes two runs."""
     if not main:
         yield
         return
@@ -53,6 +54,10 @@ def claim_folder(out: Path, config: FinetuneConfig, main: bool) -> Iterator[None
                     f"{out} holds the finished results of another run (it differs in "
                     f"{', '.join(changed)}): use another --out, or delete that folder"
                 )
+        # Final weights (--save-model) of the run before, or half-written ones, are never to be
+        # read as this run's.
+        for saved in ("model", ".model.partial"):
+            shutil.rmtree(out / saved, ignore_errors=True)
         yield
     finally:
         lock.release()
