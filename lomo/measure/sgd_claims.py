@@ -45,6 +45,7 @@ from lomo.train.config import FinetuneConfig, load_config
 from lomo.train.evaluate import encode_train_example
 from lomo.train.finetune import collate
 from lomo.train.models import TINY_LLAMA, load_model, load_tokenizer, resolve
+from lomo.train.run_folder import SAVED_MODEL
 from tasks.superglue import get_task, get_template, load_split
 
 Closure = Callable[[], Tensor]
@@ -319,7 +320,7 @@ def finished_run(run_dir: Path) -> tuple[FinetuneConfig, dict, Path]:
     config = load_config(str(run_dir / "config.yaml"), {})
     if config.method not in FULL_PARAMETER_METHODS:
         raise ValueError(f"{run_dir}: distance needs a full-parameter method, not {config.method}")
-    metrics_path, saved = run_dir / "metrics.json", run_dir / "model"
+    metrics_path, saved = run_dir / "metrics.json", run_dir / SAVED_MODEL
     if not metrics_path.exists():
         raise ValueError(f"{run_dir}: not a finished run (no metrics.json)")
     if not (saved / "config.json").exists():

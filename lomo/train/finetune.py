@@ -52,6 +52,8 @@ from lomo.train.evaluate import IGNORE_INDEX, encode_train_example, evaluate
 from lomo.train.methods import METHODS, Loss
 from lomo.train.models import DTYPES, load_tokenizer
 from lomo.train.run_folder import (
+    SAVED_MODEL,
+    SAVED_MODEL_PARTIAL,
     check_fingerprint,
     claim_folder,
     fingerprint,
@@ -739,10 +741,10 @@ def finish(
         if config.save_model:
             state = runtime.full_state_dict(model)
             if runtime.main:  # written aside, then renamed into place
-                partial = out / ".model.partial"
+                partial = out / SAVED_MODEL_PARTIAL
                 model.save_pretrained(partial, state_dict=state)
                 tokenizer.save_pretrained(partial)
-                partial.rename(out / "model")
+                partial.rename(out / SAVED_MODEL)
     # Wall time and memory vary between identical runs: kept out of metrics.json.
     resources = {
         "train_seconds": log[-1]["seconds"] if log else 0.0,

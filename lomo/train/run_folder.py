@@ -19,6 +19,8 @@ from lomo.train.runtime import RunFolderError, read_checkpoint_file
 
 RUN_FILES = ("checkpoint.pt", "config.yaml", "metrics.json", "train_log.csv", "predictions.jsonl")
 RUN_FILES += ("resources.json", "fingerprint.json")
+# --save-model's final weights, and the folder they are written to before the rename
+SAVED_MODEL, SAVED_MODEL_PARTIAL = "model", ".model.partial"
 
 
 @contextlib.contextmanager
@@ -56,7 +58,7 @@ def claim_folder(out: Path, config: FinetuneConfig, main: bool) -> Iterator[None
                 )
         # Final weights (--save-model) of the run before, or half-written ones, are never to be
         # read as this run's.
-        for saved in ("model", ".model.partial"):
+        for saved in (SAVED_MODEL, SAVED_MODEL_PARTIAL):
             shutil.rmtree(out / saved, ignore_errors=True)
         yield
     finally:
